@@ -1,0 +1,229 @@
+"""The sandbox's HTTP face: Connect's rest-json wire protocol, SigV4, throttling and fault injection.
+
+Every Connect call goes through one pipeline, in the order the real service applies them:
+authenticate -> throttle -> injected latency / stall / 500 -> execute -> (maybe) lose the response.
+Admin routes under ``/_sandbox/`` are unsigned and expose the ledger, counters and runtime settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bulkclaim.sandbox import inventory
+from bulkclaim.sandbox.config import API_NAMES, FaultConfig, SandboxConfig, ThrottleConfig
+from bulkclaim.sandbox.sigv4 import AuthError, verify
+from bulkclaim.sandbox.state import LedgerEntry, SandboxState, ServiceError
+from bulkclaim.sandbox.throttle import ServerBucket
+
+__all__ = ["Sandbox"]
+
+_Operation = Callable[[web.Request, dict[str, Any]], dict[str, Any]]
+
+
+class Sandbox:
+    """A local Connect phone-number service. Build one, then serve :meth:`make_app` (see ``server.py``).
+
+    ``clock`` drives claim settling, token lifetimes and throttling; inject a fake one to step
+    through time in tests.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or SandboxConfig()
+        self.clock = clock
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every claim, token, counter and ledger entry; rebuild the inventory."""
+        stock = [n for spec in self.config.inventory for n in inventory.generate(spec)]
+        if self.config.inventory_file:
+            stock.extend(inventory.load_file(Path(self.config.inventory_file)))
+        self.state = SandboxState(self.config, stock, clock=self.clock)
+        self._buckets = {api: ServerBucket(self.config.throttle.get(api, ThrottleConfig()), self.clock())
+                         for api in API_NAMES}
+        self._fault_rng = random.Random(self.config.faults.seed)
+        self._credentials = {c.access_key_id: c for c in self.config.credentials}
+
+    @property
+    def ledger(self) -> list[LedgerEntry]:
+        """Every claim and release the sandbox executed, in order (idempotent replays excluded)."""
+        return self.state.ledger
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per API and outcome (``ok``, an error code, ``lost``, ``stalled``)."""
+        return {api: dict(counter) for api, counter in self.state.stats.items()}
+
+    def set_throttle(self, api: str, throttle: ThrottleConfig) -> None:
+        """Change one API's bucket at runtime (the bucket restarts full)."""
+        if api not in API_NAMES:
+            raise ValueError(f"unknown API {api!r}")
+        self.config = dataclasses.replace(self.config, throttle={**self.config.throttle, api: throttle})
+        self._buckets[api] = ServerBucket(throttle, self.clock())
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        self.config = dataclasses.replace(self.config, faults=faults)
+        self._fault_rng = random.Random(faults.seed)
+
+    # -- application ---------------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_post("/phone-number/claim", self._route("ClaimPhoneNumber", self._claim))
+        app.router.add_post("/phone-number/list", self._route("ListPhoneNumbersV2", self._list))
+        app.router.add_post("/phone-number/search-available",
+                            self._route("SearchAvailablePhoneNumbers", self._search))
+        app.router.add_get("/phone-number/{id}", self._route("DescribePhoneNumber", self._describe))
+        app.router.add_delete("/phone-number/{id}", self._route("ReleasePhoneNumber", self._release))
+        app.router.add_get("/_sandbox/ledger", self._admin_ledger)
+        app.router.add_get("/_sandbox/stats", self._admin_stats)
+        app.router.add_post("/_sandbox/reset", self._admin_reset)
+        app.router.add_post("/_sandbox/config", self._admin_config)
+        return app
+
+    def _route(self, api: str, operation: _Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._handle(api, operation, request)
+        return handler
+
+    async def _handle(self, api: str, operation: _Operation, request: web.Request) -> web.StreamResponse:
+        body_bytes = await request.read()
+        try:
+            identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
+                              raw_query=request.rel_url.raw_query_string, headers=request.headers,
+                              body=body_bytes, service="connect", credentials=self._credentials)
+        except AuthError as exc:
+            self.state.count(api, exc.code)
+            return _error(exc.code, 403, exc.message, lower_case_message=True)
+        if identity.denied:
+            return self._fail(api, ServiceError("AccessDeniedException", 403,
+                                                f"User is not authorized to perform connect:{api}"))
+        if not self._buckets[api].try_take(self.clock()):
+            return self._fail(api, ServiceError("ThrottlingException", 429, "Rate exceeded"))
+        faults = self.config.faults if api in self.config.faults.operations else None
+        if faults is not None:
+            stalled = await self._delay(faults)
+            if stalled:
+                self.state.count(api, "stalled")
+            if self._fault_rng.random() < faults.error_rate:
+                return self._fail(api, ServiceError("InternalServiceException", 500,
+                                                    "Request processing failed due to an internal error."))
+        try:
+            body = json.loads(body_bytes) if body_bytes else {}
+            if not isinstance(body, dict):
+                raise ValueError("body is not an object")
+        except ValueError:
+            return self._fail(api, ServiceError("SerializationException", 400, "Could not parse the request body."))
+        try:
+            result = operation(request, body)
+        except ServiceError as exc:
+            return self._fail(api, exc)
+        if faults is not None and self._fault_rng.random() < faults.lost_response_rate:
+            self.state.count(api, "lost")
+            _drop_connection(request)
+            return web.Response(status=500)  # never reaches the client: the connection is gone
+        self.state.count(api, "ok")
+        return web.json_response(result, headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+    async def _delay(self, faults: FaultConfig) -> bool:
+        low, high = faults.latency
+        stall = self._fault_rng.random() < faults.stall_rate
+        seconds = (self._fault_rng.uniform(low, high) if high > 0 else 0.0) + (faults.stall_seconds if stall else 0)
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+        return stall
+
+    def _fail(self, api: str, error: ServiceError) -> web.Response:
+        self.state.count(api, error.code)
+        return _error(error.code, error.status, error.message)
+
+    # -- operations ----------------------------------------------------------------------------------
+    def _claim(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.claim(body)
+
+    def _describe(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.describe(request.match_info["id"])
+
+    def _release(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.release(request.match_info["id"], request.query.get("clientToken"))
+
+    def _list(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        page, token = _paginate(self.state.list_claimed(body), body, default_size=100, max_size=1000)
+        return {"ListPhoneNumbersSummaryList": page, **({"NextToken": token} if token else {})}
+
+    def _search(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        page, token = _paginate(self.state.search_available(body), body, default_size=10, max_size=10)
+        return {"AvailableNumbersList": page, **({"NextToken": token} if token else {})}
+
+    # -- admin -----------------------------------------------------------------------------------------
+    async def _admin_ledger(self, request: web.Request) -> web.Response:
+        return web.json_response([dataclasses.asdict(e) for e in self.ledger])
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _admin_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"reset": True})
+
+    async def _admin_config(self, request: web.Request) -> web.Response:
+        """Change throttling, faults or claim behaviour at runtime: the JSON mirrors SandboxConfig."""
+        try:
+            update = await request.json()
+            for api, values in update.pop("throttle", {}).items():
+                self.set_throttle(api, ThrottleConfig(**values))
+            if "faults" in update:
+                faults = dict(update.pop("faults"))
+                if "operations" in faults:
+                    faults["operations"] = frozenset(faults["operations"])
+                if "latency" in faults:
+                    faults["latency"] = tuple(faults["latency"])
+                self.set_faults(FaultConfig(**faults))
+            allowed = {"claim_delay", "claim_failure_rate", "token_lifetime", "release_cooldown"}
+            if set(update) - allowed:
+                raise ValueError(f"unknown settings: {sorted(set(update) - allowed)}")
+            self.config = dataclasses.replace(self.config, **update)
+            self.state.config = self.config
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True})
+
+
+def _error(code: str, status: int, message: str, *, lower_case_message: bool = False) -> web.Response:
+    # The real front end names the error in x-amzn-ErrorType; auth errors carry "message", service
+    # errors "Message". botocore reads either.
+    body = {"message" if lower_case_message else "Message": message}
+    return web.json_response(body, status=status, headers={
+        "x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazonaws.connect/",
+        "x-amzn-RequestId": str(uuid.uuid4()),
+    })
+
+
+def _drop_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _paginate(rows: list[dict[str, Any]], body: dict[str, Any], *, default_size: int,
+              max_size: int) -> tuple[list[dict[str, Any]], str | None]:
+    size = body.get("MaxResults") or default_size
+    if not isinstance(size, int) or not 1 <= size <= max_size:
+        raise ServiceError("InvalidParameterException", 400, f"MaxResults must be between 1 and {max_size}.")
+    start = 0
+    if body.get("NextToken"):
+        try:
+            start = int(bytes.fromhex(str(body["NextToken"])).decode().removeprefix("offset:"))
+        except ValueError:
+            raise ServiceError("InvalidParameterException", 400, "The NextToken is not valid.") from None
+    end = start + size
+    token = f"offset:{end}".encode().hex() if end < len(rows) else None
+    return rows[start:end], token

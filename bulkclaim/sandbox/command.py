@@ -1,0 +1,118 @@
+"""``bulkclaim sandbox``: serve a local Connect phone-number API until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from bulkclaim.sandbox.app import Sandbox
+from bulkclaim.sandbox.config import (
+    API_NAMES,
+    TEST_CREDENTIALS,
+    FaultConfig,
+    InventorySpec,
+    SandboxConfig,
+    ThrottleConfig,
+)
+from bulkclaim.sandbox.inventory import InventoryError
+from bulkclaim.sandbox.server import serve
+
+__all__ = ["sandbox_command"]
+
+
+def _env(name: str) -> str:
+    return f"BULKCLAIM_SANDBOX_{name.upper().replace('-', '_')}"
+
+
+def _inventory(value: str) -> InventorySpec:
+    try:
+        country, number_type, prefix, count = value.split(":")
+        return InventorySpec(country=country.upper(), type=number_type.upper(), prefix=prefix, count=int(count))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not COUNTRY:TYPE:PREFIX:COUNT (e.g. US:DID:+1206:1000)") from None
+
+
+def _latency(value: str) -> tuple[float, float]:
+    try:
+        low, _, high = value.partition(":")
+        return float(low), float(high or low)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not LOW[:HIGH] seconds") from None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
+    return click.option(f"--{name}", envvar=_env(name), show_default=True, **kwargs)
+
+
+@click.command("sandbox")
+@_option("host", default="127.0.0.1", help="Address to bind; loopback unless you mean otherwise.")
+@_option("port", default=8421, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
+@_option("region", default="us-east-1")
+@_option("account-id", default="123456789012")
+@_option("instance-id", multiple=True, help="Instance ids that exist (repeatable).")
+@_option("tdg-id", multiple=True, help="Traffic distribution group ids that exist (repeatable).")
+@_option("inventory", multiple=True, help="Available numbers COUNTRY:TYPE:PREFIX:COUNT (repeatable).")
+@_option("inventory-file", type=click.Path(exists=True, dir_okay=False), help="CSV: phone_number[,type].")
+@_option("foreign", multiple=True, help="A number already claimed by someone else (repeatable).")
+@_option("rate", type=float, default=2.0, help="Requests/s per API bucket.")
+@_option("burst", type=int, default=5, help="Bucket capacity per API.")
+@_option("no-throttle", is_flag=True, help="Switch throttling off for every API.")
+@_option("claim-delay", type=float, default=0.5, help="Seconds a claim stays IN_PROGRESS.")
+@_option("claim-failure-rate", type=float, default=0.0, help="Share of claims that settle FAILED.")
+@_option("token-lifetime", type=float, default=8 * 3600.0, help="Seconds a ClientToken is remembered.")
+@_option("error-rate", type=float, default=0.0, help="Share of requests answered 500 before any effect.")
+@_option("lost-response-rate", type=float, default=0.0, help="Share executed, then the connection dropped.")
+@_option("stall-rate", type=float, default=0.0, help="Share of requests that stall before executing.")
+@_option("stall-seconds", type=float, default=30.0)
+@_option("latency", default="0", help="Added latency LOW[:HIGH] seconds.")
+@_option("seed", type=int, default=0, help="Seed for faults, failures and ids.")
+def sandbox_command(**opts: Any) -> None:
+    """Serve a local Amazon Connect phone-number API (rest-json, SigV4) for rehearsals and tests."""
+    throttle = ThrottleConfig(rate=None if opts["no_throttle"] else opts["rate"], burst=opts["burst"])
+    config = SandboxConfig(
+        region=opts["region"], account_id=opts["account_id"],
+        instance_ids=tuple(opts["instance_id"]) or SandboxConfig().instance_ids,
+        traffic_distribution_group_ids=tuple(opts["tdg_id"]),
+        inventory=tuple(_inventory(v) for v in opts["inventory"]) or SandboxConfig().inventory,
+        inventory_file=opts["inventory_file"], foreign_claims=tuple(opts["foreign"]),
+        claim_delay=opts["claim_delay"], claim_failure_rate=opts["claim_failure_rate"],
+        token_lifetime=opts["token_lifetime"], throttle=dict.fromkeys(API_NAMES, throttle),
+        faults=FaultConfig(error_rate=opts["error_rate"], lost_response_rate=opts["lost_response_rate"],
+                           stall_rate=opts["stall_rate"], stall_seconds=opts["stall_seconds"],
+                           latency=_latency(opts["latency"]), seed=opts["seed"]),
+        seed=opts["seed"],
+    )
+    try:
+        sandbox = Sandbox(config)
+    except InventoryError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        asyncio.run(_serve_until_signal(sandbox, opts["host"], opts["port"]))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {opts['host']}:{opts['port']}: {exc.strerror}") from None
+
+
+async def _serve_until_signal(sandbox: Sandbox, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(sandbox, host=host, port=port) as running:
+        cfg = sandbox.config
+        click.echo(f"bulkclaim sandbox listening on {running.endpoint_url}")
+        click.echo(f"  instances: {', '.join(cfg.instance_ids)}  region: {cfg.region}")
+        click.echo(f"  numbers in inventory: {sandbox.state.inventory_size()}")
+        click.echo("Use it with:")
+        click.echo(f"  export AWS_ENDPOINT_URL_CONNECT={running.endpoint_url}")
+        click.echo(f"  export AWS_ACCESS_KEY_ID={TEST_CREDENTIALS.access_key_id}")
+        click.echo(f"  export AWS_SECRET_ACCESS_KEY={TEST_CREDENTIALS.secret_access_key}")
+        click.echo(f"  export AWS_REGION={cfg.region}")
+        click.echo(f"Ledger and counters: {running.endpoint_url}/_sandbox/ledger, /_sandbox/stats", nl=True)
+        await stop.wait()

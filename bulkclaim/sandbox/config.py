@@ -1,0 +1,109 @@
+"""Settings of the sandbox: account, credentials, inventory, claim behaviour, throttling and faults.
+
+Everything is a frozen dataclass so a configuration can be shared, printed and compared; the
+running sandbox keeps its *mutable* copies of the throttle and fault settings so tests and
+benchmarks can change them between phases without restarting the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "API_NAMES",
+    "TEST_CREDENTIALS",
+    "Credentials",
+    "FaultConfig",
+    "InventorySpec",
+    "SandboxConfig",
+    "ThrottleConfig",
+]
+
+#: The Connect phone-number APIs the sandbox speaks; throttling and faults are set per API.
+API_NAMES: tuple[str, ...] = (
+    "ClaimPhoneNumber",
+    "DescribePhoneNumber",
+    "ListPhoneNumbersV2",
+    "ReleasePhoneNumber",
+    "SearchAvailablePhoneNumbers",
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An access key pair the sandbox accepts (SigV4). ``denied`` keys sign correctly but every
+    call answers 403 AccessDeniedException, like an IAM principal without connect permissions."""
+
+    access_key_id: str
+    secret_access_key: str
+    denied: bool = False
+
+
+#: The documented test key pair: a stock client configured with it talks to the sandbox.
+TEST_CREDENTIALS = Credentials(
+    access_key_id="AKIASANDBOXTESTKEY01",
+    secret_access_key="sandbox/secret/key/do-not-use-in-aws00000",
+)
+
+
+@dataclass(frozen=True)
+class InventorySpec:
+    """A block of available numbers: ``count`` valid numbers of ``country`` starting at ``prefix``."""
+
+    country: str = "US"
+    type: str = "DID"
+    prefix: str = "+1206"
+    count: int = 1000
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    """Token bucket of one API: ``rate`` requests per second refill, ``burst`` capacity.
+    ``rate=None`` switches throttling off for that API."""
+
+    rate: float | None = 2.0
+    burst: int = 5
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Seeded fault injection, each probability drawn independently per request.
+
+    - ``error_rate``: 500 InternalServiceException *before* any effect.
+    - ``lost_response_rate``: the operation takes effect, then the connection is dropped unanswered.
+    - ``stall_rate``/``stall_seconds``: the request sits for ``stall_seconds`` (longer than a client's
+      read timeout) and is then executed anyway, as a slow real backend would.
+    - ``latency``: added to every request, uniformly drawn from ``(low, high)`` seconds.
+    """
+
+    error_rate: float = 0.0
+    lost_response_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_seconds: float = 30.0
+    latency: tuple[float, float] = (0.0, 0.0)
+    operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber"})
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything a sandbox needs; the defaults mirror the real service's documented defaults."""
+
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    instance_ids: tuple[str, ...] = ("11111111-2222-3333-4444-555555555555",)
+    traffic_distribution_group_ids: tuple[str, ...] = ()
+    credentials: tuple[Credentials, ...] = (TEST_CREDENTIALS,)
+    inventory: tuple[InventorySpec, ...] = (InventorySpec(),)
+    inventory_file: str | None = None
+    #: Numbers claimed by someone else (another account's instance): never available to us.
+    foreign_claims: tuple[str, ...] = ()
+    claim_delay: float = 0.5
+    claim_failure_rate: float = 0.0
+    claim_failure_message: str = "The phone number could not be provisioned."
+    token_lifetime: float = 8 * 3600.0
+    release_cooldown: float = 180 * 86400.0
+    failed_claim_cooldown: float = 86400.0
+    throttle: dict[str, ThrottleConfig] = field(default_factory=lambda: {a: ThrottleConfig() for a in API_NAMES})
+    faults: FaultConfig = FaultConfig()
+    seed: int = 0

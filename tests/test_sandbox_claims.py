@@ -1,0 +1,176 @@
+"""ClaimPhoneNumber and DescribePhoneNumber against the sandbox, through a stock aiobotocore client."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from bulkclaim.sandbox import SandboxConfig
+from tests.support import INSTANCE_ID, FakeClock, error_of, sandbox_env
+
+pytestmark = pytest.mark.anyio
+
+NUMBER = "+12062000000"
+OTHER = "+12062000001"
+TDG_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+
+def token() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_claim_is_asynchronous_in_progress_then_claimed(clock: FakeClock) -> None:
+    async with sandbox_env(clock=clock, claim_delay=2.0) as env, env.client() as client:
+        answer = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        assert answer["PhoneNumberArn"].endswith("phone-number/" + answer["PhoneNumberId"])
+        described = await client.describe_phone_number(PhoneNumberId=answer["PhoneNumberId"])
+        summary = described["ClaimedPhoneNumberSummary"]
+        assert summary["PhoneNumberStatus"]["Status"] == "IN_PROGRESS"
+        assert summary["PhoneNumber"] == NUMBER
+        assert summary["InstanceId"] == INSTANCE_ID
+        clock.advance(2.0)
+        described = await client.describe_phone_number(PhoneNumberId=answer["PhoneNumberId"])
+        assert described["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]["Status"] == "CLAIMED"
+        assert [e.phone_number for e in env.sandbox.ledger] == [NUMBER]
+
+
+async def test_claim_can_settle_failed_and_the_number_stays_reserved(clock: FakeClock) -> None:
+    async with sandbox_env(clock=clock, claim_delay=1.0, claim_failure_rate=1.0,
+                           failed_claim_cooldown=100.0) as env, env.client() as client:
+        answer = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        clock.advance(1.0)
+        status = (await client.describe_phone_number(PhoneNumberId=answer["PhoneNumberId"])
+                  )["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]
+        assert status["Status"] == "FAILED"
+        assert status["Message"] == SandboxConfig().claim_failure_message
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        assert error_of(caught.value) == ("InvalidParameterException", 400, f"Phone number not available: {NUMBER}")
+        clock.advance(100.0)
+        env.sandbox.state.config = env.sandbox.config = replace(env.sandbox.config, claim_failure_rate=0.0)
+        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"InstanceId": "00000000-0000-0000-0000-000000000000"}, ("ResourceNotFoundException", 404)),
+        ({"TargetArn": "arn:aws:connect:us-east-1:123456789012:traffic-distribution-group/nope"},
+         ("ResourceNotFoundException", 404)),
+        ({}, ("InvalidParameterException", 400)),
+        ({"InstanceId": INSTANCE_ID,
+          "TargetArn": f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE_ID}"},
+         ("InvalidParameterException", 400)),
+    ],
+)
+async def test_claim_target_errors(params: dict[str, str], expected: tuple[str, int]) -> None:
+    async with sandbox_env() as env, env.client() as client:
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(PhoneNumber=NUMBER, ClientToken=token(), **params)  # type: ignore[arg-type]
+        assert error_of(caught.value)[:2] == expected
+        assert env.sandbox.ledger == []
+
+
+async def test_claim_by_instance_arn_and_traffic_distribution_group() -> None:
+    async with sandbox_env(traffic_distribution_group_ids=(TDG_ID,)) as env, env.client() as client:
+        instance_arn = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE_ID}"
+        tdg_arn = f"arn:aws:connect:us-east-1:123456789012:traffic-distribution-group/{TDG_ID}"
+        await client.claim_phone_number(InstanceId=instance_arn, PhoneNumber=NUMBER, ClientToken=token())
+        await client.claim_phone_number(TargetArn=tdg_arn, PhoneNumber=OTHER, ClientToken=token())
+        listed = await client.list_phone_numbers_v2(TargetArn=tdg_arn)
+        assert [r["PhoneNumber"] for r in listed["ListPhoneNumbersSummaryList"]] == [OTHER]
+        assert [e.target_arn for e in env.sandbox.ledger] == [instance_arn, tdg_arn]
+
+
+async def test_number_claimed_by_someone_else_is_not_available() -> None:
+    async with sandbox_env(foreign_claims=(NUMBER,)) as env, env.client() as client:
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        assert error_of(caught.value) == ("InvalidParameterException", 400, f"Phone number not available: {NUMBER}")
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber="+12069999999", ClientToken=token())
+        assert error_of(caught.value)[0] == "InvalidParameterException"
+        assert env.sandbox.ledger == []
+        holder = env.sandbox.state.holder_of(NUMBER)
+        assert holder is not None and ":999999999999:" in holder.target_arn
+
+
+@pytest.mark.parametrize(
+    ("changes", "message_part"),
+    [
+        ({"PhoneNumber": "12062000000"}, "Invalid phone number"),
+        ({"PhoneNumberDescription": "x" * 501}, "PhoneNumberDescription"),
+        ({"Tags": {"aws:reserved": "x"}}, "Invalid tag key"),
+        ({"Tags": {f"k{i}": "v" for i in range(51)}}, "1 to 50"),
+        ({"Tags": {"k" * 129: "v"}}, "Invalid tag key"),
+        ({"Tags": {"ok": "v" * 257}}, "Invalid tag value"),
+        ({"ClientToken": "NOT-A-UUID"}, "lowercase UUID"),
+        ({"ClientToken": str(uuid.uuid4()).upper()}, "lowercase UUID"),
+    ],
+)
+async def test_invalid_parameters_are_400_and_never_executed(changes: dict[str, Any], message_part: str) -> None:
+    params: dict[str, Any] = {"InstanceId": INSTANCE_ID, "PhoneNumber": NUMBER, "ClientToken": token(), **changes}
+    async with sandbox_env() as env, env.client() as client:
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(**params)
+        code, status, message = error_of(caught.value)
+        assert (code, status) == ("InvalidParameterException", 400)
+        assert message_part in message
+        assert env.sandbox.ledger == []
+
+
+async def test_same_token_same_parameters_replays_without_second_execution() -> None:
+    async with sandbox_env() as env, env.client() as client:
+        request = {"InstanceId": INSTANCE_ID, "PhoneNumber": NUMBER, "ClientToken": token(),
+                   "PhoneNumberDescription": "front desk", "Tags": {"team": "a"}}
+        first = await client.claim_phone_number(**request)  # type: ignore[arg-type]
+        second = await client.claim_phone_number(**request)  # type: ignore[arg-type]
+        assert (first["PhoneNumberId"], first["PhoneNumberArn"]) == (second["PhoneNumberId"], second["PhoneNumberArn"])
+        assert env.sandbox.state.executions(NUMBER) == 1
+
+
+async def test_same_token_other_parameters_is_409_idempotency_exception() -> None:
+    async with sandbox_env() as env, env.client() as client:
+        shared = token()
+        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=shared)
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=shared,
+                                            PhoneNumberDescription="changed")
+        assert error_of(caught.value)[:2] == ("IdempotencyException", 409)
+        assert env.sandbox.state.executions(NUMBER) == 1
+
+
+async def test_expired_token_is_forgotten_and_our_own_number_looks_unavailable(clock: FakeClock) -> None:
+    async with sandbox_env(clock=clock, token_lifetime=60.0) as env, env.client() as client:
+        shared = token()
+        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=shared)
+        clock.advance(61.0)
+        with pytest.raises(ClientError) as caught:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=shared)
+        assert error_of(caught.value) == ("InvalidParameterException", 400, f"Phone number not available: {NUMBER}")
+        assert env.sandbox.state.executions(NUMBER) == 1
+
+
+async def test_missing_client_token_is_allowed() -> None:
+    async with sandbox_env() as env, env.client() as client:
+        def drop_token(params: dict[str, Any], **_: Any) -> None:
+            # botocore always fills the token in; strip it from the serialized body, as a raw client would
+            body = json.loads(params["body"])
+            del body["ClientToken"]
+            params["body"] = json.dumps(body).encode()
+
+        client.meta.events.register("before-call.connect.ClaimPhoneNumber", drop_token)
+        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER)
+        assert [e.client_token for e in env.sandbox.ledger] == [None]
+
+
+async def test_describe_unknown_id_is_404() -> None:
+    async with sandbox_env() as env, env.client() as client:
+        with pytest.raises(ClientError) as caught:
+            await client.describe_phone_number(PhoneNumberId=str(uuid.uuid4()))
+        assert error_of(caught.value)[:2] == ("ResourceNotFoundException", 404)
