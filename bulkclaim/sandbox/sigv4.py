@@ -7,6 +7,7 @@ as it would against AWS, with the same error names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -32,6 +33,15 @@ class AuthError(Exception):
 
 def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=64)
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    # The derived key changes once a day per region and service: derive it once, not per request.
+    key = _hmac(f"AWS4{secret}".encode(), date)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    return key
 
 
 def _canonical_query(raw_query: str) -> str:
@@ -114,9 +124,7 @@ def verify(
         _ALGORITHM, amz_date, f"{date}/{region}/{scope_service}/aws4_request",
         hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
     ])
-    key = _hmac(f"AWS4{known.secret_access_key}".encode(), date)
-    for part in (region, scope_service, "aws4_request"):
-        key = _hmac(key, part)
+    key = _signing_key(known.secret_access_key, date, region, scope_service)
     expected = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, fields["Signature"]):
         raise AuthError("InvalidSignatureException",
