@@ -1,3 +1,42 @@
-"""bulkclaim: claim Amazon Connect phone numbers in bulk, safely."""
+"""bulkclaim: claim Amazon Connect phone numbers in bulk, safely and as fast as the quota allows.
 
-__all__: list[str] = []
+The library's entry point is :class:`Claimer`; see the README for an embedding example. The
+library never configures logging, installs signal handlers or exits the process.
+"""
+
+from bulkclaim.backoff import Backoff
+from bulkclaim.claimer import Claimer, RateSettings
+from bulkclaim.connect import ClientSettings
+from bulkclaim.engine import Options, RunSummary
+from bulkclaim.journal import Journal, SqliteJournal
+from bulkclaim.model import (
+    BulkclaimError,
+    ClaimRequest,
+    FatalServiceError,
+    JournalError,
+    Outcome,
+    ParametersChangedError,
+    Rejected,
+    Status,
+    Target,
+)
+
+__all__ = [
+    "Backoff",
+    "BulkclaimError",
+    "ClaimRequest",
+    "Claimer",
+    "ClientSettings",
+    "FatalServiceError",
+    "Journal",
+    "JournalError",
+    "Options",
+    "Outcome",
+    "ParametersChangedError",
+    "RateSettings",
+    "Rejected",
+    "RunSummary",
+    "SqliteJournal",
+    "Status",
+    "Target",
+]

@@ -6,15 +6,47 @@ limiter, so every client is built with ``total_max_attempts=1``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from botocore import exceptions as botocore_errors
 from types_aiobotocore_connect import ConnectClient
 
-__all__ = ["ClientSettings", "client_config", "connect_client"]
+__all__ = ["Classified", "ClientSettings", "Verdict", "classify", "client_config", "connect_client"]
+
+# Errors that say the caller, not the number, is wrong: every further request would fail the same way.
+_FATAL_CODES = frozenset({
+    "AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+    "MissingAuthenticationTokenException", "IncompleteSignatureException", "ExpiredTokenException",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "ServiceQuotaExceededException",
+})
+_THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
+                             "RequestLimitExceeded"})
+
+
+class Verdict(StrEnum):
+    RETRY = "retry"  # send again, same token
+    UNAVAILABLE = "unavailable"  # "not available": someone else's, or ours if our token was used before
+    TERMINAL = "terminal"  # this number fails; the run goes on
+    FATAL = "fatal"  # the run stops: credentials, permissions, unknown target, quota
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What an error means for the number and the run."""
+
+    verdict: Verdict
+    code: str
+    message: str
+    throttled: bool = False
+    #: The request may have taken effect (timeout after send, dropped connection, 500).
+    maybe_executed: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,3 +93,35 @@ async def connect_client(settings: ClientSettings, session: AioSession | None = 
         config=client_config(settings),
     ) as client:
         yield client
+
+
+def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Classified:
+    """Sort an exception from a Connect call into retry / unavailable / terminal / fatal (DESIGN §2)."""
+    if isinstance(error, botocore_errors.ClientError):
+        details = error.response.get("Error", {})
+        code = details.get("Code", "Unknown")
+        message = details.get("Message", "") or str(error)
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _THROTTLE_CODES or status == 429:
+            return Classified(Verdict.RETRY, code, message, throttled=True)
+        if code in _FATAL_CODES or status == 403:
+            return Classified(Verdict.FATAL, code, message)
+        if code == "ResourceNotFoundException":
+            # On a claim or a listing the target itself is unknown; on a describe, only that number.
+            fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2")
+            return Classified(Verdict.FATAL if fatal else Verdict.TERMINAL, code, message)
+        if code == "InvalidParameterException" and "not available" in message.lower():
+            return Classified(Verdict.UNAVAILABLE, code, message)
+        if status >= 500:
+            return Classified(Verdict.RETRY, code, message, maybe_executed=True)
+        return Classified(Verdict.TERMINAL, code, message)
+    if isinstance(error, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
+                  | botocore_errors.NoRegionError | botocore_errors.ProfileNotFound
+                  | botocore_errors.TokenRetrievalError | botocore_errors.SSOError):
+        return Classified(Verdict.FATAL, type(error).__name__, str(error))
+    if isinstance(error, botocore_errors.ConnectTimeoutError | botocore_errors.EndpointConnectionError):
+        return Classified(Verdict.RETRY, type(error).__name__, str(error))  # never reached the service
+    if isinstance(error, botocore_errors.HTTPClientError | botocore_errors.ReadTimeoutError
+                  | aiohttp.ClientError | asyncio.TimeoutError | ConnectionError):
+        return Classified(Verdict.RETRY, type(error).__name__, str(error), maybe_executed=True)
+    raise error

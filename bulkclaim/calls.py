@@ -1,0 +1,79 @@
+"""Connect calls as the engine makes them: each attempt through its API's limiter, classified.
+
+``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
+reads (Describe, List) with jittered backoff. Either way every request, retries included, passes the
+in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from bulkclaim.backoff import Backoff
+from bulkclaim.connect import Classified, Verdict, classify
+from bulkclaim.model import FatalServiceError
+from bulkclaim.ratelimit import Limiter
+
+__all__ = ["Api", "CallFailed"]
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class CallFailed(Exception):
+    """A call that did not succeed, with what the error means."""
+
+    def __init__(self, classified: Classified) -> None:
+        super().__init__(f"{classified.code}: {classified.message}")
+        self.classified = classified
+
+
+class Api:
+    """A Connect client seen through per-API limiters and one retry policy."""
+
+    def __init__(self, client: Any, limiters: Mapping[str, Limiter], *, backoff: Backoff = Backoff(),
+                 sleep: Sleep = anyio.sleep, rng: random.Random | None = None) -> None:
+        self.client = client
+        self.limiters = limiters
+        self.backoff = backoff
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.fatal: FatalServiceError | None = None  # the circuit breaker: once set, nothing more is sent
+
+    async def send(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
+        """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError."""
+        if self.fatal is not None:
+            raise self.fatal
+        limiter = self.limiters[operation]
+        async with limiter.in_flight:
+            await limiter.bucket.acquire()
+            if self.fatal is not None:  # tripped while we waited for our turn
+                raise self.fatal
+            limiter.sent += 1
+            try:
+                answer: dict[str, Any] = await getattr(self.client, method)(**params)
+            except Exception as exc:
+                classified = classify(exc, operation)
+                if classified.throttled:
+                    limiter.on_throttle()
+                if classified.verdict == Verdict.FATAL:
+                    self.fatal = self.fatal or FatalServiceError(classified.code, classified.message)
+                    raise self.fatal from exc
+                raise CallFailed(classified) from exc
+        limiter.on_success()
+        return answer
+
+    async def call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
+        """Retry ``send`` on retryable errors with jittered backoff; raise on anything else."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.send(operation, method, **params)
+            except CallFailed as failed:
+                if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
+                    raise
+            await self.sleep(self.backoff.delay(attempt, self.rng))

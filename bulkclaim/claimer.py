@@ -1,0 +1,231 @@
+"""The library API: an async context manager that claims numbers for an async service.
+
+    async with Claimer(instance_id=..., journal="claims.journal", region="us-east-1") as claimer:
+        outcome = await claimer.claim("+12065550100", description="support")
+        async for outcome in claimer.claim_many(requests):
+            ...
+
+Every ``claim()`` and ``claim_many()`` of one Claimer shares one limiter per API, one client and one
+journal. Two concurrent ``claim()`` calls for the same number send one request. A claim keeps going
+when its caller is cancelled (it runs in the Claimer's own task group) so the journal is always
+consistent; leaving the ``async with`` block cancels what is still running, and the journal keeps
+the tokens for the next Claimer to resume with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import anyio
+import structlog
+from aiobotocore.session import AioSession
+
+from bulkclaim.backoff import Backoff
+from bulkclaim.calls import Api
+from bulkclaim.connect import ClientSettings, connect_client
+from bulkclaim.engine import Engine, Options, RunSummary
+from bulkclaim.inputs import normalize_number
+from bulkclaim.journal import Journal, SqliteJournal
+from bulkclaim.model import ClaimRequest, Outcome, ParametersChangedError, Rejected, Status, Target
+from bulkclaim.ratelimit import Limiter
+
+__all__ = ["Claimer", "RateSettings"]
+
+_APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2")
+
+
+class RateSettings:
+    """Client-side (rate, burst) per API; defaults are Connect's documented defaults (2/s, burst 5)."""
+
+    def __init__(self, rate: float = 2.0, burst: int = 5, *, max_in_flight: int | None = None, adaptive: bool = True,
+                 per_api: Mapping[str, tuple[float, int]] | None = None) -> None:
+        self.rate, self.burst, self.max_in_flight, self.adaptive = rate, burst, max_in_flight, adaptive
+        self.per_api = dict(per_api or {})
+
+    def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> Limiter:
+        rate, burst = self.per_api.get(api, (self.rate, self.burst))
+        return Limiter(api, rate, burst, max_in_flight=self.max_in_flight if api == "ClaimPhoneNumber" else None,
+                       adaptive=self.adaptive, clock=clock, sleep=sleep)
+
+
+class Claimer:
+    """Claims Connect phone numbers to one target, journaled, throttled and verified."""
+
+    def __init__(
+        self,
+        *,
+        journal: str | Path | Journal,
+        instance_id: str | None = None,
+        target_arn: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        session: AioSession | None = None,
+        client: Any = None,
+        client_settings: ClientSettings | None = None,
+        rates: RateSettings | None = None,
+        options: Options = Options(),
+        backoff: Backoff = Backoff(),
+        default_region_for_numbers: str | None = None,
+        log: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = Target(instance_id=instance_id, target_arn=target_arn)
+        self._journal_spec = journal
+        self._settings = client_settings or ClientSettings(region=region, profile=profile, endpoint_url=endpoint_url)
+        self._session = session
+        self._client = client
+        self.rates = rates or RateSettings()
+        self.options = options
+        self._backoff = backoff
+        self._default_region = default_region_for_numbers
+        self.log = log if log is not None else structlog.get_logger("bulkclaim")
+        self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
+        self._stack: AsyncExitStack | None = None
+        self._inflight: dict[tuple[str, str], _Shared] = {}
+        self._run: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Claimer:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            if isinstance(self._journal_spec, str | Path):
+                self.journal: Journal = SqliteJournal.open(self._journal_spec)
+                stack.push_async_callback(self.journal.close)
+            else:
+                self.journal = self._journal_spec
+            client = self._client
+            if client is None:
+                pool = max(self.rates.max_in_flight or self.rates.burst, 10) + self.options.verifiers
+                settings = self._settings
+                if settings.max_pool_connections < pool:
+                    settings = ClientSettings(**{**settings.__dict__, "max_pool_connections": pool})
+                client = await stack.enter_async_context(connect_client(settings, self._session))
+            self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
+            self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng)
+            self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._stack is not None
+        if exc is not None:
+            self._tg.cancel_scope.cancel()  # leaving on an error: stop in-flight work, keep the journal
+        stack, self._stack = self._stack, None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    # -- one number ------------------------------------------------------------------------------------
+    async def claim(self, phone_number: str, *, description: str | None = None,
+                    tags: Mapping[str, str] | None = None) -> Outcome:
+        """Claim one number (E.164, or national with ``default_region_for_numbers``) and wait for it.
+
+        Raises ValueError for a number that is not valid, FatalServiceError when the service refuses
+        the caller (credentials, permissions, unknown target), ParametersChangedError when a pending
+        claim of this number was started with another description or tags.
+        """
+        request = ClaimRequest(normalize_number(phone_number, self._default_region), self.target, description,
+                               MappingProxyType(dict(tags or {})), source="claim()")
+        shared = self._inflight.get(request.key)
+        if shared is None:
+            shared = self._inflight[request.key] = _Shared()
+            self._tg.start_soon(self._claim_shared, request, shared)
+        return await shared.wait()
+
+    async def _claim_shared(self, request: ClaimRequest, shared: _Shared) -> None:
+        try:
+            shared.set(await self._claim_one(request))
+        except Exception as exc:
+            shared.fail(exc)
+        finally:
+            self._inflight.pop(request.key, None)
+
+    async def _claim_one(self, request: ClaimRequest) -> Outcome:
+        if self._run is None:
+            self._run = await self.journal.begin_run()
+        planned = await self.journal.plan([request], self._run, retry_failed=self.options.retry_failed, dedupe=False)
+        if planned.changed:
+            raise ParametersChangedError([(request.phone_number, request.source)])
+        if planned.done:
+            return planned.done[0]
+        outcome = await self.engine.settle(planned.work[0])
+        if outcome.status == Status.IN_PROGRESS and self.options.verify:
+            outcome = await self.engine.verify(outcome)
+        return outcome
+
+    # -- many numbers ----------------------------------------------------------------------------------
+    async def claim_many(self, rows: Iterable[ClaimRequest | Rejected | str]) -> AsyncIterator[Outcome]:
+        """Claim every row (as one journaled run) and yield each number's outcome as it is known.
+
+        Strings are numbers for this Claimer's target; invalid ones come out as ``invalid`` outcomes.
+        """
+        tx, rx = anyio.create_memory_object_stream[Outcome | BaseException](100)
+
+        async def produce() -> None:
+            async with tx:
+                try:
+                    self.last_summary = await self.engine.run(self._requests(rows), tx.send)
+                except anyio.BrokenResourceError:
+                    return  # the consumer stopped iterating: the run stops, the journal keeps its tokens
+                except Exception as exc:  # delivered to the consumer, raised in its own context
+                    with contextlib.suppress(anyio.BrokenResourceError):
+                        await tx.send(exc)
+
+        self._tg.start_soon(produce)
+        async with rx:
+            async for item in rx:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+    last_summary: RunSummary | None = None
+
+    def _requests(self, rows: Iterable[ClaimRequest | Rejected | str]) -> Iterable[ClaimRequest | Rejected]:
+        for index, row in enumerate(rows, start=1):
+            if not isinstance(row, str):
+                yield row
+                continue
+            try:
+                number = normalize_number(row, self._default_region)
+                yield ClaimRequest(number, self.target, source=f"claim_many:{index}")
+            except ValueError as exc:
+                yield Rejected(raw=row, source=f"claim_many:{index}", reason=str(exc), target=self.target)
+
+
+class _Shared:
+    """One claim's result, awaited by every caller that asked for the same number."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._outcome: Outcome | None = None
+        self._error: Exception | None = None
+
+    def set(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+        self._done.set()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> Outcome:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
+

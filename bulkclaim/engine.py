@@ -1,0 +1,274 @@
+"""The claim pipeline (DESIGN §3), top to bottom:
+
+    inputs ─► plan ─► reconcile ─► claim workers ─────────────────────► verify workers ─► emit
+    (rows)    (journal:  (earlier runs'   (limiter → ClaimPhoneNumber →     (DescribePhoneNumber
+              tokens     unknown outcomes  classify → retry, same token;     until CLAIMED/FAILED)
+              reserved   settled by one    "not available" checked with
+              durably)   listing sweep)    the service when in doubt)
+
+1. **plan** reads the rows (in a worker thread, batch by batch), records invalid ones, and reserves
+   every valid number's token in the journal — group-committed and fsync'd — before anything is sent.
+   Numbers already done are reported as they are; a pending number whose parameters changed stops
+   the run before the first request.
+2. **reconcile**: numbers an earlier run may have sent are looked up with one ListPhoneNumbersV2
+   sweep per target; those already ours are adopted, the rest re-sent with their *same* token.
+3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
+4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
+5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
+   is sent again) and handed to ``emit``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from bulkclaim.calls import Api, CallFailed
+from bulkclaim.connect import Verdict
+from bulkclaim.journal import Journal, Planned
+from bulkclaim.model import (
+    ClaimRequest,
+    FatalServiceError,
+    Outcome,
+    ParametersChangedError,
+    Rejected,
+    Status,
+    Target,
+)
+from bulkclaim.reconcile import Owned, find_owned, sweep, verify
+
+__all__ = ["Emit", "Engine", "Options", "RunSummary"]
+
+Emit = Callable[[Outcome], Awaitable[None]]
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run behaves. ``workers=0`` means one per in-flight slot of the claim limiter."""
+
+    verify: bool = True
+    verify_timeout: float = 120.0
+    retry_failed: bool = False
+    workers: int = 0
+    verifiers: int = 64
+    plan_batch: int = 500
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run, as the CLI and library report them."""
+
+    run: int = 0
+    to_send: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    adopted: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+class Engine:
+    """Runs claims against one Connect client (through :class:`Api`) and one journal."""
+
+    def __init__(self, api: Api, journal: Journal, options: Options = Options(), *, log: Any = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.api = api
+        self.journal = journal
+        self.options = options
+        self.log = log if log is not None else structlog.get_logger("bulkclaim")
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    # -- the whole run -------------------------------------------------------------------------------
+    async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit) -> RunSummary:
+        summary = RunSummary(run=await self.journal.begin_run())
+        await self._plan(inputs, summary, emit)
+        owned = await self._reconcile(summary.run)
+        await self._dispatch(summary, owned, emit)
+        await self.journal.flush()
+        self.log.info("run.finished", run=summary.run, **summary.statuses)
+        return summary
+
+    async def _plan(self, inputs: Iterable[ClaimRequest | Rejected], summary: RunSummary, emit: Emit) -> None:
+        rows = iter(inputs)
+        changed: list[ClaimRequest] = []
+        while batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch):
+            rejected = [r for r in batch if isinstance(r, Rejected)]
+            if rejected:
+                await self.journal.record_rejected(rejected, summary.run)
+                summary.invalid += len(rejected)
+                for row in rejected:
+                    self.log.warning("input.invalid", source=row.source, reason=row.reason)
+                    await self._emit(emit, summary, _invalid_outcome(row))
+            planned = await self.journal.plan([r for r in batch if isinstance(r, ClaimRequest)], summary.run,
+                                              retry_failed=self.options.retry_failed)
+            summary.to_send += len(planned.work)
+            summary.already_done += len(planned.done)
+            summary.duplicates += len(planned.duplicates)
+            changed += planned.changed
+            for duplicate in planned.duplicates:
+                self.log.info("input.duplicate", phone_number=duplicate.phone_number, source=duplicate.source)
+            for outcome in planned.done:
+                await self._emit(emit, summary, outcome)
+        self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
+                      invalid=summary.invalid, duplicates=summary.duplicates)
+        if changed:
+            raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
+
+    async def _reconcile(self, run: int) -> dict[str, dict[str, Owned]]:
+        """For each target with numbers an earlier run may have sent: which numbers it already holds."""
+        owned: dict[str, dict[str, Owned]] = {}
+        for target in await self.journal.targets_to_reconcile(run):
+            owned[target.key] = await sweep(self.api, target)
+            self.log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
+        return owned
+
+    async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
+        workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
+        claim_tx, claim_rx = anyio.create_memory_object_stream[Planned](workers)
+        verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
+        try:
+            async with anyio.create_task_group() as tg, claim_tx, claim_rx, verify_tx, verify_rx:
+                tg.start_soon(self._feed, summary.run, claim_tx.clone())
+                for _ in range(workers):
+                    tg.start_soon(self._claim_worker, claim_rx.clone(), verify_tx.clone(), owned, summary, emit)
+                for _ in range(self.options.verifiers if self.options.verify else 0):
+                    tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit)
+        except BaseExceptionGroup as group:
+            raise _first_cause(group) from None
+
+    async def _feed(self, run: int, tx: MemoryObjectSendStream[Planned]) -> None:
+        async with tx:
+            after = 0
+            while True:
+                page, after = await self.journal.work_page(run, after, _PAGE)
+                if not page:
+                    return
+                for planned in page:
+                    await tx.send(planned)
+
+    async def _claim_worker(self, rx: MemoryObjectReceiveStream[Planned], tx: MemoryObjectSendStream[Outcome],
+                            owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
+        async with rx, tx:
+            async for planned in rx:
+                already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
+                outcome = await self.settle(planned, already)
+                if outcome.status == Status.IN_PROGRESS and already is not None:
+                    summary.adopted += 1
+                if outcome.status == Status.IN_PROGRESS and self.options.verify:
+                    await tx.send(outcome)
+                else:
+                    await self._emit(emit, summary, outcome)
+
+    async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit) -> None:
+        async with rx:
+            async for accepted in rx:
+                await self._emit(emit, summary, await self.verify(accepted))
+
+    async def _emit(self, emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
+        summary.statuses[outcome.status.value] += 1
+        await emit(outcome)
+
+    # -- one number ----------------------------------------------------------------------------------
+    async def settle(self, planned: Planned, already: Owned | None = None) -> Outcome:
+        """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending."""
+        log = self.log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+        if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
+            return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
+                            planned.phone_number_arn)
+        if already is not None and planned.maybe_sent:
+            log.info("claim.adopted", phone_number_id=already.phone_number_id)
+            return self._record(_outcome(planned, Status.IN_PROGRESS, planned.attempts, already.phone_number_id,
+                                         already.phone_number_arn))
+        return self._record(await self._claim(planned, log))
+
+    async def _claim(self, planned: Planned, log: Any) -> Outcome:
+        params = planned.request.claim_params(planned.client_token)
+        attempts = planned.attempts
+        for attempt in itertools.count(1):
+            attempts += 1
+            log.debug("claim.sent", attempt=attempts)
+            try:
+                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", **params)
+            except CallFailed as failed:
+                error = failed.classified
+                self.journal.record_attempt(planned, error.verdict.value, error.code)
+                if error.verdict == Verdict.RETRY:
+                    if attempt >= self.api.backoff.max_attempts:
+                        log.warning("claim.unknown", attempts=attempts, error_code=error.code)
+                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
+                    log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
+                    await self.api.sleep(self.api.backoff.delay(attempt, self.rng))
+                    continue
+                if error.verdict == Verdict.UNAVAILABLE:
+                    # Unknown is not failed: our own earlier attempt (its answer lost, its token since
+                    # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
+                    ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
+                    if ours is not None:
+                        log.info("claim.adopted", phone_number_id=ours.phone_number_id)
+                        return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
+                                        ours.phone_number_arn)
+                log.warning("claim.failed", error_code=error.code, error_message=error.message)
+                return _outcome(planned, Status.FAILED, attempts, error=(error.code, error.message))
+            self.journal.record_attempt(planned, "accepted", None)
+            log.info("claim.accepted", phone_number_id=answer["PhoneNumberId"], attempts=attempts)
+            return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"], answer["PhoneNumberArn"])
+        raise AssertionError("unreachable")
+
+    async def verify(self, accepted: Outcome) -> Outcome:
+        """Wait (bounded) for an accepted claim to settle; record and return the result."""
+        assert accepted.phone_number_id is not None
+        result = await verify(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
+                              sleep=self.api.sleep, clock=self.clock)
+        status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED}.get(result.status, Status.IN_PROGRESS)
+        error = ("PhoneNumberClaimFailed", result.message) if status == Status.FAILED else (None, None)
+        outcome = replace(accepted, status=status, error_code=error[0], error_message=error[1],
+                          updated_at=time.time())
+        self.log.info(f"claim.{status.value}", phone_number=accepted.phone_number, client_token=accepted.client_token,
+                      phone_number_id=accepted.phone_number_id, describes=result.describes)
+        return self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> Outcome:
+        self.journal.record_outcome(outcome)
+        return outcome
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    leaves.sort(key=lambda e: not isinstance(e, FatalServiceError))
+    return leaves[0]
+
+
+def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:
+    return list(itertools.islice(rows, size))
+
+
+def _outcome(planned: Planned, status: Status, attempts: int, phone_number_id: str | None = None,
+             phone_number_arn: str | None = None, error: tuple[str | None, str | None] = (None, None)) -> Outcome:
+    request = planned.request
+    return Outcome(request.phone_number, request.source, request.target.key, status, phone_number_id,
+                   phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time())
+
+
+def _invalid_outcome(row: Rejected) -> Outcome:
+    target = row.target.key if isinstance(row.target, Target) else ""
+    return Outcome(row.raw, row.source, target, Status.INVALID, error_code="InvalidInput", error_message=row.reason,
+                   updated_at=time.time())

@@ -1,0 +1,244 @@
+"""Streaming readers for number lists (CSV, plain text, JSON Lines), with E.164 normalization.
+
+Files are read line by line, never loaded whole, so memory stays flat in the input size. Each row
+becomes a :class:`ClaimRequest`, or a :class:`Rejected` naming ``file:line`` and the reason; a row
+that breaks one of Connect's own limits is rejected here and never sent. Problems with a whole file
+(missing, a directory, no phone column, unknown format) raise :class:`InputFileError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import phonenumbers
+
+from bulkclaim.model import BulkclaimError, ClaimRequest, Rejected, Target
+
+__all__ = ["FORMATS", "InputFileError", "detect_format", "normalize_number", "read_inputs"]
+
+FORMATS = ("csv", "txt", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".txt": "txt", ".lst": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_MAX_LINE = 64 * 1024
+_MAX_DESCRIPTION = 500
+_MAX_TAGS = 50
+_TAG_KEY = re.compile(r"^[\w\s.:/=+\-@]{1,128}$")
+_NUMBER_CHARS = re.compile(r"^[0-9+\s\-.()/]+$")
+
+
+class InputFileError(BulkclaimError):
+    """A whole input file cannot be used; nothing from it is sent."""
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    text: str
+    problem: str | None  # set when the raw bytes could not be used as they are
+
+
+def detect_format(path: Path, explicit: str | None = None) -> str:
+    if explicit:
+        if explicit not in FORMATS:
+            raise InputFileError(f"{path}: unknown format {explicit!r} (use one of {', '.join(FORMATS)})")
+        return explicit
+    found = _EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise InputFileError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                             f"name it .csv, .txt or .jsonl, or give the format explicitly")
+    return found
+
+
+def normalize_number(raw: str, default_region: str | None) -> str:
+    """E.164 form of ``raw``, or ValueError with a reason a user can act on."""
+    text = raw.strip()
+    if not text:
+        raise ValueError("empty phone number")
+    if not _NUMBER_CHARS.match(text):
+        raise ValueError(f"phone number {text!r} has characters other than digits, '+', spaces and -.()/")
+    if not text.startswith("+") and default_region is None:
+        raise ValueError(f"{text!r} is not in international format (+country code); "
+                         "give a default region for national numbers")
+    try:
+        parsed = phonenumbers.parse(text, None if text.startswith("+") else default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{text!r} is not a phone number: {exc._msg}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError(f"{text!r} is not a valid number for its country")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def read_inputs(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
+                default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+    """Every row of every file, in order. Whole-file problems raise before that file's first row."""
+    for path in paths:
+        yield from read_file(path, target=target, fmt=fmt, default_region=default_region)
+
+
+def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
+              default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+    kind = detect_format(path, fmt)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, not a file")
+    reader = {"csv": _csv_rows, "txt": _txt_rows, "jsonl": _jsonl_rows}[kind]
+    try:
+        for line, fields in reader(path):
+            source = f"{path}:{line.number}"
+            if line.problem:
+                yield Rejected(raw=line.text[:200], source=source, reason=line.problem, target=target)
+                continue
+            yield _to_request(fields, source, target, default_region)
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _lines(path: Path) -> Iterator[_Line]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte order mark, as spreadsheets write
+            raw = raw.rstrip(b"\r\n")
+            problem = None
+            if len(raw) > _MAX_LINE:
+                problem, raw = f"line longer than {_MAX_LINE} bytes", raw[:200]
+            if b"\x00" in raw:
+                problem, raw = problem or "line contains NUL bytes", raw.replace(b"\x00", b"")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem, text = problem or f"not valid UTF-8 (byte {exc.start + 1})", raw.decode("utf-8", "replace")
+            yield _Line(number, text, problem)
+
+
+def _txt_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
+    for line in _lines(path):
+        text = line.text.split("#", 1)[0].strip()
+        if text or line.problem:
+            yield line, {"phone_number": text}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
+    for line in _lines(path):
+        if not line.text.strip() or line.problem:
+            if line.problem:
+                yield line, {}
+            continue
+        try:
+            value = json.loads(line.text)
+        except json.JSONDecodeError as exc:
+            yield _Line(line.number, line.text, f"not valid JSON: {exc.msg} (column {exc.colno})"), {}
+            continue
+        if isinstance(value, str):
+            value = {"phone_number": value}
+        if not isinstance(value, dict):
+            yield _Line(line.number, line.text, "a JSON line must be an object or a string"), {}
+            continue
+        yield line, value
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
+    lines = _lines(path)
+    header_line = next(lines, None)
+    if header_line is None or not header_line.text.strip():
+        raise InputFileError(f"{path}: empty file; a CSV needs a header with a phone_number column")
+    header = [h.strip().lower() for h in next(csv.reader([header_line.text]))]
+    if "phone_number" not in header:
+        raise InputFileError(f"{path}:1: no phone_number column in the header {header!r}")
+    for line in lines:
+        if not line.text.strip() and not line.problem:
+            continue
+        try:
+            cells = next(csv.reader([line.text]))
+        except csv.Error as exc:
+            yield _Line(line.number, line.text, f"malformed CSV: {exc}"), {}
+            continue
+        if len(cells) > len(header):
+            yield _Line(line.number, line.text, f"{len(cells)} cells but the header has {len(header)}"), {}
+            continue
+        yield line, dict(zip(header, (c.strip() for c in cells), strict=False))
+
+
+def _to_request(fields: Mapping[str, Any], source: str, default_target: Target | None,
+                default_region: str | None) -> ClaimRequest | Rejected:
+    raw = str(fields.get("phone_number") or "")
+    try:
+        target = _row_target(fields, default_target)
+    except ValueError as exc:
+        return Rejected(raw=raw, source=source, reason=str(exc), target=default_target)
+    try:
+        number = normalize_number(raw, default_region)
+        description = _description(fields.get("description"))
+        tags = _tags(fields.get("tags"))
+    except ValueError as exc:
+        return Rejected(raw=raw, source=source, reason=str(exc), target=target)
+    return ClaimRequest(number, target, description, MappingProxyType(tags), source)
+
+
+def _row_target(fields: Mapping[str, Any], default: Target | None) -> Target:
+    instance_id, target_arn = fields.get("instance_id") or None, fields.get("target_arn") or None
+    if instance_id and target_arn:
+        raise ValueError("a row may name instance_id or target_arn, not both")
+    if instance_id:
+        return Target(instance_id=str(instance_id))
+    if target_arn:
+        return Target(target_arn=str(target_arn))
+    if default is None:
+        raise ValueError("no target: give an instance id or target ARN, for the run or in the row")
+    return default
+
+
+def _description(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("description must be text")
+    if len(value) > _MAX_DESCRIPTION:
+        raise ValueError(f"description has {len(value)} characters; Connect allows {_MAX_DESCRIPTION}")
+    return value
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        value = _parse_tag_text(value)
+    if not isinstance(value, dict):
+        raise ValueError("tags must be a JSON object or key=value pairs separated by ';'")
+    if len(value) > _MAX_TAGS:
+        raise ValueError(f"{len(value)} tags; Connect allows {_MAX_TAGS}")
+    tags: dict[str, str] = {}
+    for key, tag_value in value.items():
+        key = str(key)
+        if key.lower().startswith("aws:"):
+            raise ValueError(f"tag key {key!r}: keys starting with 'aws:' are reserved by AWS")
+        if not _TAG_KEY.match(key):
+            raise ValueError(f"tag key {key[:40]!r}: 1-128 letters, digits, spaces or _.:/=+-@")
+        text = "" if tag_value is None else str(tag_value)
+        if len(text) > 256:
+            raise ValueError(f"tag {key!r}: value longer than 256 characters")
+        tags[key] = text
+    return tags
+
+
+def _parse_tag_text(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError("tags look like JSON but do not parse") from None
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"tag {item!r} is not key=value")
+        pairs[key.strip()] = value.strip()
+    return pairs

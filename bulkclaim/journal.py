@@ -1,0 +1,349 @@
+"""The durable journal: every number's client token is committed here before its first request.
+
+SQLite in WAL mode with ``synchronous=FULL``. One writer thread owns the write connection; callers
+hand it jobs and the thread runs every job waiting in its queue in *one* transaction (group commit),
+so reserving tokens for a batch of numbers costs one fsync, and many concurrent library callers
+share fsyncs too. Outcomes are handed over without waiting: losing the last few outcomes in a crash
+only means the same token is sent again on resume, which the service answers idempotently.
+
+A lock file beside the journal (``flock``, released by the kernel even on ``kill -9``) keeps a second
+process out. The :class:`Journal` protocol is what the engine needs, so another backend can be added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+from bulkclaim.journal_schema import migrate
+from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
+
+__all__ = ["Journal", "PlanResult", "Planned", "SqliteJournal", "new_token"]
+
+_T = TypeVar("_T")
+_MAX_GROUP = 2000
+
+
+def new_token() -> str:
+    """A ClientToken: a lowercase UUID, as the service requires."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A number to work on in this run, with its durable token."""
+
+    request: ClaimRequest
+    client_token: str
+    status: Status  # PENDING (to send) or IN_PROGRESS (to verify)
+    attempts: int
+    maybe_sent: bool  # an earlier run may have sent this token: its outcome is unknown
+    phone_number_id: str | None = None
+    phone_number_arn: str | None = None
+
+
+@dataclass
+class PlanResult:
+    """What planning one batch found: work to do, numbers already done, duplicates, changed rows."""
+
+    work: list[Planned]
+    done: list[Outcome]
+    duplicates: list[ClaimRequest]
+    changed: list[ClaimRequest]
+
+
+class Journal(Protocol):
+    """What the engine needs from a journal."""
+
+    async def begin_run(self) -> int: ...
+    async def plan(self, requests: Sequence[ClaimRequest], run: int, *, retry_failed: bool,
+                   dedupe: bool = True) -> PlanResult: ...
+    async def record_rejected(self, rows: Sequence[Rejected], run: int) -> None: ...
+    def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None: ...
+    def record_outcome(self, outcome: Outcome) -> None: ...
+    async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]: ...
+    async def targets_to_reconcile(self, run: int) -> list[Target]: ...
+    async def flush(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    run: Callable[[sqlite3.Connection], Any]
+    done: Callable[[Any, BaseException | None], None] | None
+
+
+class SqliteJournal:
+    """The SQLite journal. Open it with :meth:`open`; one process at a time."""
+
+    def __init__(self, path: Path, lock_fd: int, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._writer, name="bulkclaim-journal", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            self._release_lock()
+            raise self._failure
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SqliteJournal:
+        """Open or create the journal at ``path`` (mode 0600), refusing if another process has it."""
+        journal_path = Path(path)
+        try:
+            lock_fd = os.open(f"{journal_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(f"cannot create the journal lock {journal_path}.lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise JournalError(f"journal {journal_path} is in use by another bulkclaim process; "
+                               "wait for it to finish (or stop it) and run again") from None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        return cls(journal_path, lock_fd, loop)
+
+    # -- the writer thread ---------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        migrate(conn, self.path)
+        return conn
+
+    def _writer(self) -> None:
+        try:
+            conn = self._connect()
+        except JournalError as exc:
+            self._failure = exc
+        except (sqlite3.Error, OSError) as exc:
+            self._failure = _journal_error(self.path, exc)
+        self._ready.set()
+        if self._failure is not None:
+            return
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)  # finish this group, then stop
+                    break
+                group.append(job)
+            self._run_group(conn, group)
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        results: list[tuple[Any, BaseException | None]] = []
+        if self._failure is None:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in group:
+                    results.append((job.run(conn), None))
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                self._failure = _journal_error(self.path, exc)
+                if conn.in_transaction:
+                    conn.rollback()
+        if self._failure is not None:  # a failed journal fails every later job: never lose silently
+            results = [(None, self._failure) for _ in group]
+        for job, (value, error) in zip(group, results, strict=True):
+            if job.done is not None:
+                job.done(value, error)
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            def apply() -> None:
+                if future.done():
+                    return  # the waiter was cancelled; the work itself is committed regardless
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+            loop.call_soon_threadsafe(apply)
+
+        self._put(_Job(run, settle))
+        return await future
+
+    def _put(self, job: _Job) -> None:
+        if not self._thread.is_alive():
+            raise JournalError(f"journal {self.path} is closed")
+        self._jobs.put(job)
+
+    # -- the Journal protocol --------------------------------------------------------------------------
+    async def begin_run(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute("INSERT INTO runs (started_at, pid) VALUES (?, ?)", (time.time(), os.getpid()))
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+        return await self._submit(run)
+
+    async def plan(self, requests: Sequence[ClaimRequest], run: int, *, retry_failed: bool,
+                   dedupe: bool = True) -> PlanResult:
+        """Reserve tokens for new numbers (durably, before this returns) and sort the rest.
+
+        With ``dedupe`` a number met twice in one run is a duplicate; without it (one-off library
+        claims) it is simply looked up again."""
+        return await self._submit(lambda conn: _plan(conn, requests, run, retry_failed, dedupe))
+
+    async def record_rejected(self, rows: Sequence[Rejected], run: int) -> None:
+        values = [(run, r.source, r.raw, r.reason, r.target.key if r.target else None, time.time()) for r in rows]
+        await self._submit(lambda conn: conn.executemany(
+            "INSERT INTO rejected (run, source, raw, reason, target, at) VALUES (?, ?, ?, ?, ?, ?)", values))
+
+    def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None:
+        values = (planned.request.target.key, planned.request.phone_number, planned.client_token, time.time(),
+                  result, error_code)
+        self._put(_Job(lambda conn: conn.execute(
+            "INSERT INTO attempts (target, phone_number, client_token, at, result, error_code) "
+            "VALUES (?, ?, ?, ?, ?, ?)", values), None))
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        values = (outcome.status.value, outcome.attempts, outcome.phone_number_id, outcome.phone_number_arn,
+                  outcome.error_code, outcome.error_message, outcome.updated_at or time.time(),
+                  outcome.target, outcome.phone_number, outcome.client_token)
+        # Guarded by the token: an outcome of an older attempt series never overwrites a newer one.
+        self._put(_Job(lambda conn: conn.execute(
+            "UPDATE numbers SET status=?, attempts=?, phone_number_id=?, phone_number_arn=?, error_code=?, "
+            "error_message=?, updated_at=? WHERE target=? AND phone_number=? AND client_token=?", values), None))
+
+    async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
+        """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
+        def query(conn: sqlite3.Connection) -> tuple[list[Planned], int]:
+            rows = conn.execute(
+                "SELECT ord, target, phone_number, description, tags, source, client_token, status, attempts, "
+                "maybe_sent, phone_number_id, phone_number_arn FROM numbers "
+                "WHERE seen_run=? AND ord>? AND status IN ('pending', 'in_progress') ORDER BY ord LIMIT ?",
+                (run, after, limit)).fetchall()
+            return [_planned_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else after)
+        return await self._submit(query)
+
+    async def targets_to_reconcile(self, run: int) -> list[Target]:
+        """Targets holding numbers of ``run`` that an earlier run may have sent (outcome unknown)."""
+        rows = await self._submit(lambda conn: conn.execute(
+            "SELECT DISTINCT target FROM numbers WHERE seen_run=? AND status='pending' AND maybe_sent=1",
+            (run,)).fetchall())
+        return [Target.from_key(row[0]) for row in rows]
+
+    async def flush(self) -> None:
+        """Wait until everything handed over so far is committed."""
+        await self._submit(lambda conn: None)
+
+    async def close(self) -> None:
+        if self._thread.is_alive():
+            await self.flush() if self._failure is None else None
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._release_lock()
+
+    def close_sync(self) -> None:
+        """Close from synchronous code (the CLI's reports); waits for pending writes."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _journal_error(path: Path, exc: BaseException) -> JournalError:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return JournalError(f"journal {path} is corrupt or not a bulkclaim journal ({text}); "
+                            "it was left untouched: move it aside to start over")
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
+        return JournalError(f"journal {path} is read-only ({text})")
+    if "disk is full" in text or "disk I/O" in text:
+        return JournalError(f"journal {path} cannot be written: {text}; free some space and run again")
+    return JournalError(f"journal {path}: {text}")
+
+
+def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
+          dedupe: bool) -> PlanResult:
+    result = PlanResult([], [], [], [])
+    now = time.time()
+    (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?", (run,)).fetchone()
+    for request in requests:
+        target, number = request.key
+        row = conn.execute(
+            "SELECT params_hash, client_token, status, attempts, seen_run, phone_number_id, phone_number_arn, "
+            "error_code, error_message, updated_at FROM numbers WHERE target=? AND phone_number=?",
+            (target, number)).fetchone()
+        if row is not None and row[4] == run and dedupe:
+            result.duplicates.append(request)
+            continue
+        if row is None or (row[2] == Status.FAILED and retry_failed):
+            token = new_token()
+            conn.execute(
+                "INSERT OR REPLACE INTO numbers (target, phone_number, params_hash, description, tags, source, "
+                "client_token, status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
+                (target, number, request.params_hash(), request.description, _tags_text(request), request.source,
+                 token, run, next_ord, now, now))
+            result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False))
+        else:
+            params_hash, token, status, attempts = row[0], row[1], Status(row[2]), row[3]
+            if status == Status.PENDING and params_hash != request.params_hash():
+                result.changed.append(request)
+                continue
+            # Seen in an earlier run: a pending token may have left the process then.
+            conn.execute("UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=maybe_sent OR ? "
+                         "WHERE target=? AND phone_number=?",
+                         (run, next_ord, request.source, status == Status.PENDING, target, number))
+            if status in (Status.PENDING, Status.IN_PROGRESS):
+                result.work.append(Planned(request, token, status, attempts, maybe_sent=True,
+                                           phone_number_id=row[5], phone_number_arn=row[6]))
+            else:
+                result.done.append(Outcome(number, request.source, target, status, row[5], row[6], token, attempts,
+                                           row[7], row[8], row[9]))
+        next_ord += 1
+    return result
+
+
+def _tags_text(request: ClaimRequest) -> str | None:
+    return json.dumps(dict(request.tags), sort_keys=True) if request.tags else None
+
+
+def _planned_from_row(row: Sequence[Any]) -> Planned:
+    target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn = row
+    request = ClaimRequest(number, Target.from_key(target), description,
+                           MappingProxyType(json.loads(tags) if tags else {}), source or "")
+    return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)

@@ -1,0 +1,81 @@
+"""The journal's SQLite schema and its versioning. Bump ``SCHEMA_VERSION`` and add a step to
+``_STEPS`` for every change; a journal from a newer bulkclaim is refused, never rewritten."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from bulkclaim.model import JournalError
+
+__all__ = ["SCHEMA_VERSION", "migrate"]
+
+SCHEMA_VERSION = 1
+_APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (id INTEGER PRIMARY KEY, started_at REAL NOT NULL, pid INTEGER);
+CREATE TABLE numbers (
+    target TEXT NOT NULL,
+    phone_number TEXT NOT NULL,
+    params_hash TEXT NOT NULL,
+    description TEXT,
+    tags TEXT,
+    source TEXT,
+    client_token TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    maybe_sent INTEGER NOT NULL DEFAULT 0,
+    phone_number_id TEXT,
+    phone_number_arn TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    seen_run INTEGER,
+    ord INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (target, phone_number)
+) WITHOUT ROWID;
+CREATE INDEX numbers_by_run ON numbers (seen_run, ord);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    phone_number TEXT NOT NULL,
+    client_token TEXT NOT NULL,
+    at REAL NOT NULL,
+    result TEXT NOT NULL,
+    error_code TEXT
+);
+CREATE TABLE rejected (
+    id INTEGER PRIMARY KEY,
+    run INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    target TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX rejected_by_run ON rejected (run);
+"""
+
+_STEPS = {1: _V1}
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new file, upgrade an older one, refuse a foreign or newer one."""
+    (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if application_id not in (0, _APPLICATION_ID) or (application_id == 0 and tables):
+        raise JournalError(f"{path} is an SQLite file but not a bulkclaim journal; refusing to touch it")
+    if version > SCHEMA_VERSION:
+        raise JournalError(f"journal {path} was written by a newer bulkclaim (schema {version}, this one reads "
+                           f"up to {SCHEMA_VERSION}); upgrade bulkclaim to continue it")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in filter(None, (s.strip() for s in _STEPS[step].split(";"))):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={step}")
+        conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+        conn.execute("COMMIT")

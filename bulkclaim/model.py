@@ -1,0 +1,166 @@
+"""The nouns of bulkclaim: targets, claim requests, rejected input rows, outcomes and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "BulkclaimError",
+    "ClaimRequest",
+    "FatalServiceError",
+    "JournalError",
+    "Outcome",
+    "ParametersChangedError",
+    "Rejected",
+    "Status",
+    "Target",
+]
+
+
+class Status(StrEnum):
+    """Where a number stands, in the journal and the report (DESIGN §4)."""
+
+    PENDING = "pending"  # token reserved, outcome not known yet
+    CLAIMED = "claimed"  # the service says CLAIMED
+    IN_PROGRESS = "in_progress"  # accepted, not yet CLAIMED when the wait ended
+    FAILED = "failed"  # terminal, with error code and message
+    INVALID = "invalid"  # rejected locally, never sent
+
+    @property
+    def is_done(self) -> bool:
+        """Nothing more to send for this number (without ``retry_failed``)."""
+        return self in (Status.CLAIMED, Status.IN_PROGRESS, Status.FAILED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where numbers are claimed to: an instance (id or ARN) or a target ARN (instance or TDG)."""
+
+    instance_id: str | None = None
+    target_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.instance_id is None) == (self.target_arn is None):
+            raise ValueError("give exactly one of instance_id or target_arn")
+
+    @property
+    def key(self) -> str:
+        """The journal's name for this target."""
+        return self.target_arn or f"instance/{self.instance_id}"
+
+    def request_params(self) -> dict[str, str]:
+        """The parameters naming this target in a Connect request."""
+        if self.target_arn is not None:
+            return {"TargetArn": self.target_arn}
+        assert self.instance_id is not None
+        return {"InstanceId": self.instance_id}
+
+    @classmethod
+    def from_key(cls, key: str) -> Target:
+        if key.startswith("instance/"):
+            return cls(instance_id=key.removeprefix("instance/"))
+        return cls(target_arn=key)
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One valid number to claim, normalized to E.164, with where it came from (``file:line``)."""
+
+    phone_number: str
+    target: Target
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.target.key, self.phone_number)
+
+    def params_hash(self) -> str:
+        """A digest of everything sent with the claim but the token: a change means a different claim."""
+        canonical = json.dumps([self.phone_number, self.target.key, self.description or "",
+                                sorted(self.tags.items())], separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def claim_params(self, client_token: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"PhoneNumber": self.phone_number, "ClientToken": client_token,
+                                  **self.target.request_params()}
+        if self.description:
+            params["PhoneNumberDescription"] = self.description
+        if self.tags:
+            params["Tags"] = dict(self.tags)
+        return params
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input row that is never sent, with the reason (and the raw text for the report)."""
+
+    raw: str
+    source: str
+    reason: str
+    target: Target | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A number's state after a run, one report row (DESIGN §4)."""
+
+    phone_number: str
+    source: str
+    target: str
+    status: Status
+    phone_number_id: str | None = None
+    phone_number_arn: str | None = None
+    client_token: str | None = None
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    updated_at: float | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """The report row, field order as in DESIGN §4."""
+        return {
+            "phone_number": self.phone_number, "source": self.source, "target": self.target,
+            "status": self.status.value, "phone_number_id": self.phone_number_id,
+            "phone_number_arn": self.phone_number_arn, "client_token": self.client_token,
+            "attempts": self.attempts, "error_code": self.error_code, "error_message": self.error_message,
+            "updated_at": self.updated_at,
+        }
+
+
+class BulkclaimError(Exception):
+    """Base of every error bulkclaim raises on purpose; ``str()`` is a message for users."""
+
+
+class FatalServiceError(BulkclaimError):
+    """The service refused in a way that affects every number (403, unknown target): the run stops."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class JournalError(BulkclaimError):
+    """The journal cannot be used (locked, corrupt, newer schema, unwritable)."""
+
+
+class ParametersChangedError(BulkclaimError):
+    """A pending number's parameters differ from those its token was reserved with."""
+
+    def __init__(self, changed: list[tuple[str, str]]) -> None:
+        shown = ", ".join(f"{number} ({source})" for number, source in changed[:10])
+        more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        super().__init__(
+            f"{len(changed)} pending number(s) changed parameters since their claim was started: {shown}{more}. "
+            "Their first claim may already have been sent; restore the original description/tags, "
+            "or finish the earlier run first."
+        )
+        self.changed = changed

@@ -1,0 +1,83 @@
+"""Settling what the client cannot know alone by asking the service (DESIGN invariant 4).
+
+- ``sweep``: at resume, one ListPhoneNumbersV2 pass over a target tells which of the numbers an
+  earlier run may have sent are already ours; those are adopted with their id instead of re-sent.
+- ``find_owned``: after "Phone number not available" for a number whose token may have been used
+  before, ask whether the number is ours before recording a failure.
+- ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
+  the bounded wait ends (the number is then left ``in_progress``, honestly).
+
+Every request goes through the same limiters as the claims (their own API buckets).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bulkclaim.calls import Api, CallFailed
+from bulkclaim.model import Target
+
+__all__ = ["Owned", "VerifyResult", "find_owned", "sweep", "verify"]
+
+
+@dataclass(frozen=True)
+class Owned:
+    phone_number_id: str
+    phone_number_arn: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    status: str  # CLAIMED, FAILED or IN_PROGRESS (wait ended)
+    message: str
+    describes: int
+
+
+async def _list_pages(api: Api, target: Target, **filters: Any) -> dict[str, Owned]:
+    owned: dict[str, Owned] = {}
+    next_token: str | None = None
+    while True:
+        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", MaxResults=1000,
+                              **target.request_params(), **filters, **({"NextToken": next_token} if next_token else {}))
+        for row in page.get("ListPhoneNumbersSummaryList", []):
+            owned[row["PhoneNumber"]] = Owned(row["PhoneNumberId"], row["PhoneNumberArn"])
+        next_token = page.get("NextToken")
+        if not next_token:
+            return owned
+
+
+async def sweep(api: Api, target: Target) -> dict[str, Owned]:
+    """Every number the target holds (IN_PROGRESS or CLAIMED), in one listing pass; bounded by the
+    instance's phone-number quota, not by the size of the run."""
+    return await _list_pages(api, target)
+
+
+async def find_owned(api: Api, target: Target, phone_number: str) -> Owned | None:
+    """Is ``phone_number`` ours on ``target``? One filtered listing (the prefix is the whole number)."""
+    listed = await _list_pages(api, target, PhoneNumberPrefix=phone_number)
+    return listed.get(phone_number)
+
+
+async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
+                 max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
+                 clock: Callable[[], float] = time.monotonic) -> VerifyResult:
+    """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
+    deadline = clock() + wait_limit
+    wait = first_poll
+    describes = 0
+    while True:
+        await sleep(min(wait, max(0.0, deadline - clock())))
+        try:
+            answer = await api.call("DescribePhoneNumber", "describe_phone_number", PhoneNumberId=phone_number_id)
+        except CallFailed as failed:
+            return VerifyResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
+        describes += 1
+        status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})
+        if status.get("Status") in ("CLAIMED", "FAILED"):
+            return VerifyResult(status["Status"], status.get("Message", ""), describes)
+        if clock() >= deadline:
+            return VerifyResult("IN_PROGRESS", "still IN_PROGRESS when the wait ended", describes)
+        wait = min(max_poll, wait * 1.5)
