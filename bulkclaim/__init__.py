@@ -12,6 +12,7 @@ from bulkclaim.journal import Journal, SqliteJournal
 from bulkclaim.model import (
     BulkclaimError,
     ClaimRequest,
+    ConfigurationError,
     FatalServiceError,
     JournalError,
     Outcome,
@@ -27,6 +28,7 @@ __all__ = [
     "ClaimRequest",
     "Claimer",
     "ClientSettings",
+    "ConfigurationError",
     "FatalServiceError",
     "Journal",
     "JournalError",

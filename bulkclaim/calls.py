@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
+from botocore.exceptions import ClientError
 
 from bulkclaim.backoff import Backoff
 from bulkclaim.connect import Classified, Verdict, classify
@@ -42,9 +43,20 @@ class Api:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.fatal: FatalServiceError | None = None  # the circuit breaker: once set, nothing more is sent
+        # Until the service has answered one request without refusing the caller, requests go one at a
+        # time: a bad credential or unknown target then costs one request, not one per in-flight slot.
+        self._trusted = False
+        self._probe = anyio.Lock()
 
     async def send(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError."""
+        if not self._trusted:
+            async with self._probe:
+                if not self._trusted:
+                    return await self._attempt(operation, method, params)
+        return await self._attempt(operation, method, params)
+
+    async def _attempt(self, operation: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if self.fatal is not None:
             raise self.fatal
         limiter = self.limiters[operation]
@@ -62,7 +74,10 @@ class Api:
                 if classified.verdict == Verdict.FATAL:
                     self.fatal = self.fatal or FatalServiceError(classified.code, classified.message)
                     raise self.fatal from exc
+                # The service answered (even if not for this number): the caller itself is accepted.
+                self._trusted = self._trusted or isinstance(exc, ClientError)
                 raise CallFailed(classified) from exc
+        self._trusted = True
         limiter.on_success()
         return answer
 

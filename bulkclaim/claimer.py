@@ -122,12 +122,14 @@ class Claimer:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+                        tb: TracebackType | None) -> None:
         assert self._stack is not None
-        if exc is not None:
-            self._tg.cancel_scope.cancel()  # leaving on an error: stop in-flight work, keep the journal
         stack, self._stack = self._stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
+        if exc is not None:
+            # Leaving on an error: stop background claims (their tokens stay in the journal) and let
+            # the caller's own exception through as it is, not wrapped in a task group's exception group.
+            self._tg.cancel_scope.cancel()
+        await stack.aclose()
 
     # -- one number ------------------------------------------------------------------------------------
     async def claim(self, phone_number: str, *, description: str | None = None,

@@ -7,6 +7,7 @@ limiter, so every client is built with ``total_max_attempts=1``.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as botocore_errors
 from types_aiobotocore_connect import ConnectClient
+
+from bulkclaim.model import ConfigurationError
 
 __all__ = ["Classified", "ClientSettings", "Verdict", "classify", "client_config", "connect_client"]
 
@@ -83,16 +86,29 @@ async def connect_client(settings: ClientSettings, session: AioSession | None = 
     unless given explicitly (tests and the sandbox)."""
     if session is None:
         session = AioSession(profile=settings.profile) if settings.profile else get_session()
-    async with session.create_client(
-        "connect",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
-        aws_session_token=settings.aws_session_token,
-        config=client_config(settings),
-    ) as client:
+    # botocore reads AWS_DEFAULT_REGION and the profile; AWS_REGION is what the AWS CLI v2 and most
+    # tooling set, so honour it too (explicit setting first).
+    region = settings.region or os.environ.get("AWS_REGION") or None
+    try:
+        creator = session.create_client(
+            "connect",
+            region_name=region,
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.aws_access_key_id,
+            aws_secret_access_key=settings.aws_secret_access_key,
+            aws_session_token=settings.aws_session_token,
+            config=client_config(settings),
+        )
+        client = await creator.__aenter__()
+    except botocore_errors.NoRegionError:
+        raise ConfigurationError("no AWS region: give a region (--region, AWS_REGION or AWS_DEFAULT_REGION) "
+                                 "or a profile that has one") from None
+    except botocore_errors.ProfileNotFound as exc:
+        raise ConfigurationError(str(exc)) from None
+    try:
         yield client
+    finally:
+        await creator.__aexit__(None, None, None)
 
 
 def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Classified:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import uuid
+import logging
+import tempfile
+from collections import Counter
 from pathlib import Path
 
+import anyio
 import click
 
-from bulkclaim.connect import ClientSettings, connect_client
-from bulkclaim.sandbox import TEST_CREDENTIALS, SandboxConfig, serve
+from bulkclaim.claimer import Claimer, RateSettings
+from bulkclaim.connect import ClientSettings
+from bulkclaim.inputs import read_inputs
+from bulkclaim.logs import configure_logging
+from bulkclaim.model import Outcome, Target
+from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, SandboxConfig, ThrottleConfig, serve
 
 __all__ = ["demo_command"]
 
 _SAMPLE = Path("sample_inputs/numbers.csv")
+_RATE, _BURST = 10.0, 5  # the demo's sandbox quota: 5x Connect's default, so the demo takes seconds
 
 
 @click.command("demo")
@@ -22,31 +28,25 @@ _SAMPLE = Path("sample_inputs/numbers.csv")
               default=_SAMPLE, show_default=True)
 def demo_command(input_path: Path) -> None:
     """Claim the sample numbers against an in-process sandbox and print the result."""
-    with input_path.open(newline="", encoding="utf-8") as handle:
-        numbers = [row["phone_number"] for row in csv.DictReader(handle)]
-    claimed = asyncio.run(_claim_all(numbers))
-    click.echo(f"{'phone_number':<16} {'status':<10} phone_number_id")
-    for number, (status, number_id) in claimed.items():
-        click.echo(f"{number:<16} {status:<10} {number_id}")
-    done = sum(1 for status, _ in claimed.values() if status == "CLAIMED")
-    click.echo(f"{done}/{len(numbers)} numbers claimed")
+    configure_logging("auto", logging.WARNING)
+    outcomes = anyio.run(_claim_all, input_path)
+    click.echo(f"{'phone_number':<16} {'status':<12} {'attempts':>8}  phone_number_id")
+    for outcome in outcomes:
+        click.echo(f"{outcome.phone_number:<16} {outcome.status.value:<12} {outcome.attempts:>8}  "
+                   f"{outcome.phone_number_id or outcome.error_message or ''}")
+    counts = Counter(o.status.value for o in outcomes)
+    click.echo(f"{counts.get('claimed', 0)}/{len(outcomes)} numbers claimed "
+               f"({', '.join(f'{status}: {n}' for status, n in sorted(counts.items()))})")
 
 
-async def _claim_all(numbers: list[str]) -> dict[str, tuple[str, str]]:
-    config = SandboxConfig(claim_delay=0.05)
-    instance_id = config.instance_ids[0]
+async def _claim_all(input_path: Path) -> list[Outcome]:
+    config = SandboxConfig(claim_delay=0.2, throttle={api: ThrottleConfig(_RATE, _BURST) for api in API_NAMES})
     async with serve(config) as running:
         settings = ClientSettings(region=config.region, endpoint_url=running.endpoint_url,
                                   aws_access_key_id=TEST_CREDENTIALS.access_key_id,
                                   aws_secret_access_key=TEST_CREDENTIALS.secret_access_key)
-        async with connect_client(settings) as client:
-            result: dict[str, tuple[str, str]] = {}
-            for number in numbers:
-                await asyncio.sleep(0.5)  # the sandbox's default bucket refills 2 per second
-                answer = await client.claim_phone_number(InstanceId=instance_id, PhoneNumber=number,
-                                                         ClientToken=str(uuid.uuid4()))
-                await asyncio.sleep(config.claim_delay)
-                described = await client.describe_phone_number(PhoneNumberId=answer["PhoneNumberId"])
-                status = described["ClaimedPhoneNumberSummary"].get("PhoneNumberStatus", {}).get("Status", "?")
-                result[number] = (status, answer["PhoneNumberId"])
-            return result
+        target = Target(instance_id=config.instance_ids[0])
+        with tempfile.TemporaryDirectory() as scratch:
+            async with Claimer(instance_id=target.instance_id, journal=Path(scratch) / "demo.journal",
+                               client_settings=settings, rates=RateSettings(_RATE, _BURST)) as claimer:
+                return [o async for o in claimer.claim_many(read_inputs([input_path], target=target))]

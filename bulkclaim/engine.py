@@ -58,6 +58,7 @@ class Options:
 
     verify: bool = True
     verify_timeout: float = 120.0
+    verify_first_poll: float = 0.5
     retry_failed: bool = False
     workers: int = 0
     verifiers: int = 64
@@ -229,7 +230,7 @@ class Engine:
         """Wait (bounded) for an accepted claim to settle; record and return the result."""
         assert accepted.phone_number_id is not None
         result = await verify(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
-                              sleep=self.api.sleep, clock=self.clock)
+                              first_poll=self.options.verify_first_poll, sleep=self.api.sleep, clock=self.clock)
         status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED}.get(result.status, Status.IN_PROGRESS)
         error = ("PhoneNumberClaimFailed", result.message) if status == Status.FAILED else (None, None)
         outcome = replace(accepted, status=status, error_code=error[0], error_message=error[1],

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "BulkclaimError",
     "ClaimRequest",
+    "ConfigurationError",
     "FatalServiceError",
     "JournalError",
     "Outcome",
@@ -137,6 +138,10 @@ class Outcome:
 
 class BulkclaimError(Exception):
     """Base of every error bulkclaim raises on purpose; ``str()`` is a message for users."""
+
+
+class ConfigurationError(BulkclaimError):
+    """The run cannot start: no region, an unknown profile, contradictory settings."""
 
 
 class FatalServiceError(BulkclaimError):

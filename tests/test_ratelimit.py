@@ -1,0 +1,153 @@
+"""Limiter conformance on a fake clock: the bucket bound, FIFO order, adaptive decrease and recovery.
+
+No real sleeps: the clock is a number the test moves, and sleeping only records the wait.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkclaim.backoff import Backoff
+from bulkclaim.ratelimit import AdaptiveRate, Limiter, TokenBucket
+from tests.support import FakeClock
+
+EPS = 1e-9
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> tuple[float, int, list[float]]:
+    rate = draw(st.floats(min_value=0.5, max_value=100.0))
+    burst = draw(st.integers(min_value=1, max_value=20))
+    gaps = draw(st.lists(st.floats(min_value=0.0, max_value=3.0 / rate), min_size=1, max_size=300))
+    return rate, burst, gaps
+
+
+def admissions(rate: float, burst: int, gaps: list[float]) -> list[float]:
+    """Each caller asks after its gap; return the time each one is admitted."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(rate, burst, clock=clock)
+    admitted = []
+    for gap in gaps:
+        clock.advance(gap)
+        admitted.append(clock.now + bucket.reserve())
+    return admitted
+
+
+@settings(max_examples=300, deadline=None)
+@given(workloads())
+def test_any_window_admits_at_most_burst_plus_rate_times_length(workload: tuple[float, int, list[float]]) -> None:
+    rate, burst, gaps = workload
+    admitted = admissions(rate, burst, gaps)
+    for i in range(len(admitted)):
+        for j in range(i, len(admitted)):
+            window = admitted[j] - admitted[i]
+            assert j - i + 1 <= burst + rate * window + EPS
+
+
+@settings(max_examples=300, deadline=None)
+@given(workloads())
+def test_callers_are_admitted_in_the_order_they_asked(workload: tuple[float, int, list[float]]) -> None:
+    admitted = admissions(*workload)
+    assert admitted == sorted(admitted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(workloads())
+def test_no_caller_waits_when_the_bucket_has_a_token(workload: tuple[float, int, list[float]]) -> None:
+    rate, burst, gaps = workload
+    asked = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+    admitted = admissions(rate, burst, gaps)
+    for i, (ask, admit) in enumerate(zip(asked, admitted, strict=True)):
+        if admit > ask + EPS:  # it waited: then exactly `burst` admissions fill the window before it
+            earlier = [a for a in admitted[:i] if a > admit - burst / rate + EPS]
+            assert len(earlier) >= burst - 1
+
+
+def test_burst_then_steady_rate() -> None:
+    assert admissions(2.0, 5, [0.0] * 8) == pytest.approx([0, 0, 0, 0, 0, 0.5, 1.0, 1.5])
+
+
+@pytest.mark.anyio
+async def test_concurrent_acquire_sleeps_in_fifo_order() -> None:
+    clock = FakeClock(0.0)
+    waits: list[tuple[int, float]] = []
+    current = {"task": -1}
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append((current["task"], seconds))
+        await anyio.lowlevel.checkpoint()
+
+    bucket = TokenBucket(4.0, 2, clock=clock, sleep=fake_sleep)
+    order: list[int] = []
+
+    async def caller(index: int) -> None:
+        current["task"] = index
+        await bucket.acquire()
+        order.append(index)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(6):
+            tg.start_soon(caller, index)
+    assert sorted(order) == list(range(6))
+    assert waits == [(2, 0.25), (3, 0.5), (4, 0.75), (5, 1.0)]
+
+
+def test_adaptive_rate_drops_on_each_429_and_recovers_to_the_ceiling() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(10.0, 5, clock=clock)
+    adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
+    adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(7.0)
+    adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(4.9)
+    seen = []
+    for _ in range(200):
+        clock.advance(0.1)
+        adaptive.on_success()
+        seen.append(bucket.rate)
+    assert seen == sorted(seen), "recovery never goes down without a 429"
+    assert max(seen) == pytest.approx(10.0), "recovers all the way to the configured ceiling"
+    assert all(rate <= 10.0 + EPS for rate in seen)
+    assert seen[5] < 7.0, "recovery is gradual, not a jump back"
+
+
+def test_adaptive_rate_never_goes_below_its_floor() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(2.0, 5, clock=clock)
+    adaptive = AdaptiveRate(bucket, ceiling=2.0, floor=0.1, clock=clock)
+    for _ in range(50):
+        adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(0.1)
+
+
+def test_limiter_counts_throttles_and_keeps_headroom() -> None:
+    clock = FakeClock(0.0)
+    limiter = Limiter("ClaimPhoneNumber", 2.0, 5, clock=clock)
+    assert limiter.bucket.burst == 4  # one token of the service's burst left as headroom
+    assert limiter.max_in_flight == 5
+    limiter.on_throttle()
+    assert limiter.throttled == 1
+    assert limiter.rate == pytest.approx(1.4)
+    fixed = Limiter("ClaimPhoneNumber", 2.0, 5, adaptive=False, clock=clock)
+    fixed.on_throttle()
+    assert fixed.rate == 2.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=30), st.integers(min_value=0, max_value=2**32))
+def test_backoff_is_jittered_between_floor_and_cap(attempt: int, seed: int) -> None:
+    backoff = Backoff()
+    delay = backoff.delay(attempt, random.Random(seed))
+    assert backoff.floor <= delay <= backoff.cap
+    assert delay <= max(backoff.floor, backoff.base * 2 ** (attempt - 1))
+
+
+def test_backoff_spreads_retries() -> None:
+    rng = random.Random(1)
+    draws = {round(Backoff().delay(4, rng), 3) for _ in range(50)}
+    assert len(draws) > 40
