@@ -14,9 +14,12 @@ the tokens for the next Claimer to resume with.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -111,7 +114,10 @@ class Claimer:
                 if settings.max_pool_connections < pool:
                     settings = ClientSettings(**{**settings.__dict__, "max_pool_connections": pool})
                 client = await stack.enter_async_context(connect_client(settings, self._session))
-            self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
+            if self._clock is time.monotonic and self._sleep is anyio.sleep:
+                self.limiters = _shared_limiters(self._settings, self.rates)
+            else:  # an injected clock (tests, simulations) gets limiters of its own
+                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
             self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng)
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -206,6 +212,19 @@ class Claimer:
                 yield ClaimRequest(number, self.target, source=f"claim_many:{index}")
             except ValueError as exc:
                 yield Rejected(raw=row, source=f"claim_many:{index}", reason=str(exc), target=self.target)
+
+
+# The account's bucket is per Region and API: every Claimer of this process (on this event loop) that
+# talks to the same Region and endpoint shares one limiter per API. The first Claimer's rates win.
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], Limiter]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str, Limiter]:
+    registry = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
+    scope = (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
+             settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
+    return {api: registry.setdefault((*scope, api), rates.limiter(api, time.monotonic, anyio.sleep)) for api in _APIS}
 
 
 class _Shared:

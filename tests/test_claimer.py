@@ -282,3 +282,34 @@ async def test_state_changes_are_logged_with_number_and_token(tmp_path: Path) ->
     for name in ("claim.accepted", "claim.claimed"):
         assert events[name]["phone_number"] == NUMBERS[0]
         assert events[name]["client_token"] == outcome.client_token
+
+
+async def test_claimers_of_one_process_share_one_limiter_per_region_and_api(tmp_path: Path) -> None:
+    async with sandbox_env() as env, claimer(env, tmp_path / "a") as first, claimer(env, tmp_path / "b") as second:
+        assert first.limiters["ClaimPhoneNumber"] is second.limiters["ClaimPhoneNumber"]
+        assert first.limiters["ClaimPhoneNumber"] is not first.limiters["DescribePhoneNumber"]
+        other_region = env.settings.__class__(**{**env.settings.__dict__, "region": "eu-west-2"})
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "c", client_settings=other_region) as third:
+            assert third.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+
+
+async def test_every_token_is_durable_before_its_request_arrives(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    numbers = NUMBERS[:20]
+    checked: list[str] = []
+    async with sandbox_env(claim_delay=0.0, faults=FaultConfig(error_rate=0.2, seed=3)) as env:
+        execute = env.sandbox.state.claim
+
+        def claim_checking_journal(body: dict[str, Any]) -> dict[str, Any]:
+            with sqlite3.connect(journal) as conn:  # a separate reader sees only committed rows
+                row = conn.execute("SELECT client_token FROM numbers WHERE phone_number=?",
+                                   (body["PhoneNumber"],)).fetchone()
+            assert row is not None and row[0] == body["ClientToken"]
+            checked.append(body["PhoneNumber"])
+            return execute(body)
+
+        env.sandbox.state.claim = claim_checking_journal  # type: ignore[method-assign]
+        async with claimer(env, journal) as c:
+            outcomes = await claim_all(c, numbers)
+    assert {o.status for o in outcomes.values()} == {Status.CLAIMED}
+    assert set(checked) == set(numbers)
