@@ -19,7 +19,7 @@ from typing import Any
 
 import phonenumbers
 
-from bulkclaim.model import BulkclaimError, ClaimRequest, Rejected, Target
+from bulkclaim.model import BulkclaimError, ClaimRequest, Rejected, Target, valid_tag_key
 
 __all__ = ["FORMATS", "InputFileError", "detect_format", "normalize_number", "read_inputs"]
 
@@ -28,7 +28,6 @@ _EXTENSIONS = {".csv": "csv", ".txt": "txt", ".lst": "txt", ".jsonl": "jsonl", "
 _MAX_LINE = 64 * 1024
 _MAX_DESCRIPTION = 500
 _MAX_TAGS = 50
-_TAG_KEY = re.compile(r"^[\w\s.:/=+\-@]{1,128}$")
 _NUMBER_CHARS = re.compile(r"^[0-9+\s\-.()/]+$")
 
 
@@ -153,13 +152,18 @@ def _csv_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
     if "phone_number" not in header:
         raise InputFileError(f"{path}:1: no phone_number column in the header {header!r}")
     for line in lines:
-        if not line.text.strip() and not line.problem:
+        if line.problem:
+            yield line, {}
             continue
         try:
-            cells = next(csv.reader([line.text]))
+            # One line, one row, strict quoting: a quoted cell that does not close on its line is
+            # rejected rather than silently cut short (cells spanning lines are not supported).
+            cells = next(csv.reader([line.text], strict=True), [])
         except csv.Error as exc:
-            yield _Line(line.number, line.text, f"malformed CSV: {exc}"), {}
+            yield _Line(line.number, line.text, f"malformed CSV ({exc}); a quoted cell must close on its line"), {}
             continue
+        if not any(cell.strip() for cell in cells):
+            continue  # blank, or only separators as spreadsheets export trailing rows
         if len(cells) > len(header):
             yield _Line(line.number, line.text, f"{len(cells)} cells but the header has {len(header)}"), {}
             continue
@@ -219,7 +223,7 @@ def _tags(value: Any) -> dict[str, str]:
         key = str(key)
         if key.lower().startswith("aws:"):
             raise ValueError(f"tag key {key!r}: keys starting with 'aws:' are reserved by AWS")
-        if not _TAG_KEY.match(key):
+        if not valid_tag_key(key):
             raise ValueError(f"tag key {key[:40]!r}: 1-128 letters, digits, spaces or _.:/=+-@")
         text = "" if tag_value is None else str(tag_value)
         if len(text) > 256:

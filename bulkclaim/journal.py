@@ -27,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
-from bulkclaim.journal_schema import migrate
+from bulkclaim.journal_schema import migrate, refuse_foreign
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
 __all__ = ["Journal", "PlanResult", "Planned", "SqliteJournal", "new_token"]
@@ -127,10 +127,15 @@ class SqliteJournal:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        migrate(conn, self.path)
+        try:
+            refuse_foreign(conn, self.path)  # before anything writes to a file that may not be ours
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _writer(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bulkclaim.model import JournalError
 
-__all__ = ["SCHEMA_VERSION", "migrate"]
+__all__ = ["SCHEMA_VERSION", "migrate", "refuse_foreign"]
 
 SCHEMA_VERSION = 1
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
@@ -62,8 +62,8 @@ CREATE INDEX rejected_by_run ON rejected (run);
 _STEPS = {1: _V1}
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the schema in a new file, upgrade an older one, refuse a foreign or newer one."""
+def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise unless the file is empty or a bulkclaim journal this version can read. Reads only."""
     (application_id,) = conn.execute("PRAGMA application_id").fetchone()
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -72,6 +72,12 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise JournalError(f"journal {path} was written by a newer bulkclaim (schema {version}, this one reads "
                            f"up to {SCHEMA_VERSION}); upgrade bulkclaim to continue it")
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new file or upgrade an older one (after :func:`refuse_foreign`)."""
+    refuse_foreign(conn, path)
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
     for step in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         for statement in filter(None, (s.strip() for s in _STEPS[step].split(";"))):

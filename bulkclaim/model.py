@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,7 +22,18 @@ __all__ = [
     "Rejected",
     "Status",
     "Target",
+    "valid_tag_key",
 ]
+
+
+_TAG_KEY_PUNCTUATION = frozenset("_.:/=+-@")
+
+
+def valid_tag_key(key: str) -> bool:
+    """Connect's tag-key rule, ``^(?!aws:)[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]{1,128}$``: letters, numbers,
+    space separators and ``_.:/=+-@``; not starting with ``aws:`` (reserved by AWS)."""
+    return (1 <= len(key) <= 128 and not key.lower().startswith("aws:")
+            and all(ch.isalnum() or ch in _TAG_KEY_PUNCTUATION or unicodedata.category(ch) == "Zs" for ch in key))
 
 
 class Status(StrEnum):

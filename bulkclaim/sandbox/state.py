@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bulkclaim.model import valid_tag_key
 from bulkclaim.sandbox.config import SandboxConfig
 from bulkclaim.sandbox.inventory import StockNumber
 
@@ -25,7 +26,6 @@ __all__ = ["ClaimRecord", "LedgerEntry", "SandboxState", "ServiceError"]
 
 _TOKEN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-_TAG_KEY = re.compile(r"^[\w\s.:/=+\-@]{1,128}$")
 _FOREIGN_ACCOUNT = "999999999999"
 
 
@@ -335,7 +335,7 @@ def _validate_tags(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict) or not 1 <= len(raw) <= 50:
         raise _invalid("Tags must be a map of 1 to 50 entries.")
     for key, value in raw.items():
-        if not isinstance(key, str) or not _TAG_KEY.match(key) or key.lower().startswith("aws:"):
+        if not isinstance(key, str) or not valid_tag_key(key):
             raise _invalid(f"Invalid tag key: {key!r}")
         if not isinstance(value, str) or len(value) > 256:
             raise _invalid(f"Invalid tag value for key {key!r}")
