@@ -89,13 +89,36 @@ class Engine:
         self.log = log if log is not None else structlog.get_logger("bulkclaim")
         self.clock = clock
         self.rng = rng or random.Random()
+        self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
+        self._stop = anyio.Event()
+
+    def request_stop(self) -> None:
+        """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
+        Numbers not finished stay ``pending``/``in_progress`` in the journal for the next run."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep (with the injected sleep) unless a stop is requested first."""
+        async with anyio.create_task_group() as tg:
+            async def wake_on_stop() -> None:
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wake_on_stop)
+            await self.api.sleep(seconds)
+            tg.cancel_scope.cancel()
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit) -> RunSummary:
-        summary = RunSummary(run=await self.journal.begin_run())
+        summary = self.summary = RunSummary(run=await self.journal.begin_run())
         await self._plan(inputs, summary, emit)
-        owned = await self._reconcile(summary.run)
-        await self._dispatch(summary, owned, emit)
+        if not self.stopping:
+            owned = await self._reconcile(summary.run)
+            await self._dispatch(summary, owned, emit)
         await self.journal.flush()
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
@@ -103,7 +126,7 @@ class Engine:
     async def _plan(self, inputs: Iterable[ClaimRequest | Rejected], summary: RunSummary, emit: Emit) -> None:
         rows = iter(inputs)
         changed: list[ClaimRequest] = []
-        while batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch):
+        while not self.stopping and (batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch)):
             rejected = [r for r in batch if isinstance(r, Rejected)]
             if rejected:
                 await self.journal.record_rejected(rejected, summary.run)
@@ -156,6 +179,8 @@ class Engine:
                 if not page:
                     return
                 for planned in page:
+                    if self.stopping:
+                        return
                     await tx.send(planned)
 
     async def _claim_worker(self, rx: MemoryObjectReceiveStream[Planned], tx: MemoryObjectSendStream[Outcome],
@@ -209,7 +234,9 @@ class Engine:
                         log.warning("claim.unknown", attempts=attempts, error_code=error.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
-                    await self.api.sleep(self.api.backoff.delay(attempt, self.rng))
+                    await self._pause(self.api.backoff.delay(attempt, self.rng))
+                    if self.stopping:
+                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     continue
                 if error.verdict == Verdict.UNAVAILABLE:
                     # Unknown is not failed: our own earlier attempt (its answer lost, its token since
@@ -230,7 +257,8 @@ class Engine:
         """Wait (bounded) for an accepted claim to settle; record and return the result."""
         assert accepted.phone_number_id is not None
         result = await verify(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
-                              first_poll=self.options.verify_first_poll, sleep=self.api.sleep, clock=self.clock)
+                              first_poll=self.options.verify_first_poll, sleep=self._pause, clock=self.clock,
+                              stopping=lambda: self.stopping)
         status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED}.get(result.status, Status.IN_PROGRESS)
         error = ("PhoneNumberClaimFailed", result.message) if status == Status.FAILED else (None, None)
         outcome = replace(accepted, status=status, error_code=error[0], error_message=error[1],

@@ -7,6 +7,7 @@ import json
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -144,7 +145,8 @@ class Outcome:
             "status": self.status.value, "phone_number_id": self.phone_number_id,
             "phone_number_arn": self.phone_number_arn, "client_token": self.client_token,
             "attempts": self.attempts, "error_code": self.error_code, "error_message": self.error_message,
-            "updated_at": self.updated_at,
+            "updated_at": None if self.updated_at is None else
+            datetime.fromtimestamp(self.updated_at, UTC).isoformat(timespec="milliseconds"),
         }
 
 

@@ -63,13 +63,16 @@ async def find_owned(api: Api, target: Target, phone_number: str) -> Owned | Non
 
 async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
                  max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic) -> VerifyResult:
+                 clock: Callable[[], float] = time.monotonic,
+                 stopping: Callable[[], bool] = lambda: False) -> VerifyResult:
     """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
     deadline = clock() + wait_limit
     wait = first_poll
     describes = 0
     while True:
         await sleep(min(wait, max(0.0, deadline - clock())))
+        if stopping():
+            return VerifyResult("IN_PROGRESS", "stopped before the claim settled", describes)
         try:
             answer = await api.call("DescribePhoneNumber", "describe_phone_number", PhoneNumberId=phone_number_id)
         except CallFailed as failed:

@@ -1,0 +1,105 @@
+"""Report rows (DESIGN §4) from a journal, written as CSV or JSON Lines.
+
+CSV cells that a spreadsheet would run as a formula (starting with ``= + - @``, tab or carriage
+return) are neutralized with a leading apostrophe, except plain numbers such as ``+12065550100``,
+which no spreadsheet executes and which users need to read as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import IO, Any
+
+from bulkclaim.model import JournalError, Outcome, Status
+
+__all__ = ["FIELDS", "journal_outcomes", "open_private", "report_format", "safe_cell", "write_report"]
+
+FIELDS = ("phone_number", "source", "target", "status", "phone_number_id", "phone_number_arn", "client_token",
+          "attempts", "error_code", "error_message", "updated_at")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
+
+
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text instead of evaluating."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def report_format(path: Path, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"{path}: cannot tell the report format from {suffix!r}; use .csv or .jsonl")
+
+
+def open_private(path: Path) -> IO[str]:
+    """Open ``path`` for writing, created 0600: reports name every number and token of a run."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+
+def write_report(outcomes: Iterable[Outcome], handle: IO[str], fmt: str) -> int:
+    """Write one row per outcome; return how many."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        for outcome in outcomes:
+            writer.writerow({k: safe_cell(v) for k, v in outcome.as_row().items()})
+            count += 1
+    else:
+        for outcome in outcomes:
+            handle.write(json.dumps(outcome.as_row(), ensure_ascii=False) + "\n")
+            count += 1
+    handle.flush()
+    return count
+
+
+def journal_outcomes(journal: Path, *, run: int | None = None, statuses: frozenset[str] | None = None
+                     ) -> Iterator[Outcome]:
+    """Every number of the journal (or of one run, in input order), then the invalid rows of that run
+    (or of the latest run).
+
+    Reads through a separate read-only connection: safe while a run is writing (WAL).
+    """
+    if not journal.exists():
+        raise JournalError(f"no journal at {journal}")
+    try:
+        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as conn:
+            where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
+            for row in conn.execute(
+                    "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
+                    f"attempts, error_code, error_message, updated_at FROM numbers {where} "
+                    "ORDER BY seen_run, ord", args):
+                number, source, target, status, number_id, arn, token, attempts, code, message, updated = row
+                outcome = Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts,
+                                  code, message, updated)
+                if statuses is None or outcome.status.value in statuses:
+                    yield outcome
+            if statuses is not None and Status.INVALID.value not in statuses:
+                return
+            for raw, source, target, reason, at in conn.execute(
+                    "SELECT raw, source, target, reason, at FROM rejected WHERE run=? ORDER BY id",
+                    (run if run is not None else _last_run(conn),)):
+                yield Outcome(raw, source, target or "", Status.INVALID, error_code="InvalidInput",
+                              error_message=reason, updated_at=at)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"cannot read journal {journal}: {exc}") from None
+
+
+def _last_run(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT MAX(id) FROM runs").fetchone()
+    return row[0] if row else None
