@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import click
+import structlog
 
 from bulkclaim.claimer import Claimer, RateSettings
 from bulkclaim.connect import ClientSettings
 from bulkclaim.inputs import read_inputs
 from bulkclaim.logs import configure_logging
 from bulkclaim.model import Outcome, Target
+from bulkclaim.progress import run_with_progress
 from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, SandboxConfig, ThrottleConfig, serve
 
 __all__ = ["demo_command"]
@@ -49,4 +52,13 @@ async def _claim_all(input_path: Path) -> list[Outcome]:
         with tempfile.TemporaryDirectory() as scratch:
             async with Claimer(instance_id=target.instance_id, journal=Path(scratch) / "demo.journal",
                                client_settings=settings, rates=RateSettings(_RATE, _BURST)) as claimer:
-                return [o async for o in claimer.claim_many(read_inputs([input_path], target=target))]
+                outcomes: list[Outcome] = []
+
+                async def collect(outcome: Outcome) -> None:
+                    outcomes.append(outcome)
+
+                rows = read_inputs([input_path], target=target)
+                await run_with_progress(lambda: claimer.engine.run(rows, collect), claimer.engine,
+                                        claimer.limiters["ClaimPhoneNumber"], tty=sys.stderr.isatty(),
+                                        log=structlog.get_logger("bulkclaim"), interval=1.0)
+                return sorted(outcomes, key=lambda o: int(o.source.rsplit(":", 1)[-1]))
