@@ -8,6 +8,7 @@ in-flight cap and the token bucket of its API, and every 429 feeds the adaptive 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -36,13 +37,17 @@ class Api:
     """A Connect client seen through per-API limiters and one retry policy."""
 
     def __init__(self, client: Any, limiters: Mapping[str, Limiter], *, backoff: Backoff = Backoff(),
-                 sleep: Sleep = anyio.sleep, rng: random.Random | None = None) -> None:
+                 sleep: Sleep = anyio.sleep, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic, fatal_cooldown: float | None = None) -> None:
         self.client = client
         self.limiters = limiters
         self.backoff = backoff
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.fatal: FatalServiceError | None = None  # the circuit breaker: once set, nothing more is sent
+        self.clock = clock
+        self.fatal: FatalServiceError | None = None  # the circuit breaker: while set, nothing is sent
+        self.fatal_cooldown = fatal_cooldown
+        self._fatal_at = 0.0
         # Until the service has answered one request without refusing the caller, requests go one at a
         # time: a bad credential or unknown target then costs one request, not one per in-flight slot.
         self._trusted = False
@@ -50,6 +55,9 @@ class Api:
 
     async def send(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError."""
+        if (self.fatal is not None and self.fatal_cooldown is not None
+                and self.clock() - self._fatal_at >= self.fatal_cooldown):
+            self.fatal, self._trusted = None, False  # half-open: the next request probes alone
         if not self._trusted:
             async with self._probe:
                 if not self._trusted:
@@ -72,7 +80,9 @@ class Api:
                 if classified.throttled:
                     limiter.on_throttle()
                 if classified.verdict == Verdict.FATAL:
-                    self.fatal = self.fatal or FatalServiceError(classified.code, classified.message)
+                    if self.fatal is None:
+                        self.fatal = FatalServiceError(classified.code, classified.message)
+                        self._fatal_at = self.clock()
                     raise self.fatal from exc
                 # The service answered (even if not for this number): the caller itself is accepted.
                 self._trusted = self._trusted or isinstance(exc, ClientError)

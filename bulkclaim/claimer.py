@@ -36,7 +36,15 @@ from bulkclaim.connect import ClientSettings, connect_client
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
 from bulkclaim.journal import Journal, SqliteJournal
-from bulkclaim.model import ClaimRequest, Outcome, ParametersChangedError, Rejected, Status, Target
+from bulkclaim.model import (
+    BulkclaimError,
+    ClaimRequest,
+    Outcome,
+    ParametersChangedError,
+    Rejected,
+    Status,
+    Target,
+)
 from bulkclaim.ratelimit import Limiter
 
 __all__ = ["Claimer", "RateSettings"]
@@ -59,7 +67,12 @@ class RateSettings:
 
 
 class Claimer:
-    """Claims Connect phone numbers to one target, journaled, throttled and verified."""
+    """Claims Connect phone numbers to one target, journaled, throttled and verified.
+
+    After a fatal answer (403, unknown instance) nothing is sent for ``fatal_cooldown`` seconds;
+    then one request probes again, so a long-running service recovers once permissions are fixed.
+    ``None`` keeps the breaker open for good (the CLI's choice: its run stops anyway).
+    """
 
     def __init__(
         self,
@@ -77,6 +90,7 @@ class Claimer:
         options: Options = Options(),
         backoff: Backoff = Backoff(),
         default_region_for_numbers: str | None = None,
+        fatal_cooldown: float | None = 60.0,
         log: Any = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -91,10 +105,12 @@ class Claimer:
         self.options = options
         self._backoff = backoff
         self._default_region = default_region_for_numbers
+        self._fatal_cooldown = fatal_cooldown
         self.log = log if log is not None else structlog.get_logger("bulkclaim")
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
         self._stack: AsyncExitStack | None = None
         self._inflight: dict[tuple[str, str], _Shared] = {}
+        self._producers: set[anyio.CancelScope] = set()
         self._run: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -118,7 +134,8 @@ class Claimer:
                 self.limiters = _shared_limiters(self._settings, self.rates)
             else:  # an injected clock (tests, simulations) gets limiters of its own
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
-            self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng)
+            self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng,
+                           clock=self._clock, fatal_cooldown=self._fatal_cooldown)
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
@@ -131,6 +148,8 @@ class Claimer:
                         tb: TracebackType | None) -> None:
         assert self._stack is not None
         stack, self._stack = self._stack, None
+        for scope in list(self._producers):  # claim_many runs whose consumer never finished reading
+            scope.cancel()
         if exc is not None:
             # Leaving on an error: stop background claims (their tokens stay in the journal) and let
             # the caller's own exception through as it is, not wrapped in a task group's exception group.
@@ -161,6 +180,9 @@ class Claimer:
             shared.fail(exc)
         finally:
             self._inflight.pop(request.key, None)
+            if not shared.settled:  # cancelled: the Claimer is closing; callers must not wait forever
+                shared.fail(BulkclaimError("the Claimer closed before this claim finished; its token is kept "
+                                           "in the journal and a later claim of the number resumes it"))
 
     async def _claim_one(self, request: ClaimRequest) -> Outcome:
         if self._run is None:
@@ -182,23 +204,36 @@ class Claimer:
         Strings are numbers for this Claimer's target; invalid ones come out as ``invalid`` outcomes.
         """
         tx, rx = anyio.create_memory_object_stream[Outcome | BaseException](100)
+        scope = anyio.CancelScope()
+        self._producers.add(scope)
+
+        async def emit(outcome: Outcome) -> None:
+            try:
+                await tx.send(outcome)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise _ConsumerGone from None
 
         async def produce() -> None:
-            async with tx:
-                try:
-                    self.last_summary = await self.engine.run(self._requests(rows), tx.send)
-                except anyio.BrokenResourceError:
-                    return  # the consumer stopped iterating: the run stops, the journal keeps its tokens
-                except Exception as exc:  # delivered to the consumer, raised in its own context
-                    with contextlib.suppress(anyio.BrokenResourceError):
-                        await tx.send(exc)
+            with scope:
+                async with tx:
+                    try:
+                        self.last_summary = await self.engine.run(self._requests(rows), emit)
+                    except _ConsumerGone:
+                        return  # the consumer stopped iterating: the run stops, the journal keeps its tokens
+                    except Exception as exc:  # delivered to the consumer, raised in its own context
+                        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            await tx.send(exc)
+            self._producers.discard(scope)
 
         self._tg.start_soon(produce)
-        async with rx:
-            async for item in rx:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+        try:
+            async with rx:
+                async for item in rx:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            scope.cancel()  # nobody reads any more: stop sending claims for this call
 
     last_summary: RunSummary | None = None
 
@@ -227,6 +262,10 @@ def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str,
     return {api: registry.setdefault((*scope, api), rates.limiter(api, time.monotonic, anyio.sleep)) for api in _APIS}
 
 
+class _ConsumerGone(Exception):
+    """The iterator of ``claim_many`` was closed or abandoned before the run finished."""
+
+
 class _Shared:
     """One claim's result, awaited by every caller that asked for the same number."""
 
@@ -234,6 +273,10 @@ class _Shared:
         self._done = anyio.Event()
         self._outcome: Outcome | None = None
         self._error: Exception | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._done.is_set()
 
     def set(self, outcome: Outcome) -> None:
         self._outcome = outcome

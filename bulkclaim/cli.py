@@ -173,7 +173,7 @@ class _Run:
                           retry_failed=opts["retry_failed"])
         async with Claimer(journal=self.journal, instance_id=self.target.instance_id,
                            target_arn=self.target.target_arn, client_settings=settings, rates=rates,
-                           options=options) as claimer:
+                           options=options, fatal_cooldown=None) as claimer:
             with anyio.CancelScope() as scope:
                 self._install_signals(claimer, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"]

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as botocore_errors
 from types_aiobotocore_connect import ConnectClient
@@ -48,8 +50,6 @@ class Classified:
     code: str
     message: str
     throttled: bool = False
-    #: The request may have taken effect (timeout after send, dropped connection, 500).
-    maybe_executed: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,25 @@ class ClientSettings:
     max_pool_connections: int = 10
 
 
+class SingleAttemptSession(AIOHTTPSession):
+    """aiobotocore's HTTP session with aiohttp's own retry switched off.
+
+    aiohttp silently re-sends an idempotent request (GET DescribePhoneNumber, DELETE ReleasePhoneNumber)
+    once when a kept-alive connection drops: a second attempt that never passed our limiter. Retries
+    belong to exactly one layer (DESIGN §2). ``_retry_connection`` is private to aiohttp; the pinned
+    versions are covered by a test that counts requests on both sides.
+    """
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)  # type: ignore[misc]  # private, not in the stubs
+        session._retry_connection = False
+        return session
+
+
 def client_config(settings: ClientSettings) -> AioConfig:
     """botocore configuration with retries off: our limiter and backoff own every attempt."""
     return AioConfig(
+        http_session_cls=SingleAttemptSession,
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -129,7 +145,7 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
         if code == "InvalidParameterException" and "not available" in message.lower():
             return Classified(Verdict.UNAVAILABLE, code, message)
         if status >= 500:
-            return Classified(Verdict.RETRY, code, message, maybe_executed=True)
+            return Classified(Verdict.RETRY, code, message)
         return Classified(Verdict.TERMINAL, code, message)
     if isinstance(error, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
                   | botocore_errors.NoRegionError | botocore_errors.ProfileNotFound
@@ -139,5 +155,11 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
         return Classified(Verdict.RETRY, type(error).__name__, str(error))  # never reached the service
     if isinstance(error, botocore_errors.HTTPClientError | botocore_errors.ReadTimeoutError
                   | aiohttp.ClientError | asyncio.TimeoutError | ConnectionError):
-        return Classified(Verdict.RETRY, type(error).__name__, str(error), maybe_executed=True)
+        return Classified(Verdict.RETRY, type(error).__name__, str(error))
+    if isinstance(error, botocore_errors.ParamValidationError):
+        return Classified(Verdict.TERMINAL, type(error).__name__, str(error))  # this number's parameters
+    if isinstance(error, botocore_errors.BotoCoreError):
+        # Anything else from botocore (credential refresh failing, ...) concerns the caller, not a
+        # number: stop the run with the journal intact rather than fail numbers one by one.
+        return Classified(Verdict.FATAL, type(error).__name__, str(error))
     raise error

@@ -44,12 +44,14 @@ from bulkclaim.model import (
     Status,
     Target,
 )
-from bulkclaim.reconcile import Owned, find_owned, sweep, verify
+from bulkclaim.reconcile import Owned, find_owned, sweep
+from bulkclaim.reconcile import verify as poll_until_settled
 
 __all__ = ["Emit", "Engine", "Options", "RunSummary"]
 
 Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
+_THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class Options:
     workers: int = 0
     verifiers: int = 64
     plan_batch: int = 500
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.plan_batch < 1 or self.verify_timeout < 0 or self.verify_first_poll < 0:
+            raise ValueError("workers >= 0, plan_batch >= 1 and non-negative waits, please")
+        if self.verify and self.verifiers < 1:
+            raise ValueError("verify=True needs verifiers >= 1")
 
 
 @dataclass
@@ -91,6 +99,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
         self._stop = anyio.Event()
+        self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
@@ -114,6 +123,7 @@ class Engine:
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit) -> RunSummary:
+        self._stop = anyio.Event()  # a stop ends one run, not the engine
         summary = self.summary = RunSummary(run=await self.journal.begin_run())
         await self._plan(inputs, summary, emit)
         if not self.stopping:
@@ -153,7 +163,11 @@ class Engine:
         """For each target with numbers an earlier run may have sent: which numbers it already holds."""
         owned: dict[str, dict[str, Owned]] = {}
         for target in await self.journal.targets_to_reconcile(run):
-            owned[target.key] = await sweep(self.api, target)
+            try:
+                owned[target.key] = await sweep(self.api, target)
+            except CallFailed as failed:  # nothing adopted up front: re-sends and "not available" checks remain
+                self.log.warning("run.reconcile_failed", target=target.key, error_code=failed.classified.code)
+                continue
             self.log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
         return owned
 
@@ -189,8 +203,6 @@ class Engine:
             async for planned in rx:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
                 outcome = await self.settle(planned, already)
-                if outcome.status == Status.IN_PROGRESS and already is not None:
-                    summary.adopted += 1
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
@@ -207,13 +219,32 @@ class Engine:
 
     # -- one number ----------------------------------------------------------------------------------
     async def settle(self, planned: Planned, already: Owned | None = None) -> Outcome:
-        """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending."""
+        """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending.
+
+        At most one settle per number runs at a time in this engine; a second caller for the same
+        number waits for the first one's outcome (and takes over if the first was interrupted).
+        """
+        key = planned.request.key
+        while (running := self._settling.get(key)) is not None:
+            await running.done.wait()
+            if running.outcome is not None:
+                return running.outcome
+        running = self._settling[key] = _Settling()
+        try:
+            running.outcome = await self._settle(planned, already)
+            return running.outcome
+        finally:
+            del self._settling[key]
+            running.done.set()
+
+    async def _settle(self, planned: Planned, already: Owned | None) -> Outcome:
         log = self.log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
         if already is not None and planned.maybe_sent:
             log.info("claim.adopted", phone_number_id=already.phone_number_id)
+            self.summary.adopted += 1
             return self._record(_outcome(planned, Status.IN_PROGRESS, planned.attempts, already.phone_number_id,
                                          already.phone_number_arn))
         return self._record(await self._claim(planned, log))
@@ -221,7 +252,10 @@ class Engine:
     async def _claim(self, planned: Planned, log: Any) -> Outcome:
         params = planned.request.claim_params(planned.client_token)
         attempts = planned.attempts
-        for attempt in itertools.count(1):
+        failures = throttles = 0  # 429s are certainly not executed: they get their own, larger allowance
+        while True:
+            if self.stopping:
+                return _outcome(planned, Status.PENDING, attempts)
             attempts += 1
             log.debug("claim.sent", attempt=attempts)
             try:
@@ -230,20 +264,25 @@ class Engine:
                 error = failed.classified
                 self.journal.record_attempt(planned, error.verdict.value, error.code)
                 if error.verdict == Verdict.RETRY:
-                    if attempt >= self.api.backoff.max_attempts:
+                    throttles, failures = (throttles + 1, failures) if error.throttled else (throttles, failures + 1)
+                    limit = self.api.backoff.max_attempts
+                    if failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE:
                         log.warning("claim.unknown", attempts=attempts, error_code=error.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
-                    await self._pause(self.api.backoff.delay(attempt, self.rng))
-                    if self.stopping:
-                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
+                    await self._pause(self.api.backoff.delay(max(failures, 1), self.rng))
                     continue
                 if error.verdict == Verdict.UNAVAILABLE:
                     # Unknown is not failed: our own earlier attempt (its answer lost, its token since
                     # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
-                    ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
+                    try:
+                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
+                    except CallFailed as lookup:
+                        log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
+                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     if ours is not None:
                         log.info("claim.adopted", phone_number_id=ours.phone_number_id)
+                        self.summary.adopted += 1
                         return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
                                         ours.phone_number_arn)
                 log.warning("claim.failed", error_code=error.code, error_message=error.message)
@@ -251,16 +290,17 @@ class Engine:
             self.journal.record_attempt(planned, "accepted", None)
             log.info("claim.accepted", phone_number_id=answer["PhoneNumberId"], attempts=attempts)
             return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"], answer["PhoneNumberArn"])
-        raise AssertionError("unreachable")
 
     async def verify(self, accepted: Outcome) -> Outcome:
         """Wait (bounded) for an accepted claim to settle; record and return the result."""
         assert accepted.phone_number_id is not None
-        result = await verify(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
+        result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
                               first_poll=self.options.verify_first_poll, sleep=self._pause, clock=self.clock,
                               stopping=lambda: self.stopping)
-        status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED}.get(result.status, Status.IN_PROGRESS)
-        error = ("PhoneNumberClaimFailed", result.message) if status == Status.FAILED else (None, None)
+        status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}.get(
+            result.status, Status.IN_PROGRESS)
+        code = "ResourceNotFoundException" if result.status == "NOT_FOUND" else "PhoneNumberClaimFailed"
+        error = (code, result.message) if status == Status.FAILED else (None, None)
         outcome = replace(accepted, status=status, error_code=error[0], error_message=error[1],
                           updated_at=time.time())
         self.log.info(f"claim.{status.value}", phone_number=accepted.phone_number, client_token=accepted.client_token,
@@ -270,6 +310,14 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
+
+
+class _Settling:
+    """A settle in flight: its outcome once known (``None`` if it was interrupted)."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

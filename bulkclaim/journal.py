@@ -13,6 +13,7 @@ process out. The :class:`Journal` protocol is what the engine needs, so another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from bulkclaim.journal_schema import migrate, refuse_foreign
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
@@ -88,10 +89,9 @@ class _Job:
 class SqliteJournal:
     """The SQLite journal. Open it with :meth:`open`; one process at a time."""
 
-    def __init__(self, path: Path, lock_fd: int, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self._loop = loop
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
         self._ready = threading.Event()
@@ -116,11 +116,7 @@ class SqliteJournal:
             os.close(lock_fd)
             raise JournalError(f"journal {journal_path} is in use by another bulkclaim process; "
                                "wait for it to finish (or stop it) and run again") from None
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        return cls(journal_path, lock_fd, loop)
+        return cls(journal_path, lock_fd)
 
     # -- the writer thread ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -154,6 +150,25 @@ class SqliteJournal:
             conn.close()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._serve_groups(conn)
+        except BaseException as exc:  # never leave a waiter behind: fail everything still queued
+            self._failure = self._failure or JournalError(f"journal {self.path} writer stopped: {exc!r}")
+            raise
+        finally:
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        closed = self._failure or JournalError(f"journal {self.path} is closed")
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.done is not None:
+                job.done(None, closed)
+
+    def _serve_groups(self, conn: sqlite3.Connection) -> None:
         while True:
             first = self._jobs.get()
             if first is None:
@@ -176,7 +191,7 @@ class SqliteJournal:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for job in group:
-                    results.append((job.run(conn), None))
+                    results.append(_run_job(conn, job))
                 conn.execute("COMMIT")
             except (sqlite3.Error, OSError) as exc:
                 self._failure = _journal_error(self.path, exc)
@@ -186,7 +201,8 @@ class SqliteJournal:
             results = [(None, self._failure) for _ in group]
         for job, (value, error) in zip(group, results, strict=True):
             if job.done is not None:
-                job.done(value, error)
+                with contextlib.suppress(RuntimeError):  # the waiter's event loop is gone: nobody to tell
+                    job.done(value, error)
 
     async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
         loop = asyncio.get_running_loop()
@@ -207,7 +223,7 @@ class SqliteJournal:
 
     def _put(self, job: _Job) -> None:
         if not self._thread.is_alive():
-            raise JournalError(f"journal {self.path} is closed")
+            raise self._failure or JournalError(f"journal {self.path} is closed")
         self._jobs.put(job)
 
     # -- the Journal protocol --------------------------------------------------------------------------
@@ -242,10 +258,14 @@ class SqliteJournal:
         values = (outcome.status.value, outcome.attempts, outcome.phone_number_id, outcome.phone_number_arn,
                   outcome.error_code, outcome.error_message, outcome.updated_at or time.time(),
                   outcome.target, outcome.phone_number, outcome.client_token)
-        # Guarded by the token: an outcome of an older attempt series never overwrites a newer one.
+        # Guarded by the token (an older attempt series never overwrites a newer one) and by the order
+        # of statuses (pending < in_progress < claimed/failed): a late, lesser outcome of the same
+        # token, from a concurrent path, never moves a number backwards.
         self._put(_Job(lambda conn: conn.execute(
-            "UPDATE numbers SET status=?, attempts=?, phone_number_id=?, phone_number_arn=?, error_code=?, "
-            "error_message=?, updated_at=? WHERE target=? AND phone_number=? AND client_token=?", values), None))
+            "UPDATE numbers SET status=?1, attempts=max(attempts, ?2), phone_number_id=coalesce(?3, phone_number_id), "
+            "phone_number_arn=coalesce(?4, phone_number_arn), error_code=?5, error_message=?6, updated_at=?7 "
+            f"WHERE target=?8 AND phone_number=?9 AND client_token=?10 AND {_RANK.format('status')} <= "
+            f"{_RANK.format('?1')}", values), None))
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
@@ -289,6 +309,25 @@ class SqliteJournal:
             self._lock_fd = -1
 
 
+_RANK = "(CASE {} WHEN 'pending' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END)"
+
+
+def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[Any, BaseException | None]:
+    """Run one job in its own savepoint: a job that fails for its own reasons fails alone, and the
+    rest of the group commits. Database errors still fail the whole group (the journal is broken)."""
+    conn.execute("SAVEPOINT job")
+    try:
+        value = job.run(conn)
+    except (sqlite3.Error, OSError):
+        raise
+    except Exception as exc:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+        return None, exc
+    conn.execute("RELEASE job")
+    return value, None
+
+
 def _journal_error(path: Path, exc: BaseException) -> JournalError:
     text = str(exc)
     if "not a database" in text or "malformed" in text:
@@ -301,45 +340,79 @@ def _journal_error(path: Path, exc: BaseException) -> JournalError:
     return JournalError(f"journal {path}: {text}")
 
 
+class _Existing(NamedTuple):
+    params_hash: str
+    client_token: str
+    status: Status
+    attempts: int
+    seen_run: int | None
+    phone_number_id: str | None
+    phone_number_arn: str | None
+    error_code: str | None
+    error_message: str | None
+    updated_at: float
+
+
+def _lookup(conn: sqlite3.Connection, requests: Sequence[ClaimRequest]) -> dict[tuple[str, str], _Existing]:
+    """The journal rows of a batch of requests, with one query per target (not one per number)."""
+    by_target: dict[str, list[str]] = {}
+    for request in requests:
+        by_target.setdefault(request.target.key, []).append(request.phone_number)
+    found: dict[tuple[str, str], _Existing] = {}
+    for target, numbers in by_target.items():
+        for start in range(0, len(numbers), 900):  # stay well under SQLite's bound-parameter limit
+            chunk = numbers[start:start + 900]
+            for number, *fields in conn.execute(
+                    "SELECT phone_number, params_hash, client_token, status, attempts, seen_run, phone_number_id, "
+                    "phone_number_arn, error_code, error_message, updated_at FROM numbers "
+                    f"WHERE target=? AND phone_number IN ({','.join('?' * len(chunk))})", (target, *chunk)):
+                fields[2] = Status(fields[2])
+                found[(target, number)] = _Existing(*fields)
+    return found
+
+
 def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
           dedupe: bool) -> PlanResult:
     result = PlanResult([], [], [], [])
     now = time.time()
     (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?", (run,)).fetchone()
+    existing = _lookup(conn, requests)
+    in_batch: set[tuple[str, str]] = set()
+    inserts: list[tuple[Any, ...]] = []
+    touches: list[tuple[Any, ...]] = []
     for request in requests:
-        target, number = request.key
-        row = conn.execute(
-            "SELECT params_hash, client_token, status, attempts, seen_run, phone_number_id, phone_number_arn, "
-            "error_code, error_message, updated_at FROM numbers WHERE target=? AND phone_number=?",
-            (target, number)).fetchone()
-        if row is not None and row[4] == run and dedupe:
+        target, number = key = request.key
+        row = existing.get(key)
+        if dedupe and (key in in_batch or (row is not None and row.seen_run == run)):
             result.duplicates.append(request)
             continue
-        if row is None or (row[2] == Status.FAILED and retry_failed):
+        in_batch.add(key)
+        if row is None or (row.status == Status.FAILED and retry_failed):
             token = new_token()
-            conn.execute(
-                "INSERT OR REPLACE INTO numbers (target, phone_number, params_hash, description, tags, source, "
-                "client_token, status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
-                (target, number, request.params_hash(), request.description, _tags_text(request), request.source,
-                 token, run, next_ord, now, now))
+            inserts.append((target, number, request.params_hash(), request.description, _tags_text(request),
+                            request.source, token, run, next_ord, now, now))
             result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False))
+        elif row.status == Status.PENDING and row.params_hash != request.params_hash():
+            result.changed.append(request)
+            continue
         else:
-            params_hash, token, status, attempts = row[0], row[1], Status(row[2]), row[3]
-            if status == Status.PENDING and params_hash != request.params_hash():
-                result.changed.append(request)
-                continue
-            # Seen in an earlier run: a pending token may have left the process then.
-            conn.execute("UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=maybe_sent OR ? "
-                         "WHERE target=? AND phone_number=?",
-                         (run, next_ord, request.source, status == Status.PENDING, target, number))
-            if status in (Status.PENDING, Status.IN_PROGRESS):
-                result.work.append(Planned(request, token, status, attempts, maybe_sent=True,
-                                           phone_number_id=row[5], phone_number_arn=row[6]))
+            if dedupe:  # this run's input names it: it belongs to this run (a pending token may be out)
+                touches.append((run, next_ord, request.source, row.status == Status.PENDING, target, number))
+            if row.status in (Status.PENDING, Status.IN_PROGRESS):
+                result.work.append(Planned(request, row.client_token, row.status, row.attempts, maybe_sent=True,
+                                           phone_number_id=row.phone_number_id,
+                                           phone_number_arn=row.phone_number_arn))
             else:
-                result.done.append(Outcome(number, request.source, target, status, row[5], row[6], token, attempts,
-                                           row[7], row[8], row[9]))
+                result.done.append(Outcome(number, request.source, target, row.status, row.phone_number_id,
+                                           row.phone_number_arn, row.client_token, row.attempts, row.error_code,
+                                           row.error_message, row.updated_at))
         next_ord += 1
+    conn.executemany(
+        "INSERT OR REPLACE INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "
+        "status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)", inserts)
+    conn.executemany("UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=maybe_sent OR ? "
+                     "WHERE target=? AND phone_number=?", touches)
     return result
 
 

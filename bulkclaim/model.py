@@ -65,7 +65,11 @@ class Target:
 
     @property
     def key(self) -> str:
-        """The journal's name for this target."""
+        """The journal's name for this target: an instance is ``instance/<id>`` whether it was given
+        as an id, an instance ARN or a target ARN, so the same number never gets two tokens."""
+        for given in (self.instance_id, self.target_arn):
+            if given and (given.startswith("arn:") and ":instance/" in given):
+                return "instance/" + given.rsplit(":instance/", 1)[1]
         return self.target_arn or f"instance/{self.instance_id}"
 
     def request_params(self) -> dict[str, str]:
@@ -91,6 +95,10 @@ class ClaimRequest:
     description: str | None = None
     tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tags and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()):
+            raise TypeError("tags must map strings to strings")
 
     @property
     def key(self) -> tuple[str, str]:

@@ -38,6 +38,7 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._next = clock()  # theoretical time the next admission is due; starts with a full bucket
+        self._last_admit = float("-inf")
 
     @property
     def rate(self) -> float:
@@ -45,20 +46,35 @@ class TokenBucket:
 
     @rate.setter
     def rate(self, value: float) -> None:
-        """Change the rate for every admission not yet scheduled (already scheduled ones keep theirs)."""
+        """Change the rate, keeping the bucket's state: the tokens already booked ahead of now stay
+        booked, converted to the new rate.
+
+        Without the conversion a cut would enlarge the burst tolerance (it is measured in time) and
+        let new callers through before those queued, straight into the service bucket that just ran
+        dry, and a raise would shrink it and hold callers back. Callers already sleeping keep their
+        times, so after a raise the next admission is booked at least one new interval after the
+        last one handed out (the bucket is empty then): FIFO order and the admission bound hold
+        whichever way the rate moves.
+        """
         if value <= 0:
             raise ValueError("rate must be > 0")
+        now = self._clock()
+        converted = now + max(0.0, self._next - now) * self._rate / value
         self._rate = value
+        self._next = max(converted, self._last_admit + self._tolerance() + 1.0 / value)
 
     def reserve(self) -> float:
         """Take the next slot now; return how long the caller must wait before using it."""
         now = self._clock()
-        interval = 1.0 / self._rate
-        tolerance = (self.burst - 1) * interval  # how far ahead of schedule a burst may run
         self._next = max(self._next, now)
-        admit_at = self._next - tolerance
-        self._next += interval
-        return max(0.0, admit_at - now)
+        admit_at = max(now, self._next - self._tolerance())
+        self._next += 1.0 / self._rate
+        self._last_admit = admit_at
+        return admit_at - now
+
+    def _tolerance(self) -> float:
+        """How far ahead of schedule a burst may run."""
+        return (self.burst - 1) / self._rate
 
     async def acquire(self) -> None:
         """Wait for this caller's turn. A cancelled waiter's slot stays used: rarely wasted, never exceeded."""

@@ -31,7 +31,7 @@ class Owned:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    status: str  # CLAIMED, FAILED or IN_PROGRESS (wait ended)
+    status: str  # CLAIMED, FAILED, NOT_FOUND, or IN_PROGRESS (the wait ended first)
     message: str
     describes: int
 
@@ -76,6 +76,8 @@ async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_pol
         try:
             answer = await api.call("DescribePhoneNumber", "describe_phone_number", PhoneNumberId=phone_number_id)
         except CallFailed as failed:
+            if failed.classified.code == "ResourceNotFoundException":  # the id is not (or no longer) ours
+                return VerifyResult("NOT_FOUND", failed.classified.message, describes)
             return VerifyResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
         describes += 1
         status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})

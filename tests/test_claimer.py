@@ -15,6 +15,7 @@ import structlog
 
 from bulkclaim import (
     Backoff,
+    BulkclaimError,
     Claimer,
     ClaimRequest,
     FatalServiceError,
@@ -26,7 +27,7 @@ from bulkclaim import (
 )
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
-from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
+from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +314,100 @@ async def test_every_token_is_durable_before_its_request_arrives(tmp_path: Path)
             outcomes = await claim_all(c, numbers)
     assert {o.status for o in outcomes.values()} == {Status.CLAIMED}
     assert set(checked) == set(numbers)
+
+
+async def test_a_failing_ownership_check_leaves_the_number_pending_and_the_run_goes_on(tmp_path: Path) -> None:
+    faults = FaultConfig(error_rate=1.0, operations=frozenset({"ListPhoneNumbersV2"}))
+    async with sandbox_env(faults=faults, foreign_claims=(NUMBERS[0],), claim_delay=0.0) as env, \
+            claimer(env, tmp_path / "j") as c:
+        outcomes = await claim_all(c, NUMBERS[:20])
+        single = await c.claim(NUMBERS[0])
+    assert outcomes[NUMBERS[0]].status == Status.PENDING, "unknown is not failed"
+    assert single.status == Status.PENDING
+    assert {outcomes[n].status for n in NUMBERS[1:20]} == {Status.CLAIMED}
+
+
+async def test_no_request_reaches_the_service_without_passing_the_limiter(tmp_path: Path) -> None:
+    lost = FaultConfig(lost_response_rate=0.5, operations=frozenset({"DescribePhoneNumber"}), seed=5)
+    async with sandbox_env(faults=lost, claim_delay=0.0) as env, claimer(env, tmp_path / "j") as c:
+        await claim_all(c, NUMBERS[:20])
+        sent = {api: limiter.sent for api, limiter in c.limiters.items()}
+    seen = {api: sum(counts.values()) for api, counts in env.sandbox.stats().items()}
+    assert seen["DescribePhoneNumber"] == sent["DescribePhoneNumber"], "aiohttp must not re-send GETs itself"
+    assert seen["ClaimPhoneNumber"] == sent["ClaimPhoneNumber"]
+
+
+async def test_waiting_callers_get_an_error_not_a_hang_when_the_claimer_closes(tmp_path: Path) -> None:
+    slow = FaultConfig(latency=(5.0, 5.0), operations=frozenset({"ClaimPhoneNumber"}))
+    errors: list[BaseException] = []
+
+    async def wait_for_claim(c: Claimer) -> None:
+        try:
+            await c.claim(NUMBERS[0])
+        except BulkclaimError as exc:
+            errors.append(exc)
+
+    async with sandbox_env(faults=slow) as env, anyio.create_task_group() as outside:
+        with pytest.raises(RuntimeError, match="leaving"), anyio.fail_after(10):  # noqa: PT012
+            async with claimer(env, tmp_path / "j") as c:
+                outside.start_soon(wait_for_claim, c)
+                await anyio.sleep(0.2)
+                raise RuntimeError("leaving the Claimer on an error")
+    assert errors and "closed before this claim finished" in str(errors[0])
+
+
+async def test_an_abandoned_claim_many_stops_sending(tmp_path: Path) -> None:
+    throttle = {api: ThrottleConfig(rate=50.0, burst=5) for api in API_NAMES}
+    async with sandbox_env(throttle=throttle, claim_delay=0.0) as env:
+        with anyio.fail_after(20):
+            async with claimer(env, tmp_path / "j", rate=50.0, burst=5) as c:
+                outcomes = c.claim_many(NUMBERS)
+                async for _ in outcomes:
+                    break  # the iterator is kept, not closed: the Claimer's exit must still not hang
+                await anyio.sleep(0.3)
+        sent_when_left = len(env.sandbox.ledger)
+        await anyio.sleep(0.3)
+    assert len(env.sandbox.ledger) == sent_when_left < len(NUMBERS)
+
+
+async def test_after_a_stop_request_nothing_new_is_sent(tmp_path: Path) -> None:
+    throttle = {api: ThrottleConfig(rate=50.0, burst=5) for api in API_NAMES}
+    async with sandbox_env(throttle=throttle, claim_delay=0.0) as env, \
+            claimer(env, tmp_path / "j", rate=50.0, burst=5) as c:
+        statuses: list[Status] = []
+        sent_at_stop = 0
+
+        async def emit(outcome: Outcome) -> None:
+            statuses.append(outcome.status)
+            if len(statuses) == 10:
+                c.engine.request_stop()
+                nonlocal sent_at_stop
+                sent_at_stop = c.limiters["ClaimPhoneNumber"].sent
+
+        summary = await c.engine.run([ClaimRequest(n, c.target, source=f"x:{i}") for i, n in enumerate(NUMBERS)],
+                                     emit)
+        sent_after = c.limiters["ClaimPhoneNumber"].sent
+    assert sent_after - sent_at_stop <= c.limiters["ClaimPhoneNumber"].max_in_flight, "only requests in flight"
+    assert summary.statuses["claimed"] >= 10
+    assert len(env.sandbox.ledger) == sent_after
+
+
+async def test_the_circuit_breaker_probes_again_after_its_cooldown(tmp_path: Path) -> None:
+    denied = Credentials("AKIADENIEDPRINCIPAL1", "denied-secret", denied=True)
+    clock = FakeClock()
+    async with sandbox_env(credentials=(*SandboxConfig().credentials, denied), claim_delay=0.0) as env:
+        settings = env.settings.__class__(**{**env.settings.__dict__, "aws_access_key_id": denied.access_key_id,
+                                             "aws_secret_access_key": denied.secret_access_key})
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "j", client_settings=settings,
+                           rates=RateSettings(1000.0, 50), options=FAST, clock=clock, fatal_cooldown=60.0) as c:
+            with pytest.raises(FatalServiceError):
+                await c.claim(NUMBERS[0])
+            with pytest.raises(FatalServiceError):
+                await c.claim(NUMBERS[0])  # breaker open: nothing sent
+            assert sum(env.sandbox.stats()["ClaimPhoneNumber"].values()) == 1
+            env.sandbox.set_faults(FaultConfig())
+            env.sandbox._credentials[denied.access_key_id] = Credentials(denied.access_key_id,
+                                                                         denied.secret_access_key)
+            clock.advance(60.0)
+            outcome = await c.claim(NUMBERS[0])  # permissions fixed: one probe, then business as usual
+    assert outcome.status == Status.CLAIMED

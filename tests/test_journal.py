@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import random
@@ -538,3 +539,50 @@ async def test_refused_open_does_not_keep_the_file_open(tmp_path: Path) -> None:
     finally:
         gc.enable()
         gc.collect()
+
+
+async def test_a_failing_job_fails_alone_and_the_writer_lives_on(tmp_path: Path) -> None:
+    journal = SqliteJournal.open(tmp_path / "j.db")
+    try:
+        run = await journal.begin_run()
+
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO runs (started_at) VALUES (1)")  # rolled back with its savepoint
+            raise RuntimeError("a bug in one job")
+
+        with pytest.raises(RuntimeError, match="a bug in one job"):
+            await journal._submit(broken)
+        planned = await journal.plan([req(0)], run, retry_failed=False)
+        assert len(planned.work) == 1
+    finally:
+        await journal.close()
+    with sqlite3.connect(tmp_path / "j.db") as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+async def test_outcomes_of_one_token_never_move_backwards(tmp_path: Path) -> None:
+    journal = SqliteJournal.open(tmp_path / "j.db")
+    try:
+        run = await journal.begin_run()
+        (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
+        base = Outcome(req(0).phone_number, "s", TARGET.key, Status.CLAIMED, "id-1", "arn-1", planned.client_token, 1)
+        journal.record_outcome(base)
+        journal.record_outcome(dataclasses.replace(base, status=Status.PENDING, phone_number_id=None, attempts=3))
+        await journal.flush()
+    finally:
+        await journal.close()
+    with sqlite3.connect(tmp_path / "j.db") as conn:
+        assert conn.execute("SELECT status, phone_number_id FROM numbers").fetchone() == ("claimed", "id-1")
+
+
+async def test_a_one_off_lookup_does_not_take_a_number_out_of_its_run(tmp_path: Path) -> None:
+    journal = SqliteJournal.open(tmp_path / "j.db")
+    try:
+        first = await journal.begin_run()
+        await journal.plan([req(0), req(1)], first, retry_failed=False)
+        second = await journal.begin_run()
+        await journal.plan([req(1)], second, retry_failed=False, dedupe=False)
+        page, _ = await journal.work_page(first, 0, 10)
+        assert [p.request.phone_number for p in page] == ["+12062000000", "+12062000001"]
+    finally:
+        await journal.close()

@@ -151,3 +151,33 @@ def test_backoff_spreads_retries() -> None:
     rng = random.Random(1)
     draws = {round(Backoff().delay(4, rng), 3) for _ in range(50)}
     assert len(draws) > 40
+
+
+def test_a_rate_cut_rescales_the_queue_and_keeps_fifo_order() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(2.0, 5, clock=clock)
+    queued = [bucket.reserve() for _ in range(8)]  # 5 at once, then 0.5, 1.0, 1.5 s
+    assert queued == pytest.approx([0, 0, 0, 0, 0, 0.5, 1.0, 1.5])
+    bucket.rate = 1.0  # a 429: the backlog of 1 token-interval ahead now takes twice as long
+    after = bucket.reserve()
+    assert after > queued[-1], "a caller asking after the cut waits behind those already queued"
+    bucket.rate = 4.0  # recovery: the remaining backlog drains at the new rate
+    assert bucket.reserve() == pytest.approx(after + 0.25)  # right behind the queue, at the new pace
+
+
+def test_aimd_never_admits_above_the_bound_of_its_ceiling() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(10.0, 5, clock=clock)
+    adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
+    admitted = []
+    for step in range(400):
+        clock.advance(0.05)
+        if step in (50, 52, 54):
+            adaptive.on_throttle()
+        else:
+            adaptive.on_success()
+        admitted.append(clock.now + bucket.reserve())
+    admitted.sort()
+    for i in range(len(admitted)):
+        for j in range(i, min(len(admitted), i + 60)):
+            assert j - i + 1 <= 5 + 10.0 * (admitted[j] - admitted[i]) + EPS
