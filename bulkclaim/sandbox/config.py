@@ -107,3 +107,5 @@ class SandboxConfig:
     throttle: dict[str, ThrottleConfig] = field(default_factory=lambda: {a: ThrottleConfig() for a in API_NAMES})
     faults: FaultConfig = FaultConfig()
     seed: int = 0
+    #: Keep (monotonic time, API, outcome) of every request, for benchmark plots.
+    record_timeline: bool = False

@@ -113,6 +113,7 @@ class SandboxState:
     clock: Callable[[], float] = time.monotonic
     ledger: list[LedgerEntry] = field(default_factory=list)
     stats: dict[str, Counter[str]] = field(default_factory=dict)
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -138,6 +139,8 @@ class SandboxState:
     # -- bookkeeping -------------------------------------------------------------------------------
     def count(self, api: str, outcome: str) -> None:
         self.stats.setdefault(api, Counter())[outcome] += 1
+        if self.config.record_timeline:
+            self.timeline.append((self.clock(), api, outcome))
 
     def executions(self, phone_number: str) -> int:
         """How many claims of ``phone_number`` were really executed (replays excluded)."""
