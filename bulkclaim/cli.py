@@ -26,8 +26,8 @@ from bulkclaim.claimer import Claimer, RateSettings
 from bulkclaim.connect import ClientSettings
 from bulkclaim.demo import demo_command
 from bulkclaim.engine import Options, RunSummary
-from bulkclaim.inputs import FORMATS, InputFileError, detect_format, read_inputs
-from bulkclaim.journal_views import dry_run_plan, journal_status
+from bulkclaim.inputs import FORMATS, InputFileError, detect_format, fingerprint, read_inputs
+from bulkclaim.journal_views import dry_run_plan, journal_status, run_counts
 from bulkclaim.logs import configure_logging
 from bulkclaim.model import (
     BulkclaimError,
@@ -107,7 +107,7 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
                            default_region=opts["default_region_for_numbers"])
         if opts["dry_run"]:
             sys.exit(_dry_run(rows, journal, opts["retry_failed"]))
-        sys.exit(_Run(target, journal, opts).execute(rows))
+        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).execute(rows))
     except (InputFileError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
 
@@ -178,8 +178,12 @@ class _Run:
                 self._install_signals(claimer, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"]
                 self.summary = claimer.engine.summary
+                digest = await anyio.to_thread.run_sync(lambda: fingerprint(
+                    opts["inputs"], target=self.target, fmt=opts["input_format"],
+                    default_region=opts["default_region_for_numbers"]))
                 try:
-                    await run_with_progress(lambda: claimer.engine.run(rows, _ignore), claimer.engine,
+                    await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,
+                                                                       emit_done=False), claimer.engine,
                                             claimer.limiters["ClaimPhoneNumber"], tty=tty,
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
@@ -211,8 +215,7 @@ class _Run:
             if self.opts["report"]:
                 with open_private(self.opts["report"]) as handle:
                     write_report(journal_outcomes(self.journal, run=run), handle, report_format(self.opts["report"]))
-            for outcome in journal_outcomes(self.journal, run=run):
-                counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+            counts = run_counts(self.journal, run)
         shown = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"{shown}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if self.signal_received is not None:

@@ -34,7 +34,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
-from bulkclaim.journal import Journal, Planned
+from bulkclaim.inputs import check
+from bulkclaim.journal import Journal, Planned, PlanReuse
 from bulkclaim.model import (
     ClaimRequest,
     FatalServiceError,
@@ -100,6 +101,7 @@ class Engine:
         self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
         self._stop = anyio.Event()
         self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
+        self._emit_done = True
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
@@ -122,10 +124,15 @@ class Engine:
             tg.cancel_scope.cancel()
 
     # -- the whole run -------------------------------------------------------------------------------
-    async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit) -> RunSummary:
-        self._stop = anyio.Event()  # a stop ends one run, not the engine
-        summary = self.summary = RunSummary(run=await self.journal.begin_run())
-        await self._plan(inputs, summary, emit)
+    async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
+                  emit_done: bool = True) -> RunSummary:
+        """Plan, reconcile and claim everything in ``inputs``; ``emit`` each number's outcome.
+
+        ``fingerprint`` (see ``inputs.fingerprint``) lets a re-run of identical inputs take over the
+        earlier plan without reading them again; ``emit_done=False`` skips emitting numbers that
+        were already done before this run (their counts are still in the summary).
+        """
+        summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done)
         if not self.stopping:
             owned = await self._reconcile(summary.run)
             await self._dispatch(summary, owned, emit)
@@ -133,31 +140,98 @@ class Engine:
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
 
-    async def _plan(self, inputs: Iterable[ClaimRequest | Rejected], summary: RunSummary, emit: Emit) -> None:
-        rows = iter(inputs)
+    async def plan(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
+                   emit_done: bool = True) -> RunSummary:
+        """Begin a run: read every row, record invalid ones, reserve every new number's token durably.
+
+        Rows are read in a worker thread one batch ahead of the journal, so parsing overlaps the
+        commits. Nothing is sent. Raises ParametersChangedError at the end if a pending number's
+        parameters changed (before anything could be sent).
+        """
+        self._stop = anyio.Event()  # a stop ends one run, not the engine
+        summary = self.summary = RunSummary(run=await self.journal.begin_run())
+        if fingerprint is not None and not self.options.retry_failed:
+            reused = await self.journal.reuse_plan(fingerprint, summary.run)
+            if reused is not None:
+                await self._take_over(reused, summary, emit, emit_done)
+                return summary
+        self._emit_done = emit_done
         changed: list[ClaimRequest] = []
-        while not self.stopping and (batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch)):
-            rejected = [r for r in batch if isinstance(r, Rejected)]
-            if rejected:
-                await self.journal.record_rejected(rejected, summary.run)
-                summary.invalid += len(rejected)
-                for row in rejected:
-                    self.log.warning("input.invalid", source=row.source, reason=row.reason)
-                    await self._emit(emit, summary, _invalid_outcome(row))
-            planned = await self.journal.plan([r for r in batch if isinstance(r, ClaimRequest)], summary.run,
-                                              retry_failed=self.options.retry_failed)
-            summary.to_send += len(planned.work)
-            summary.already_done += len(planned.done)
-            summary.duplicates += len(planned.duplicates)
-            changed += planned.changed
-            for duplicate in planned.duplicates:
-                self.log.info("input.duplicate", phone_number=duplicate.phone_number, source=duplicate.source)
-            for outcome in planned.done:
-                await self._emit(emit, summary, outcome)
+        batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_batches, iter(inputs), batches_tx)
+                async with batches_rx:
+                    async for batch in batches_rx:
+                        changed += await self._plan_batch(batch, summary, emit)
+                        if self.stopping:
+                            tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first_cause(group) from None
         self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
                       invalid=summary.invalid, duplicates=summary.duplicates)
         if changed:
             raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
+        if fingerprint is not None and not self.stopping:
+            await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
+        return summary
+
+    async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
+        """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
+        done = reused.statuses.get(Status.CLAIMED, 0) + reused.statuses.get(Status.FAILED, 0)
+        summary.to_send = sum(reused.statuses.values()) - done
+        summary.already_done, summary.invalid, summary.duplicates = done, reused.invalid, reused.duplicates
+        if emit_done:
+            after = 0
+            while True:
+                page, after = await self.journal.run_outcomes(summary.run, after, _PAGE)
+                if not page:
+                    break
+                for outcome in page:
+                    await self._emit(emit, summary, outcome)
+        else:
+            for status, count in reused.statuses.items():
+                if status in (Status.CLAIMED, Status.FAILED):
+                    summary.statuses[status] += count
+        summary.statuses[Status.INVALID.value] += reused.invalid  # their rows are in the journal's report
+        self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
+                      invalid=summary.invalid, duplicates=summary.duplicates, same_inputs_as_earlier_run=True)
+
+    async def _read_batches(self, rows: Iterator[ClaimRequest | Rejected],
+                            tx: MemoryObjectSendStream[list[ClaimRequest | Rejected]]) -> None:
+        async with tx:
+            while batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch):
+                await tx.send(batch)
+
+    async def _plan_batch(self, batch: list[ClaimRequest | Rejected], summary: RunSummary,
+                          emit: Emit) -> list[ClaimRequest]:
+        rejected = [r for r in batch if isinstance(r, Rejected)]
+        planned = await self.journal.plan([r for r in batch if isinstance(r, ClaimRequest)], summary.run,
+                                          retry_failed=self.options.retry_failed)
+        if planned.unchecked:  # new to the journal: check them against the numbering plan, then reserve
+            checked = await anyio.to_thread.run_sync(lambda: [check(r) for r in planned.unchecked])
+            rejected += [r for r in checked if isinstance(r, Rejected)]
+            more = await self.journal.plan([r for r in checked if isinstance(r, ClaimRequest)], summary.run,
+                                           retry_failed=self.options.retry_failed)
+            for name in ("work", "done", "duplicates", "changed"):
+                getattr(planned, name).extend(getattr(more, name))
+        if rejected:
+            await self.journal.record_rejected(rejected, summary.run)
+            summary.invalid += len(rejected)
+            for row in rejected:
+                self.log.warning("input.invalid", source=row.source, reason=row.reason)
+                await self._emit(emit, summary, _invalid_outcome(row))
+        summary.to_send += len(planned.work)
+        summary.already_done += len(planned.done)
+        summary.duplicates += len(planned.duplicates)
+        for duplicate in planned.duplicates:
+            self.log.info("input.duplicate", phone_number=duplicate.phone_number, source=duplicate.source)
+        for outcome in planned.done:
+            if self._emit_done:
+                await self._emit(emit, summary, outcome)
+            else:
+                summary.statuses[outcome.status.value] += 1
+        return planned.changed
 
     async def _reconcile(self, run: int) -> dict[str, dict[str, Owned]]:
         """For each target with numbers an earlier run may have sent: which numbers it already holds."""

@@ -57,12 +57,23 @@ class Planned:
 
 @dataclass
 class PlanResult:
-    """What planning one batch found: work to do, numbers already done, duplicates, changed rows."""
+    """What planning one batch found: work to do, numbers already done, duplicates, changed rows,
+    and new numbers that still need their numbering-plan check (nothing reserved for them yet)."""
 
     work: list[Planned]
     done: list[Outcome]
     duplicates: list[ClaimRequest]
     changed: list[ClaimRequest]
+    unchecked: list[ClaimRequest]
+
+
+@dataclass(frozen=True)
+class PlanReuse:
+    """An earlier run's plan taken over by this run (same inputs): its counts."""
+
+    statuses: dict[str, int]
+    invalid: int
+    duplicates: int
 
 
 class Journal(Protocol):
@@ -76,6 +87,9 @@ class Journal(Protocol):
     def record_outcome(self, outcome: Outcome) -> None: ...
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]: ...
     async def targets_to_reconcile(self, run: int) -> list[Target]: ...
+    async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None: ...
+    async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None: ...
+    async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]: ...
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -285,6 +299,50 @@ class SqliteJournal:
             (run,)).fetchall())
         return [Target.from_key(row[0]) for row in rows]
 
+    async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None:
+        """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
+        await self._submit(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO plans (run, fingerprint, members, duplicates) "
+            "VALUES (?, ?, (SELECT count(*) FROM numbers WHERE seen_run=?), ?)", (run, fingerprint, run, duplicates)))
+
+    async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
+        """Take over the latest complete plan of the same inputs, if every number of it is still
+        that plan's (no later run has claimed one of them into its own input): the numbers join
+        ``run`` in the same order, pending ones marked as possibly sent, invalid rows copied.
+        ``None`` when there is no such plan; then the inputs are planned row by row."""
+        def take_over(conn: sqlite3.Connection) -> PlanReuse | None:
+            found = conn.execute("SELECT run, members, duplicates FROM plans WHERE fingerprint=? "
+                                 "ORDER BY run DESC LIMIT 1", (fingerprint,)).fetchone()
+            if found is None:
+                return None
+            earlier, members, duplicates = found
+            (current,) = conn.execute("SELECT count(*) FROM numbers WHERE seen_run=?", (earlier,)).fetchone()
+            if current != members:
+                return None
+            conn.execute("UPDATE numbers SET seen_run=?, maybe_sent=maybe_sent OR status='pending' WHERE seen_run=?",
+                         (run, earlier))
+            conn.execute("INSERT INTO rejected (run, source, raw, reason, target, at) "
+                         "SELECT ?, source, raw, reason, target, at FROM rejected WHERE run=? ORDER BY id",
+                         (run, earlier))
+            conn.execute("INSERT INTO plans (run, fingerprint, members, duplicates) VALUES (?, ?, ?, ?)",
+                         (run, fingerprint, members, duplicates))
+            statuses = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
+                                         (run,)).fetchall())
+            (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (run,)).fetchone()
+            return PlanReuse(statuses, invalid, duplicates)
+        return await self._submit(take_over)
+
+    async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
+        """The numbers of ``run`` that are done (claimed / failed), in input order after ``after``."""
+        def query(conn: sqlite3.Connection) -> tuple[list[Outcome], int]:
+            rows = conn.execute(
+                "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
+                "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
+                "AND status IN ('claimed', 'failed') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
+            outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
+            return outcomes, (rows[-1][0] if rows else after)
+        return await self._submit(query)
+
     async def flush(self) -> None:
         """Wait until everything handed over so far is committed."""
         await self._submit(lambda conn: None)
@@ -373,7 +431,7 @@ def _lookup(conn: sqlite3.Connection, requests: Sequence[ClaimRequest]) -> dict[
 
 def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
           dedupe: bool) -> PlanResult:
-    result = PlanResult([], [], [], [])
+    result = PlanResult([], [], [], [], [])
     now = time.time()
     (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?", (run,)).fetchone()
     existing = _lookup(conn, requests)
@@ -385,6 +443,9 @@ def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, 
         row = existing.get(key)
         if dedupe and (key in in_batch or (row is not None and row.seen_run == run)):
             result.duplicates.append(request)
+            continue
+        if row is None and not request.checked:
+            result.unchecked.append(request)
             continue
         in_batch.add(key)
         if row is None or (row.status == Status.FAILED and retry_failed):

@@ -57,6 +57,13 @@ CREATE TABLE rejected (
     at REAL NOT NULL
 );
 CREATE INDEX rejected_by_run ON rejected (run);
+CREATE TABLE plans (
+    run INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    members INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL
+);
+CREATE INDEX plans_by_fingerprint ON plans (fingerprint);
 """
 
 _STEPS = {1: _V1}

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bulkclaim.inputs import check
 from bulkclaim.model import ClaimRequest, JournalError, Rejected, Status
 
-__all__ = ["DryRunPlan", "JournalStatus", "dry_run_plan", "journal_status"]
+__all__ = ["DryRunPlan", "JournalStatus", "dry_run_plan", "journal_status", "run_counts"]
 
 _RATE_WINDOW = 60.0
 
@@ -74,6 +75,19 @@ def journal_status(path: Path, *, now: float | None = None, errors: int = 5) -> 
     return JournalStatus(str(path), counts, runs, started, rate, eta, last_errors)
 
 
+def run_counts(path: Path, run: int) -> dict[str, int]:
+    """How many numbers of ``run`` ended in each status, invalid rows included (non-zero only)."""
+    with _read_only(path) as conn:
+        if conn is None:
+            raise JournalError(f"no journal at {path}")
+        counts = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
+                                   (run,)).fetchall())
+        (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (run,)).fetchone()
+    if invalid:
+        counts[Status.INVALID.value] = invalid
+    return counts
+
+
 @dataclass
 class DryRunPlan:
     """What a run would do with these inputs and this journal; nothing is sent or written."""
@@ -102,9 +116,14 @@ def dry_run_plan(rows: Iterable[ClaimRequest | Rejected], journal: Path, *, retr
             if row.key in seen:
                 plan.duplicates += 1
                 continue
-            seen.add(row.key)
             found = None if conn is None else conn.execute(
                 "SELECT status, params_hash FROM numbers WHERE target=? AND phone_number=?", row.key).fetchone()
+            if found is None and isinstance(checked := check(row), Rejected):
+                plan.invalid_count += 1
+                if len(plan.invalid) < keep_invalid:
+                    plan.invalid.append(checked)
+                continue
+            seen.add(row.key)
             if found is None:
                 plan.to_send += 1
             elif found[0] == Status.PENDING and found[1] != row.params_hash():

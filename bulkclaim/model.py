@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import unicodedata
@@ -63,7 +64,7 @@ class Target:
         if (self.instance_id is None) == (self.target_arn is None):
             raise ValueError("give exactly one of instance_id or target_arn")
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """The journal's name for this target: an instance is ``instance/<id>`` whether it was given
         as an id, an instance ARN or a target ARN, so the same number never gets two tokens."""
@@ -95,6 +96,9 @@ class ClaimRequest:
     description: str | None = None
     tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""
+    #: False for a number that is already in canonical E.164 form but not yet checked against the
+    #: numbering plan: it is checked only if the journal does not know it (it was when first planned).
+    checked: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         if self.tags and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()):

@@ -25,6 +25,7 @@ from bulkclaim import (
     RateSettings,
     Status,
 )
+from bulkclaim.inputs import read_inputs
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -411,3 +412,16 @@ async def test_the_circuit_breaker_probes_again_after_its_cooldown(tmp_path: Pat
             clock.advance(60.0)
             outcome = await c.claim(NUMBERS[0])  # permissions fixed: one probe, then business as usual
     assert outcome.status == Status.CLAIMED
+
+
+async def test_canonical_but_invalid_numbers_are_checked_at_planning_and_never_sent(tmp_path: Path) -> None:
+    source = tmp_path / "numbers.txt"
+    source.write_text(f"{NUMBERS[0]}\n+10000000000\n+12062000001\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env, claimer(env, tmp_path / "j") as c:
+        rows = list(read_inputs([source], target=c.target))
+        assert [isinstance(r, ClaimRequest) and not r.checked for r in rows] == [True, True, True]
+        outcomes = [o async for o in c.claim_many(rows)]
+    by_number = {o.phone_number: o for o in outcomes}
+    assert by_number["+10000000000"].status == Status.INVALID
+    assert by_number["+10000000000"].source.endswith("numbers.txt:2")
+    assert {e.phone_number for e in env.sandbox.ledger} == {NUMBERS[0], "+12062000001"}

@@ -251,3 +251,29 @@ def _run_in_pty(argv: list[str], cwd: Path, environment: dict[str, str]) -> str:
     process.wait(timeout=30)
     os.close(leader)
     return b"".join(chunks).decode(errors="replace")
+
+
+def planned_event(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    return next(e for e in events if e["event"] == "run.planned")
+
+
+async def test_a_rerun_of_identical_inputs_takes_over_the_earlier_plan(env: SandboxEnv, tmp_path: Path) -> None:
+    numbers = write_numbers(tmp_path / "numbers.txt", [*NUMBERS[:8], "not a number", NUMBERS[0]])
+    first = await run_cli(env, tmp_path, *claim_args(numbers), "--report", "first.jsonl")
+    assert first.returncode == 1 and "same_inputs_as_earlier_run" not in planned_event(first)
+    again = await run_cli(env, tmp_path, *claim_args(numbers), "--report", "again.jsonl")
+    assert again.returncode == 1
+    event = planned_event(again)
+    assert event["same_inputs_as_earlier_run"] is True
+    assert (event["already_done"], event["invalid"], event["duplicates"]) == (8, 1, 1)
+    strip = lambda text: [{k: v for k, v in json.loads(r).items() if k != "updated_at"}  # noqa: E731
+                          for r in text.splitlines()]
+    assert strip((tmp_path / "again.jsonl").read_text()) == strip((tmp_path / "first.jsonl").read_text())
+    assert_once(env, NUMBERS[:8])
+
+    numbers.write_text(numbers.read_text() + NUMBERS[8] + "\n", encoding="utf-8")  # changed inputs: row by row
+    changed = await run_cli(env, tmp_path, *claim_args(numbers))
+    assert "same_inputs_as_earlier_run" not in planned_event(changed)
+    assert planned_event(changed)["to_send"] == 1
+    assert_once(env, NUMBERS[:9])
