@@ -46,8 +46,8 @@ async def main() -> None:
     journal = SqliteJournal.open(sys.argv[2])
     async def ignore(_: object) -> None: ...
     digest = fingerprint([path], target=target)
-    summary = await Engine(None, journal).plan(read_inputs([path], target=target), ignore, fingerprint=digest,  # type: ignore[arg-type]
-                                               emit_done=False)
+    engine = Engine(None, journal)  # type: ignore[arg-type]  # planning sends nothing: no client needed
+    summary = await engine.plan(read_inputs([path], target=target), ignore, fingerprint=digest, emit_done=False)
     await journal.close()
     print(summary.to_send)
 anyio.run(main)

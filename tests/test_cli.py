@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -267,8 +268,9 @@ async def test_a_rerun_of_identical_inputs_takes_over_the_earlier_plan(env: Sand
     event = planned_event(again)
     assert event["same_inputs_as_earlier_run"] is True
     assert (event["already_done"], event["invalid"], event["duplicates"]) == (8, 1, 1)
-    strip = lambda text: [{k: v for k, v in json.loads(r).items() if k != "updated_at"}  # noqa: E731
-                          for r in text.splitlines()]
+    def strip(text: str) -> list[dict[str, Any]]:
+        return [{k: v for k, v in json.loads(r).items() if k != "updated_at"} for r in text.splitlines()]
+
     assert strip((tmp_path / "again.jsonl").read_text()) == strip((tmp_path / "first.jsonl").read_text())
     assert_once(env, NUMBERS[:8])
 
