@@ -28,11 +28,16 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# Benchmarks (see benchmarks/RESULTS.md). Several minutes; bench-quick runs smaller versions.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/sandbox_throughput.py
+	$(BIN)/python -m benchmarks.sandbox_throughput
+	$(BIN)/python -m benchmarks.compare
+	$(BIN)/python -m benchmarks.scale
 
 bench-quick: $(STAMP)
-	$(BIN)/python benchmarks/sandbox_throughput.py --quick
+	$(BIN)/python -m benchmarks.sandbox_throughput --quick
+	$(BIN)/python -m benchmarks.compare --quick
+	$(BIN)/python -m benchmarks.scale --rows 100000
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)

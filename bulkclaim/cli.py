@@ -89,6 +89,9 @@ def default_journal(target: Target) -> Path:
 @_option("no-progress", is_flag=True)
 @_option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
          help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@_option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True)
+@_option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
+         help="Seconds to wait for an answer before retrying with the same token.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
     configure_logging(opts["log_format"])
@@ -166,7 +169,8 @@ class _Run:
 
     async def _main(self, rows: Any) -> None:
         opts = self.opts
-        settings = ClientSettings(region=opts["region"], profile=opts["profile"], endpoint_url=opts["endpoint_url"])
+        settings = ClientSettings(region=opts["region"], profile=opts["profile"], endpoint_url=opts["endpoint_url"],
+                                  connect_timeout=opts["connect_timeout"], read_timeout=opts["read_timeout"])
         rates = RateSettings(opts["rate"], opts["burst"], max_in_flight=opts["max_in_flight"],
                              adaptive=not opts["no_adaptive"])
         options = Options(verify=not opts["no_verify"], verify_timeout=opts["verify_timeout"],
@@ -183,7 +187,8 @@ class _Run:
                     default_region=opts["default_region_for_numbers"]))
                 try:
                     await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,
-                                                                       emit_done=False), claimer.engine,
+                                                                       emit_done=False, after_plan=_debug_kill_point),
+                                            claimer.engine,
                                             claimer.limiters["ClaimPhoneNumber"], tty=tty,
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
@@ -228,6 +233,13 @@ class _Run:
 
 async def _ignore(_: Any) -> None:
     return None
+
+
+def _debug_kill_point(_: RunSummary) -> None:
+    """BULKCLAIM_DEBUG_KILL_AFTER_PLAN=1 makes the process SIGKILL itself once every token is durable
+    and before anything is sent: the crash tests use it to prove a resumed run re-sends those tokens."""
+    if os.environ.get("BULKCLAIM_DEBUG_KILL_AFTER_PLAN") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @cli.command("status")

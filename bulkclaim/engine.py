@@ -125,14 +125,17 @@ class Engine:
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
-                  emit_done: bool = True) -> RunSummary:
+                  emit_done: bool = True, after_plan: Callable[[RunSummary], None] | None = None) -> RunSummary:
         """Plan, reconcile and claim everything in ``inputs``; ``emit`` each number's outcome.
 
         ``fingerprint`` (see ``inputs.fingerprint``) lets a re-run of identical inputs take over the
         earlier plan without reading them again; ``emit_done=False`` skips emitting numbers that
-        were already done before this run (their counts are still in the summary).
+        were already done before this run (their counts are still in the summary). ``after_plan``
+        is called once every token is durable and before anything is sent.
         """
         summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done)
+        if after_plan is not None:
+            after_plan(summary)
         if not self.stopping:
             owned = await self._reconcile(summary.run)
             await self._dispatch(summary, owned, emit)

@@ -1,0 +1,144 @@
+"""kill -9 at any moment: the real CLI, SIGKILLed at random, re-run until it finishes, with faults on.
+
+After every trial, from the sandbox ledger and the report: no number executed twice, every number
+the sandbox shows as ours is in the report as claimed / in_progress with the same PhoneNumberId (no
+orphans), numbers held by someone else are failed with InvalidParameterException, and every input
+row is in the report exactly once. CI runs a few trials; ``pytest -m slow tests/test_crash.py`` runs
+the long variant (25 trials) and prints the summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
+from bulkclaim.sandbox.inventory import generate
+from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
+from tests.test_cli import BULKCLAIM, cli_env, run_cli
+
+pytestmark = pytest.mark.anyio
+
+POOL = [s.phone_number for s in generate(InventorySpec(count=40))]
+FOREIGN = POOL[-2:]
+NUMBERS = POOL[:30] + FOREIGN
+FAULTS = FaultConfig(lost_response_rate=0.03, error_rate=0.03, stall_rate=0.02, stall_seconds=1.0,
+                     operations=frozenset({"ClaimPhoneNumber", "DescribePhoneNumber"}))
+OUR_TARGET = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE_ID}"
+
+
+@dataclass
+class Tally:
+    trials: int = 0
+    double_executions: int = 0
+    orphans: int = 0
+    missing_rows: int = 0
+    kills: int = 0
+    runs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"crash trials: {self.trials} trials, {self.kills} kills, {self.runs} runs — "
+                f"{self.double_executions} double executions, {self.orphans} orphans, "
+                f"{self.missing_rows} missing rows")
+
+
+def args(tmp_path: Path) -> list[str]:
+    return ["claim", str(tmp_path / "numbers.txt"), "--instance-id", INSTANCE_ID, "--journal",
+            str(tmp_path / "j.journal"), "--report", str(tmp_path / "report.jsonl"), "--rate", "100", "--burst", "10",
+            "--read-timeout", "0.3", "--verify-timeout", "5", "--grace-period", "0", "--log-format", "json"]
+
+
+async def run_trial(seed: int, tmp_path: Path, tally: Tally) -> None:
+    rng = random.Random(seed)
+    (tmp_path / "numbers.txt").write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
+    throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
+    async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), throttle=throttle,
+                           claim_delay=0.05, foreign_claims=tuple(FOREIGN)) as env:
+        for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
+            process = await anyio.open_process([*BULKCLAIM, *args(tmp_path)], env=cli_env(env))
+            async with process:
+                await anyio.sleep(rng.uniform(0.2, 3.0))
+                if process.returncode is None:
+                    process.send_signal(signal.SIGKILL)
+                    tally.kills += 1
+                await process.wait()
+            tally.runs += 1
+        for _ in range(6):
+            result = await run_cli(env, tmp_path, *args(tmp_path))
+            tally.runs += 1
+            assert "Traceback" not in result.stderr
+            if result.returncode in (0, 1):
+                break
+        else:
+            raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
+        check_trial(seed, env, tmp_path, tally)
+    tally.trials += 1
+
+
+def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally) -> None:
+    claims = [e for e in env.sandbox.ledger if e.action == "claim"]
+    executed = [e.phone_number for e in claims]
+    doubles = {n for n in executed if executed.count(n) > 1}
+    tally.double_executions += len(doubles)
+    rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
+    by_number = {r["phone_number"]: r for r in rows}
+    listed = [r["phone_number"] for r in rows]
+    missing = [n for n in NUMBERS if n not in by_number] + sorted({n for n in listed if listed.count(n) > 1})
+    tally.missing_rows += len(missing)
+    orphans = []
+    for number in NUMBERS:
+        holder = env.sandbox.state.holder_of(number)
+        if holder is None or holder.target_arn != OUR_TARGET:
+            continue
+        row = by_number.get(number, {})
+        if row.get("status") not in ("claimed", "in_progress") or row.get("phone_number_id") != holder.phone_number_id:
+            orphans.append(f"{number}: sandbox {holder.phone_number_id}, report {row}")
+    tally.orphans += len(orphans)
+    for number in FOREIGN:
+        row = by_number[number]
+        assert (row["status"], row["error_code"]) == ("failed", "InvalidParameterException"), row
+    if doubles or missing or orphans:
+        tally.problems.append(f"seed {seed}: doubles={doubles} missing={missing} orphans={orphans}")
+
+
+async def test_sigkill_at_random_moments_never_claims_twice_or_loses_a_number(tmp_path: Path) -> None:
+    tally = Tally()
+    for seed in range(3):
+        trial_dir = tmp_path / f"trial{seed}"
+        trial_dir.mkdir()
+        await run_trial(seed, trial_dir, tally)
+    print(tally.line())
+    assert not tally.problems, tally.problems
+
+
+@pytest.mark.slow
+async def test_sigkill_long_variant(tmp_path: Path) -> None:
+    tally = Tally()
+    for seed in range(100, 125):
+        trial_dir = tmp_path / f"trial{seed}"
+        trial_dir.mkdir()
+        await run_trial(seed, trial_dir, tally)
+    print(tally.line())
+    assert not tally.problems, tally.problems
+
+
+async def test_killed_between_reservation_and_send_the_rerun_sends_the_same_tokens(tmp_path: Path) -> None:
+    (tmp_path / "numbers.txt").write_text("\n".join(POOL[:10]) + "\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env:
+        killed = await run_cli(env, tmp_path, *args(tmp_path), BULKCLAIM_DEBUG_KILL_AFTER_PLAN="1")
+        assert killed.returncode == -signal.SIGKILL
+        assert env.sandbox.ledger == [], "nothing was sent before the kill"
+        with sqlite3.connect(tmp_path / "j.journal") as conn:
+            reserved = dict(conn.execute("SELECT phone_number, client_token FROM numbers"))
+        assert len(reserved) == 10
+        result = await run_cli(env, tmp_path, *args(tmp_path))
+        assert result.returncode == 0, result.stderr[-1500:]
+    assert {e.phone_number: e.client_token for e in env.sandbox.ledger} == reserved
