@@ -214,7 +214,7 @@ class _Run:
             loop.add_signal_handler(sig, on_signal, sig)
 
     def _finish(self) -> int:
-        run = self.summary.run if self.summary else None
+        run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
         if run:
             if self.opts["report"]:

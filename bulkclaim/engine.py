@@ -79,6 +79,9 @@ class RunSummary:
     """Counts of one run, as the CLI and library report them."""
 
     run: int = 0
+    #: The run whose journal rows are this run's numbers: itself, or the earlier run whose plan of
+    #: identical inputs it took over.
+    members_run: int = 0
     to_send: int = 0
     already_done: int = 0
     duplicates: int = 0
@@ -137,7 +140,7 @@ class Engine:
         if after_plan is not None:
             after_plan(summary)
         if not self.stopping:
-            owned = await self._reconcile(summary.run)
+            owned = await self._reconcile(summary.members_run)
             await self._dispatch(summary, owned, emit)
         await self.journal.flush()
         self.log.info("run.finished", run=summary.run, **summary.statuses)
@@ -152,7 +155,8 @@ class Engine:
         parameters changed (before anything could be sent).
         """
         self._stop = anyio.Event()  # a stop ends one run, not the engine
-        summary = self.summary = RunSummary(run=await self.journal.begin_run())
+        run = await self.journal.begin_run()
+        summary = self.summary = RunSummary(run=run, members_run=run)
         if fingerprint is not None and not self.options.retry_failed:
             reused = await self.journal.reuse_plan(fingerprint, summary.run)
             if reused is not None:
@@ -181,13 +185,14 @@ class Engine:
 
     async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
         """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
+        summary.members_run = reused.members_run
         done = reused.statuses.get(Status.CLAIMED, 0) + reused.statuses.get(Status.FAILED, 0)
         summary.to_send = sum(reused.statuses.values()) - done
         summary.already_done, summary.invalid, summary.duplicates = done, reused.invalid, reused.duplicates
         if emit_done:
             after = 0
             while True:
-                page, after = await self.journal.run_outcomes(summary.run, after, _PAGE)
+                page, after = await self.journal.run_outcomes(summary.members_run, after, _PAGE)
                 if not page:
                     break
                 for outcome in page:
@@ -198,7 +203,8 @@ class Engine:
                     summary.statuses[status] += count
         summary.statuses[Status.INVALID.value] += reused.invalid  # their rows are in the journal's report
         self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
-                      invalid=summary.invalid, duplicates=summary.duplicates, same_inputs_as_earlier_run=True)
+                      invalid=summary.invalid, duplicates=summary.duplicates,
+                      same_inputs_as_earlier_run=summary.members_run)
 
     async def _read_batches(self, rows: Iterator[ClaimRequest | Rejected],
                             tx: MemoryObjectSendStream[list[ClaimRequest | Rejected]]) -> None:
@@ -254,7 +260,7 @@ class Engine:
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
             async with anyio.create_task_group() as tg, claim_tx, claim_rx, verify_tx, verify_rx:
-                tg.start_soon(self._feed, summary.run, claim_tx.clone())
+                tg.start_soon(self._feed, summary.members_run, claim_tx.clone())
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, claim_rx.clone(), verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):

@@ -71,6 +71,7 @@ class PlanResult:
 class PlanReuse:
     """An earlier run's plan taken over by this run (same inputs): its counts."""
 
+    members_run: int  # the earlier run whose numbers (and invalid rows) are this run's
     statuses: dict[str, int]
     invalid: int
     duplicates: int
@@ -302,34 +303,30 @@ class SqliteJournal:
     async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None:
         """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
         await self._submit(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO plans (run, fingerprint, members, duplicates) "
-            "VALUES (?, ?, (SELECT count(*) FROM numbers WHERE seen_run=?), ?)", (run, fingerprint, run, duplicates)))
+            "INSERT OR REPLACE INTO plans (run, fingerprint, members_run, members, duplicates) "
+            "VALUES (?1, ?2, ?1, (SELECT count(*) FROM numbers WHERE seen_run=?1), ?3)", (run, fingerprint, duplicates)))
 
     async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         """Take over the latest complete plan of the same inputs, if every number of it is still
-        that plan's (no later run has claimed one of them into its own input): the numbers join
-        ``run`` in the same order, pending ones marked as possibly sent, invalid rows copied.
-        ``None`` when there is no such plan; then the inputs are planned row by row."""
+        that plan's (no later run has taken one of them into its own input). Nothing is rewritten:
+        ``run`` records that its numbers are those of the earlier run (``members_run``), and only
+        pending ones are marked as possibly sent. ``None``: plan the inputs row by row instead."""
         def take_over(conn: sqlite3.Connection) -> PlanReuse | None:
-            found = conn.execute("SELECT run, members, duplicates FROM plans WHERE fingerprint=? "
+            found = conn.execute("SELECT members_run, members, duplicates FROM plans WHERE fingerprint=? "
                                  "ORDER BY run DESC LIMIT 1", (fingerprint,)).fetchone()
             if found is None:
                 return None
-            earlier, members, duplicates = found
-            (current,) = conn.execute("SELECT count(*) FROM numbers WHERE seen_run=?", (earlier,)).fetchone()
-            if current != members:
-                return None
-            conn.execute("UPDATE numbers SET seen_run=?, maybe_sent=maybe_sent OR status='pending' WHERE seen_run=?",
-                         (run, earlier))
-            conn.execute("INSERT INTO rejected (run, source, raw, reason, target, at) "
-                         "SELECT ?, source, raw, reason, target, at FROM rejected WHERE run=? ORDER BY id",
-                         (run, earlier))
-            conn.execute("INSERT INTO plans (run, fingerprint, members, duplicates) VALUES (?, ?, ?, ?)",
-                         (run, fingerprint, members, duplicates))
+            members_run, members, duplicates = found
             statuses = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
-                                         (run,)).fetchall())
-            (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (run,)).fetchone()
-            return PlanReuse(statuses, invalid, duplicates)
+                                         (members_run,)).fetchall())
+            if sum(statuses.values()) != members:
+                return None
+            conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
+                         (members_run,))
+            conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) VALUES (?, ?, ?, ?, ?)",
+                         (run, fingerprint, members_run, members, duplicates))
+            (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (members_run,)).fetchone()
+            return PlanReuse(members_run, statuses, invalid, duplicates)
         return await self._submit(take_over)
 
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:

@@ -38,6 +38,7 @@ CREATE TABLE numbers (
     PRIMARY KEY (target, phone_number)
 ) WITHOUT ROWID;
 CREATE INDEX numbers_by_run ON numbers (seen_run, ord);
+CREATE INDEX numbers_to_do ON numbers (seen_run, ord) WHERE status IN ('pending', 'in_progress');
 CREATE TABLE attempts (
     id INTEGER PRIMARY KEY,
     target TEXT NOT NULL,
@@ -60,6 +61,7 @@ CREATE INDEX rejected_by_run ON rejected (run);
 CREATE TABLE plans (
     run INTEGER PRIMARY KEY,
     fingerprint TEXT NOT NULL,
+    members_run INTEGER NOT NULL,  -- the run whose seen_run marks this run's numbers
     members INTEGER NOT NULL,
     duplicates INTEGER NOT NULL
 );

@@ -266,7 +266,7 @@ async def test_a_rerun_of_identical_inputs_takes_over_the_earlier_plan(env: Sand
     again = await run_cli(env, tmp_path, *claim_args(numbers), "--report", "again.jsonl")
     assert again.returncode == 1
     event = planned_event(again)
-    assert event["same_inputs_as_earlier_run"] is True
+    assert event["same_inputs_as_earlier_run"] == 1  # the run whose plan it took over
     assert (event["already_done"], event["invalid"], event["duplicates"]) == (8, 1, 1)
     def strip(text: str) -> list[dict[str, Any]]:
         return [{k: v for k, v in json.loads(r).items() if k != "updated_at"} for r in text.splitlines()]
