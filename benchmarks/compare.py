@@ -1,6 +1,7 @@
 """bulkclaim side by side with its peers against the same sandbox, as ratios (DESIGN §7, issue 5).
 
     .venv/bin/python benchmarks/compare.py            # all four scenarios, ~6 minutes
+    .venv/bin/python -m benchmarks.compare            # the same (as ``make bench`` runs it)
     .venv/bin/python benchmarks/compare.py --quick    # smaller N, ~2 minutes
     .venv/bin/python benchmarks/compare.py --scenarios matched,ceiling
 
@@ -22,7 +23,9 @@ Scenarios:
    from a separate pool, no retries. η_fair uses T*_fair = (N - b) / (0.75 r); the neighbour's own θ
    shows how much each client hurt it.
 4. ``ceiling``: throttling off, N=5000, 32 in flight, the sandbox in its own process: bulkclaim (journal
-   on, verify off) against a bare aiobotocore loop; claims/s and their ratio.
+   on, verify off) against a bare aiobotocore loop; claims/s, the client's CPU per claim, and the ratio.
+   The two alternate for ``--ceiling-rounds`` rounds (3) and the ratio of the medians is reported, since
+   a one-off pair on a shared machine says more about the neighbours than about the client.
 
 Tables go to stdout and ``benchmarks/results/compare.md``; claims/s and 429s/s over time for scenarios
 1 and 2 to ``benchmarks/results/matched.png`` and ``unknown_quota.png``. Loopback only, no AWS.
@@ -36,6 +39,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from peers import (
+
+if not __package__:  # run as a file (python benchmarks/compare.py), not with -m: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.peers import (
     CLAIM_EVENT,
     Job,
     NeighbourStats,
@@ -60,8 +68,7 @@ from peers import (
     sdk_adaptive,
     sdk_standard,
 )
-from sandbox_throughput import sandbox_process
-
+from benchmarks.sandbox_throughput import sandbox_process
 from bulkclaim import Claimer, ClientSettings, Options, RateSettings
 from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, InventorySpec, SandboxConfig, ThrottleConfig, serve
 from bulkclaim.sandbox.inventory import generate
@@ -130,6 +137,8 @@ class RunResult:
     failed: int
     max_executions: int
     timed_out: bool = False
+    round: int = 0  # repetitions of the same client (ceiling scenario)
+    cpu_seconds: float | None = None  # the client process's CPU time (all threads), when it is alone
     accepted_at: list[float] = field(default_factory=list)  # seconds after the first request
     throttled_at: list[float] = field(default_factory=list)
     neighbour: NeighbourStats | None = None
@@ -213,8 +222,9 @@ async def drive(peer: Peer, job: Job, time_limit: float) -> tuple[Timing, float,
 async def run_in_process(scenario: Scenario, client: str) -> RunResult:
     """One client against a fresh in-process sandbox (scenarios 1-3), with the neighbour if any."""
     assert scenario.rate is not None
-    neighbour_pool = 100 + int(scenario.ideal_seconds(0.5) * (scenario.neighbour_rate or 0))
-    numbers = stock(scenario.n + (neighbour_pool if scenario.neighbour_rate else 0))
+    time_limit = 30 + 4 * scenario.ideal_seconds(0.75)
+    neighbour_pool = 10 + int(time_limit * (scenario.neighbour_rate or 0))  # enough until the time limit
+    numbers = stock(scenario.n + neighbour_pool)
     mine, theirs = numbers[:scenario.n], numbers[scenario.n:]
     config = SandboxConfig(claim_delay=0.0, record_timeline=True, inventory=(InventorySpec(count=len(numbers)),),
                            throttle={api: ThrottleConfig(rate=scenario.rate, burst=scenario.burst)
@@ -228,7 +238,7 @@ async def run_in_process(scenario: Scenario, client: str) -> RunResult:
             neighbour_task = asyncio.create_task(
                 neighbour(running.endpoint_url, INSTANCE_ID, theirs, scenario.neighbour_rate, stop))
         try:
-            timing, started, timed_out = await drive(CLIENTS[client], job, 30 + 4 * scenario.ideal_seconds(0.75))
+            timing, started, timed_out = await drive(CLIENTS[client], job, time_limit)
         finally:
             stop.set()
         neighbour_stats = await neighbour_task if neighbour_task is not None else None
@@ -248,19 +258,29 @@ def run_ceiling(scenario: Scenario, client: str, peer: Peer) -> RunResult:
     numbers = stock(scenario.n)
     with sandbox_process(scenario.n) as (endpoint, _pid):
         job = Job(endpoint, INSTANCE_ID, numbers, scenario.told_rate, scenario.burst, scenario.concurrency)
+        cpu_before = time.process_time()
         timing, started, timed_out = asyncio.run(drive(peer, job, 120.0))
+        cpu = time.process_time() - cpu_before
         stats = _get_json(f"{endpoint}/_sandbox/stats")
         ledger = [(e["action"], e["phone_number"], e["outcome"]) for e in _get_json(f"{endpoint}/_sandbox/ledger")]
-    return measure(client, numbers, timing, started, stats, ledger, timed_out=timed_out)
+    result = measure(client, numbers, timing, started, stats, ledger, timed_out=timed_out)
+    result.cpu_seconds = cpu
+    return result
 
 
-def run_scenario(scenario: Scenario, log: Callable[[str], None]) -> list[RunResult]:
+BARE = "bare aiobotocore"
+
+
+def run_scenario(scenario: Scenario, log: Callable[[str], None], rounds: int = 1) -> list[RunResult]:
     results: list[RunResult] = []
     if scenario.rate is None:
-        plan: list[tuple[str, Peer]] = [("bulkclaim", run_bulkclaim), ("bare aiobotocore", bare_loop)]
-        for client, peer in plan:
-            log(f"  {scenario.key}: {client} ...")
-            results.append(run_ceiling(scenario, client, peer))
+        pair: list[tuple[str, Peer]] = [("bulkclaim", run_bulkclaim), (BARE, bare_loop)]
+        for round_ in range(1, rounds + 1):
+            for client, peer in pair if round_ % 2 else pair[::-1]:  # alternate who goes first
+                log(f"  {scenario.key}: {client} (round {round_}) ...")
+                result = run_ceiling(scenario, client, peer)
+                result.round = round_
+                results.append(result)
         return results
     for client in CLIENTS:
         log(f"  {scenario.key}: {client} ...")
@@ -315,17 +335,29 @@ def neighbour_table(scenario: Scenario, results: Sequence[RunResult]) -> list[st
 
 
 def ceiling_table(results: Sequence[RunResult]) -> list[str]:
-    header = ["client", "T s", "claims/s", "incl. set-up s", "θ", "A", "failed", "max executions/number"]
-    rows = [[_client_label(r), f"{r.seconds:.2f}", f"{r.claims_per_second:,.0f}", f"{r.end_to_end:.2f}",
-             _pct(r.throttled_share), f"{r.amplification:.3f}", r.failed, r.max_executions] for r in results]
+    header = ["client", "round", "T s", "claims/s", "incl. set-up s", "client CPU µs/claim (incl. set-up)", "θ", "A",
+              "failed", "max executions/number"]
+    rows = [[_client_label(r), r.round, f"{r.seconds:.2f}", f"{r.claims_per_second:,.0f}", f"{r.end_to_end:.2f}",
+             f"{(r.cpu_seconds or 0) / r.n * 1e6:,.0f}", _pct(r.throttled_share), f"{r.amplification:.3f}", r.failed,
+             r.max_executions] for r in results]
     lines = _table(header, rows)
-    by_client = {r.client: r for r in results}
-    mine, bare = by_client.get("bulkclaim"), by_client.get("bare aiobotocore")
-    if mine is not None and bare is not None and bare.claims_per_second > 0:
-        ratio = mine.claims_per_second / bare.claims_per_second
-        e2e = (mine.n / mine.end_to_end) / (bare.n / bare.end_to_end)
-        lines += ["", f"bulkclaim / bare: **{ratio:.2f}** (bar ≥ 0.8); counting set-up (planning the journal): "
-                      f"{e2e:.2f}"]
+    mine = [r for r in results if r.client == "bulkclaim"]
+    bare = [r for r in results if r.client == BARE]
+    if not mine or not bare:
+        return lines
+
+    def median(values: Iterable[float]) -> float:
+        return statistics.median(list(values))
+
+    ratio = median(r.claims_per_second for r in mine) / median(r.claims_per_second for r in bare)
+    e2e = median(r.n / r.end_to_end for r in mine) / median(r.n / r.end_to_end for r in bare)
+    cpu = median((r.cpu_seconds or 0) for r in mine) / median((r.cpu_seconds or 0) for r in bare)
+    per_round = ", ".join(f"{m.claims_per_second / b.claims_per_second:.2f}"
+                          for m, b in zip(sorted(mine, key=lambda r: r.round), sorted(bare, key=lambda r: r.round),
+                                          strict=True))
+    lines += ["", f"bulkclaim / bare, medians of {len(mine)} rounds: **{ratio:.2f}** claims/s (bar ≥ 0.8; per round: "
+                  f"{per_round}); counting set-up (planning the journal): {e2e:.2f}; client CPU per claim: "
+                  f"{cpu:.2f}x"]
     return lines
 
 
@@ -404,7 +436,7 @@ def plot(scenario: Scenario, results: Sequence[RunResult], path: Path) -> None:
     plt.close(fig)
 
 
-def header(quick: bool, wall: float | None = None) -> list[str]:
+def header(quick: bool, wall: float, load_before: tuple[float, float, float]) -> list[str]:
     command = ".venv/bin/python benchmarks/compare.py" + "".join(f" {a}" for a in sys.argv[1:])
     date = datetime.datetime.now(datetime.UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
     versions = ", ".join(f"{p} {version(p)}" for p in ("aiobotocore", "botocore", "aiolimiter", "tenacity"))
@@ -414,8 +446,9 @@ def header(quick: bool, wall: float | None = None) -> list[str]:
         f"Command: `{command}` · date: {date} · machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()} · {versions}" + (" · quick run" if quick else ""),
     ]
-    if wall is not None:
-        lines[-1] += f" · wall {wall:.0f} s"
+    load = "/".join(f"{x:.1f}" for x in load_before)
+    after = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    lines[-1] += f" · wall {wall:.0f} s · load average (1/5/15 min) {load} before, {after} after"
     return [*lines, ""]
 
 
@@ -424,6 +457,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N=150 (ceiling: 1,500), about two minutes")
     parser.add_argument("--scenarios", default="matched,unknown_quota,neighbour,ceiling",
                         help="comma-separated subset of: matched, unknown_quota, neighbour, ceiling")
+    parser.add_argument("--ceiling-rounds", type=int, default=3, help="alternating rounds of the ceiling pair")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where compare.md and the PNGs go")
     opts = parser.parse_args()
     wanted = [key.strip() for key in opts.scenarios.split(",") if key.strip()]
@@ -440,18 +474,18 @@ def main() -> None:
         print(message, file=sys.stderr, flush=True)
 
     opts.output.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
+    began, load_before = time.monotonic(), os.getloadavg()
     sections: list[str] = []
     for scenario in chosen:
         log(f"scenario {scenario.title}")
-        results = run_scenario(scenario, log)
+        results = run_scenario(scenario, log, rounds=max(1, opts.ceiling_rounds))
         section = scenario_section(scenario, results)
         print("\n".join(section), flush=True)
         sections += section
         if scenario.plot:
             plot(scenario, results, opts.output / f"{scenario.key}.png")
     wall = time.monotonic() - began
-    report = [*header(opts.quick, wall), *sections]
+    report = [*header(opts.quick, wall, load_before), *sections]
     (opts.output / "compare.md").write_text("\n".join(report))
     print(f"wall {wall:.0f} s; written to {opts.output / 'compare.md'}")
 

@@ -26,7 +26,7 @@ from bulkclaim.claimer import Claimer, RateSettings
 from bulkclaim.connect import ClientSettings
 from bulkclaim.demo import demo_command
 from bulkclaim.engine import Options, RunSummary
-from bulkclaim.inputs import FORMATS, InputFileError, detect_format, fingerprint, read_inputs
+from bulkclaim.inputs import FORMATS, InputFileError, check_file, fingerprint, read_inputs
 from bulkclaim.journal_views import dry_run_plan, journal_status, run_counts
 from bulkclaim.logs import configure_logging
 from bulkclaim.model import (
@@ -101,9 +101,7 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     journal = opts["journal"] or default_journal(target)
     try:
         for path in inputs:
-            detect_format(path, opts["input_format"])
-            if not path.is_file():
-                raise InputFileError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+            check_file(path, opts["input_format"])
         if opts["report"]:
             report_format(opts["report"])
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
@@ -152,6 +150,7 @@ class _Run:
     opts: dict[str, Any]
     signal_received: signal.Signals | None = None
     summary: RunSummary | None = None
+    requests_sent: int = 0
 
     def execute(self, rows: Any) -> int:
         log = structlog.get_logger("bulkclaim")
@@ -163,8 +162,8 @@ class _Run:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message)
             _fail(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "
                   "command again to continue)", EXIT_FATAL)
-        except (JournalError, InputFileError) as exc:
-            _fail(str(exc), EXIT_USAGE if self.summary is None or not self.summary.to_send else EXIT_FATAL)
+        except (JournalError, InputFileError) as exc:  # exit 2 promises that nothing was sent
+            _fail(str(exc), EXIT_FATAL if self.requests_sent else EXIT_USAGE)
         return self._finish()
 
     async def _main(self, rows: Any) -> None:
@@ -193,6 +192,7 @@ class _Run:
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
                     self.summary = claimer.engine.summary
+                    self.requests_sent = sum(limiter.sent for limiter in claimer.limiters.values())
 
     def _install_signals(self, claimer: Claimer, scope: anyio.CancelScope) -> None:
         import asyncio

@@ -214,16 +214,16 @@ class Engine:
 
     async def _plan_batch(self, batch: list[ClaimRequest | Rejected], summary: RunSummary,
                           emit: Emit) -> list[ClaimRequest]:
+        requests = [r for r in batch if isinstance(r, ClaimRequest)]
+        unchecked = [r for r in requests if not r.checked]
+        if unchecked:  # numbers new to the journal get their numbering-plan check now, in input order
+            known = await self.journal.known([r.key for r in unchecked])
+            batch = await anyio.to_thread.run_sync(
+                lambda: [check(r) if isinstance(r, ClaimRequest) and not r.checked and r.key not in known else r
+                         for r in batch])
+            requests = [r for r in batch if isinstance(r, ClaimRequest)]
         rejected = [r for r in batch if isinstance(r, Rejected)]
-        planned = await self.journal.plan([r for r in batch if isinstance(r, ClaimRequest)], summary.run,
-                                          retry_failed=self.options.retry_failed)
-        if planned.unchecked:  # new to the journal: check them against the numbering plan, then reserve
-            checked = await anyio.to_thread.run_sync(lambda: [check(r) for r in planned.unchecked])
-            rejected += [r for r in checked if isinstance(r, Rejected)]
-            more = await self.journal.plan([r for r in checked if isinstance(r, ClaimRequest)], summary.run,
-                                           retry_failed=self.options.retry_failed)
-            for name in ("work", "done", "duplicates", "changed"):
-                getattr(planned, name).extend(getattr(more, name))
+        planned = await self.journal.plan(requests, summary.run, retry_failed=self.options.retry_failed)
         if rejected:
             await self.journal.record_rejected(rejected, summary.run)
             summary.invalid += len(rejected)

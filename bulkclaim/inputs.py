@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +23,10 @@ import phonenumbers
 
 from bulkclaim.model import BulkclaimError, ClaimRequest, Rejected, Target, valid_tag_key
 
-__all__ = ["FORMATS", "InputFileError", "check", "detect_format", "fingerprint", "normalize_number", "read_inputs"]
+__all__ = [
+    "FORMATS", "InputFileError", "check", "check_file", "detect_format", "fingerprint", "normalize_number",
+    "read_inputs",
+]
 
 FORMATS = ("csv", "txt", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".txt": "txt", ".lst": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -31,6 +34,11 @@ _MAX_LINE = 64 * 1024
 _MAX_DESCRIPTION = 500
 _MAX_TAGS = 50
 _NUMBER_CHARS = re.compile(r"^[0-9+\s\-.()/]+$")
+_POSSIBILITY = {
+    phonenumbers.ValidationResult.TOO_LONG: " (too long)",
+    phonenumbers.ValidationResult.TOO_SHORT: " (too short)",
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: " (unknown country code)",
+}
 _CANONICAL = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
@@ -72,7 +80,8 @@ def normalize_number(raw: str, default_region: str | None) -> str:
     except phonenumbers.NumberParseException as exc:
         raise ValueError(f"{text!r} is not a phone number: {exc._msg}") from None
     if not phonenumbers.is_valid_number(parsed):
-        raise ValueError(f"{text!r} is not a valid number for its country")
+        reason = _POSSIBILITY.get(phonenumbers.is_possible_number_with_reason(parsed), "")
+        raise ValueError(f"{text!r} is not a valid number for its country{reason}")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -91,6 +100,24 @@ def fingerprint(paths: Iterable[Path], *, target: Target | None, fmt: str | None
         except OSError as exc:
             raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
     return digest.hexdigest()
+
+
+def check_file(path: Path, fmt: str | None = None) -> None:
+    """Raise InputFileError for a file that cannot be read as ``fmt`` at all, before anything starts
+    (missing, a directory, unknown format, a CSV without a usable header)."""
+    kind = detect_format(path, fmt)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, not a file")
+    if kind == "csv":
+        rows = _csv_rows(path)
+        try:
+            next(rows, None)  # reads (and checks) the header and at most one row
+        except OSError as exc:
+            raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
+        finally:
+            rows.close()
 
 
 def read_inputs(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
@@ -155,6 +182,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
         except json.JSONDecodeError as exc:
             yield _Line(line.number, line.text, f"not valid JSON: {exc.msg} (column {exc.colno})"), {}
             continue
+        except RecursionError:
+            yield _Line(line.number, line.text[:200], "JSON nested too deeply"), {}
+            continue
         if isinstance(value, str):
             value = {"phone_number": value}
         if not isinstance(value, dict):
@@ -163,12 +193,15 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
         yield line, value
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
+def _csv_rows(path: Path) -> Generator[tuple[_Line, dict[str, Any]], None, None]:
     lines = _lines(path)
     header_line = next(lines, None)
     if header_line is None or not header_line.text.strip():
         raise InputFileError(f"{path}: empty file; a CSV needs a header with a phone_number column")
-    header = [h.strip().lower() for h in next(csv.reader([header_line.text]))]
+    try:
+        header = [h.strip().lower() for h in next(csv.reader([header_line.text], strict=True))]
+    except csv.Error as exc:
+        raise InputFileError(f"{path}:1: cannot read the CSV header ({exc}); lines must end in LF or CRLF") from None
     if "phone_number" not in header:
         raise InputFileError(f"{path}:1: no phone_number column in the header {header!r}")
     for line in lines:
@@ -259,6 +292,8 @@ def _tags(value: Any) -> dict[str, str]:
             raise ValueError(f"tag key {key!r}: keys starting with 'aws:' are reserved by AWS")
         if not valid_tag_key(key):
             raise ValueError(f"tag key {key[:40]!r}: 1-128 letters, digits, spaces or _.:/=+-@")
+        if isinstance(tag_value, bool) or not isinstance(tag_value, str | int | float | type(None)):
+            raise ValueError(f"tag {key!r}: the value must be text, not {type(tag_value).__name__}")
         text = "" if tag_value is None else str(tag_value)
         if len(text) > 256:
             raise ValueError(f"tag {key!r}: value longer than 256 characters")
@@ -273,6 +308,8 @@ def _parse_tag_text(text: str) -> Any:
             return json.loads(text)
         except ValueError:
             raise ValueError("tags look like JSON but do not parse") from None
+        except RecursionError:
+            raise ValueError("tags JSON nested too deeply") from None
     pairs: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, value = item.partition("=")

@@ -57,14 +57,12 @@ class Planned:
 
 @dataclass
 class PlanResult:
-    """What planning one batch found: work to do, numbers already done, duplicates, changed rows,
-    and new numbers that still need their numbering-plan check (nothing reserved for them yet)."""
+    """What planning one batch found: work to do, numbers already done, duplicates, changed rows."""
 
     work: list[Planned]
     done: list[Outcome]
     duplicates: list[ClaimRequest]
     changed: list[ClaimRequest]
-    unchecked: list[ClaimRequest]
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,7 @@ class Journal(Protocol):
     def record_outcome(self, outcome: Outcome) -> None: ...
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]: ...
     async def targets_to_reconcile(self, run: int) -> list[Target]: ...
+    async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None: ...
     async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None: ...
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]: ...
@@ -293,6 +292,22 @@ class SqliteJournal:
             return [_planned_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else after)
         return await self._submit(query)
 
+    async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (target, number) keys the journal already has."""
+        def query(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            by_target: dict[str, list[str]] = {}
+            for target, number in keys:
+                by_target.setdefault(target, []).append(number)
+            for target, numbers in by_target.items():
+                for start in range(0, len(numbers), 900):
+                    chunk = numbers[start:start + 900]
+                    found.update((target, n) for (n,) in conn.execute(
+                        f"SELECT phone_number FROM numbers WHERE target=? AND phone_number IN "
+                        f"({','.join('?' * len(chunk))})", (target, *chunk)))
+            return found
+        return await self._submit(query)
+
     async def targets_to_reconcile(self, run: int) -> list[Target]:
         """Targets holding numbers of ``run`` that an earlier run may have sent (outcome unknown)."""
         rows = await self._submit(lambda conn: conn.execute(
@@ -304,7 +319,8 @@ class SqliteJournal:
         """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
         await self._submit(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO plans (run, fingerprint, members_run, members, duplicates) "
-            "VALUES (?1, ?2, ?1, (SELECT count(*) FROM numbers WHERE seen_run=?1), ?3)", (run, fingerprint, duplicates)))
+            "VALUES (?1, ?2, ?1, (SELECT count(*) FROM numbers WHERE seen_run=?1), ?3)",
+            (run, fingerprint, duplicates)))
 
     async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         """Take over the latest complete plan of the same inputs, if every number of it is still
@@ -323,8 +339,8 @@ class SqliteJournal:
                 return None
             conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
                          (members_run,))
-            conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) VALUES (?, ?, ?, ?, ?)",
-                         (run, fingerprint, members_run, members, duplicates))
+            conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) "
+                         "VALUES (?, ?, ?, ?, ?)", (run, fingerprint, members_run, members, duplicates))
             (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (members_run,)).fetchone()
             return PlanReuse(members_run, statuses, invalid, duplicates)
         return await self._submit(take_over)
@@ -428,7 +444,7 @@ def _lookup(conn: sqlite3.Connection, requests: Sequence[ClaimRequest]) -> dict[
 
 def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
           dedupe: bool) -> PlanResult:
-    result = PlanResult([], [], [], [], [])
+    result = PlanResult([], [], [], [])
     now = time.time()
     (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?", (run,)).fetchone()
     existing = _lookup(conn, requests)
@@ -441,9 +457,8 @@ def _plan(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, 
         if dedupe and (key in in_batch or (row is not None and row.seen_run == run)):
             result.duplicates.append(request)
             continue
-        if row is None and not request.checked:
-            result.unchecked.append(request)
-            continue
+        if row is None and not request.checked:  # never reserve a token for an unvalidated number
+            raise ValueError(f"{request.source}: {request.phone_number} was not checked before planning")
         in_batch.add(key)
         if row is None or (row.status == Status.FAILED and retry_failed):
             token = new_token()
