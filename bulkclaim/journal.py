@@ -106,6 +106,9 @@ class SqliteJournal:
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
+        self._lazy_attempts: list[tuple[Any, ...]] = []
+        self._lazy_outcomes: list[tuple[Any, ...]] = []
+        self._lazy_since = time.monotonic()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
         self._ready = threading.Event()
@@ -219,6 +222,7 @@ class SqliteJournal:
                     job.done(value, error)
 
     async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._ship()  # everything recorded before this job is written before it
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
 
@@ -261,25 +265,33 @@ class SqliteJournal:
         await self._submit(lambda conn: conn.executemany(
             "INSERT INTO rejected (run, source, raw, reason, target, at) VALUES (?, ?, ?, ?, ?, ?)", values))
 
+    # Attempts and outcomes are committed lazily (DESIGN §3: a lost outcome only means the same token
+    # is sent again). They are buffered and handed to the writer as one job per batch, or before any
+    # other job so that every later read sees them: one job per claim would cost more than the claim.
     def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None:
-        values = (planned.request.target.key, planned.request.phone_number, planned.client_token, time.time(),
-                  result, error_code)
-        self._put(_Job(lambda conn: conn.execute(
-            "INSERT INTO attempts (target, phone_number, client_token, at, result, error_code) "
-            "VALUES (?, ?, ?, ?, ?, ?)", values), None))
+        self._lazy_attempts.append((planned.request.target.key, planned.request.phone_number, planned.client_token,
+                                    time.time(), result, error_code))
+        self._ship_if_due()
 
     def record_outcome(self, outcome: Outcome) -> None:
-        values = (outcome.status.value, outcome.attempts, outcome.phone_number_id, outcome.phone_number_arn,
-                  outcome.error_code, outcome.error_message, outcome.updated_at or time.time(),
-                  outcome.target, outcome.phone_number, outcome.client_token)
-        # Guarded by the token (an older attempt series never overwrites a newer one) and by the order
-        # of statuses (pending < in_progress < claimed/failed): a late, lesser outcome of the same
-        # token, from a concurrent path, never moves a number backwards.
-        self._put(_Job(lambda conn: conn.execute(
-            "UPDATE numbers SET status=?1, attempts=max(attempts, ?2), phone_number_id=coalesce(?3, phone_number_id), "
-            "phone_number_arn=coalesce(?4, phone_number_arn), error_code=?5, error_message=?6, updated_at=?7 "
-            f"WHERE target=?8 AND phone_number=?9 AND client_token=?10 AND {_RANK.format('status')} <= "
-            f"{_RANK.format('?1')}", values), None))
+        self._lazy_outcomes.append((outcome.status.value, outcome.attempts, outcome.phone_number_id,
+                                    outcome.phone_number_arn, outcome.error_code, outcome.error_message,
+                                    outcome.updated_at or time.time(), outcome.target, outcome.phone_number,
+                                    outcome.client_token))
+        self._ship_if_due()
+
+    def _ship_if_due(self) -> None:
+        if not self._thread.is_alive():
+            raise self._failure or JournalError(f"journal {self.path} is closed")
+        waiting = len(self._lazy_attempts) + len(self._lazy_outcomes)
+        if waiting >= _LAZY_BATCH or (waiting and time.monotonic() - self._lazy_since >= _LAZY_MAX_AGE):
+            self._ship()
+
+    def _ship(self) -> None:
+        attempts, outcomes = self._lazy_attempts, self._lazy_outcomes
+        self._lazy_attempts, self._lazy_outcomes, self._lazy_since = [], [], time.monotonic()
+        if attempts or outcomes:
+            self._put(_Job(lambda conn: _write_lazy(conn, attempts, outcomes), None))
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
@@ -370,6 +382,7 @@ class SqliteJournal:
     def close_sync(self) -> None:
         """Close from synchronous code (the CLI's reports); waits for pending writes."""
         if self._thread.is_alive():
+            self._ship()
             self._jobs.put(None)
             self._thread.join()
         self._release_lock()
@@ -381,6 +394,21 @@ class SqliteJournal:
 
 
 _RANK = "(CASE {} WHEN 'pending' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END)"
+_LAZY_BATCH = 64
+_LAZY_MAX_AGE = 0.5  # seconds a lazy record may wait for company before it is written anyway
+
+
+def _write_lazy(conn: sqlite3.Connection, attempts: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]) -> None:
+    conn.executemany("INSERT INTO attempts (target, phone_number, client_token, at, result, error_code) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", attempts)
+    # Guarded by the token (an older attempt series never overwrites a newer one) and by the order of
+    # statuses (pending < in_progress < claimed/failed): a late, lesser outcome of the same token,
+    # from a concurrent path, never moves a number backwards.
+    conn.executemany(
+        "UPDATE numbers SET status=?1, attempts=max(attempts, ?2), phone_number_id=coalesce(?3, phone_number_id), "
+        "phone_number_arn=coalesce(?4, phone_number_arn), error_code=?5, error_message=?6, updated_at=?7 "
+        f"WHERE target=?8 AND phone_number=?9 AND client_token=?10 AND {_RANK.format('status')} <= "
+        f"{_RANK.format('?1')}", outcomes)
 
 
 def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[Any, BaseException | None]:
