@@ -43,7 +43,7 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._next = clock()  # theoretical time the next admission is due; starts with a full bucket
-        self._last_admit = float("-inf")
+        self._last_slot = self._last_admit = float("-inf")
 
     @property
     def rate(self) -> float:
@@ -63,20 +63,23 @@ class TokenBucket:
         """
         if value <= 0:
             raise ValueError("rate must be > 0")
+        if value == self._rate:
+            return
         now = self._clock()
         converted = now + max(0.0, self._next - now) * self._rate / value
         self._rate = value
-        self._next = max(converted, self._last_admit + self._tolerance() + 1.0 / value)
+        self._next = max(converted, self._last_slot + self._tolerance() + 1.0 / value)
 
     def reserve(self) -> float:
         """Take the next slot now; return how long the caller must wait before using it."""
         now = self._clock()
         self._next = max(self._next, now)
-        admit_at = max(now, self._next - self._tolerance())
+        slot = max(now, self._next - self._tolerance())  # the schedule's admission time
+        admit_at = slot
         if self.jitter:  # later by a random part of an interval, never before the previous caller
-            admit_at = max(self._last_admit, admit_at + self._rng.uniform(0.0, self.jitter / self._rate))
+            admit_at = max(self._last_admit, slot + self._rng.uniform(0.0, self.jitter / self._rate))
         self._next += 1.0 / self._rate
-        self._last_admit = admit_at
+        self._last_slot, self._last_admit = slot, admit_at
         return admit_at - now
 
     def _tolerance(self) -> float:

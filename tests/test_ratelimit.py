@@ -181,3 +181,21 @@ def test_aimd_never_admits_above_the_bound_of_its_ceiling() -> None:
     for i in range(len(admitted)):
         for j in range(i, min(len(admitted), i + 60)):
             assert j - i + 1 <= 5 + 10.0 * (admitted[j] - admitted[i]) + EPS
+
+
+@settings(max_examples=100, deadline=None)
+@given(workloads(), st.integers(min_value=0, max_value=2**32))
+def test_jitter_only_delays_keeps_order_and_keeps_the_rate(workload: tuple[float, int, list[float]], seed: int) -> None:
+    rate, burst, gaps = workload
+    clock = FakeClock(0.0)
+    plain = TokenBucket(rate, burst, clock=clock)
+    jittered = TokenBucket(rate, burst, jitter=0.5, rng=random.Random(seed), clock=clock)
+    pairs = []
+    for gap in gaps:
+        clock.advance(gap)
+        pairs.append((clock.now + plain.reserve(), clock.now + jittered.reserve()))
+        jittered.rate = rate  # what the adaptive controller does after each success: must change nothing
+    admitted = [j for _, j in pairs]
+    assert admitted == sorted(admitted)
+    for scheduled, actual in pairs:
+        assert scheduled - EPS <= actual <= scheduled + 0.5 / rate + EPS
