@@ -177,6 +177,10 @@ async def test_fatal_service_errors_exit_3_after_a_handful_of_requests(
     assert message in result.stderr and "journal" in result.stderr
     no_traceback(result)
     assert sum(sum(v.values()) for v in env.sandbox.stats().values()) <= 10
+    if "BULKCLAIM_INSTANCE_ID" not in extra:  # credentials fixed: the same command continues the same journal
+        corrected = await run_cli(env, tmp_path, *args)
+        assert corrected.returncode == 0, corrected.stderr[-2000:]
+        assert_once(env, NUMBERS[:50])
 
 
 async def _start(env: SandboxEnv, cwd: Path, *args: str) -> Process:
