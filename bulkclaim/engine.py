@@ -23,9 +23,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -35,13 +34,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
 from bulkclaim.inputs import check
-from bulkclaim.journal import Journal, Planned, PlanReuse
+from bulkclaim.journal import Journal
+from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
     ClaimRequest,
     FatalServiceError,
+    Options,
     Outcome,
     ParametersChangedError,
     Rejected,
+    RunSummary,
     Status,
     Target,
 )
@@ -53,41 +55,6 @@ __all__ = ["Emit", "Engine", "Options", "RunSummary"]
 Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
 _THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
-
-
-@dataclass(frozen=True)
-class Options:
-    """How a run behaves. ``workers=0`` means one per in-flight slot of the claim limiter."""
-
-    verify: bool = True
-    verify_timeout: float = 120.0
-    verify_first_poll: float = 0.5
-    retry_failed: bool = False
-    workers: int = 0
-    verifiers: int = 64
-    plan_batch: int = 500
-
-    def __post_init__(self) -> None:
-        if self.workers < 0 or self.plan_batch < 1 or self.verify_timeout < 0 or self.verify_first_poll < 0:
-            raise ValueError("workers >= 0, plan_batch >= 1 and non-negative waits, please")
-        if self.verify and self.verifiers < 1:
-            raise ValueError("verify=True needs verifiers >= 1")
-
-
-@dataclass
-class RunSummary:
-    """Counts of one run, as the CLI and library report them."""
-
-    run: int = 0
-    #: The run whose journal rows are this run's numbers: itself, or the earlier run whose plan of
-    #: identical inputs it took over.
-    members_run: int = 0
-    to_send: int = 0
-    already_done: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    adopted: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
 
 
 class Engine:

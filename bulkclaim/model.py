@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,9 +20,11 @@ __all__ = [
     "ConfigurationError",
     "FatalServiceError",
     "JournalError",
+    "Options",
     "Outcome",
     "ParametersChangedError",
     "Rejected",
+    "RunSummary",
     "Status",
     "Target",
     "valid_tag_key",
@@ -195,3 +198,38 @@ class ParametersChangedError(BulkclaimError):
             "or finish the earlier run first."
         )
         self.changed = changed
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run behaves. ``workers=0`` means one per in-flight slot of the claim limiter."""
+
+    verify: bool = True
+    verify_timeout: float = 120.0
+    verify_first_poll: float = 0.5
+    retry_failed: bool = False
+    workers: int = 0
+    verifiers: int = 64
+    plan_batch: int = 500
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.plan_batch < 1 or self.verify_timeout < 0 or self.verify_first_poll < 0:
+            raise ValueError("workers >= 0, plan_batch >= 1 and non-negative waits, please")
+        if self.verify and self.verifiers < 1:
+            raise ValueError("verify=True needs verifiers >= 1")
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run, as the CLI and library report them."""
+
+    run: int = 0
+    #: The run whose journal rows are this run's numbers: itself, or the earlier run whose plan of
+    #: identical inputs it took over.
+    members_run: int = 0
+    to_send: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    adopted: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from bulkclaim.journal import Planned, PlanResult, SqliteJournal, new_token
+from bulkclaim.journal import SqliteJournal
+from bulkclaim.journal_plan import Planned, PlanResult, new_token
 from bulkclaim.journal_schema import SCHEMA_VERSION
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
