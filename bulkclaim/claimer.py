@@ -111,6 +111,7 @@ class Claimer:
         self._stack: AsyncExitStack | None = None
         self._inflight: dict[tuple[str, str], _Shared] = {}
         self._producers: set[anyio.CancelScope] = set()
+        self.last_summary: RunSummary | None = None  # the counts of the latest finished claim_many run
         self._run: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -234,8 +235,6 @@ class Claimer:
                     yield item
         finally:
             scope.cancel()  # nobody reads any more: stop sending claims for this call
-
-    last_summary: RunSummary | None = None
 
     def _requests(self, rows: Iterable[ClaimRequest | Rejected | str]) -> Iterable[ClaimRequest | Rejected]:
         for index, row in enumerate(rows, start=1):

@@ -339,14 +339,6 @@ class SqliteJournal:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._release_lock()
 
-    def close_sync(self) -> None:
-        """Close from synchronous code (the CLI's reports); waits for pending writes."""
-        if self._thread.is_alive():
-            self._ship()
-            self._jobs.put(None)
-            self._thread.join()
-        self._release_lock()
-
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
