@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -129,7 +130,7 @@ class Claimer:
                 pool = max(self.rates.max_in_flight or self.rates.burst, 10) + self.options.verifiers
                 settings = self._settings
                 if settings.max_pool_connections < pool:
-                    settings = ClientSettings(**{**settings.__dict__, "max_pool_connections": pool})
+                    settings = dataclasses.replace(settings, max_pool_connections=pool)
                 client = await stack.enter_async_context(connect_client(settings, self._session))
             if self._clock is time.monotonic and self._sleep is anyio.sleep:
                 self.limiters = _shared_limiters(self._settings, self.rates)
