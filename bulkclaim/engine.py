@@ -71,7 +71,6 @@ class Engine:
         self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
         self._stop = anyio.Event()
         self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
-        self._emit_done = True
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
@@ -129,7 +128,6 @@ class Engine:
             if reused is not None:
                 await self._take_over(reused, summary, emit, emit_done)
                 return summary
-        self._emit_done = emit_done
         changed: list[ClaimRequest] = []
         batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
         try:
@@ -137,7 +135,7 @@ class Engine:
                 tg.start_soon(self._read_batches, iter(inputs), batches_tx)
                 async with batches_rx:
                     async for batch in batches_rx:
-                        changed += await self._plan_batch(batch, summary, emit)
+                        changed += await self._plan_batch(batch, summary, emit, emit_done)
                         if self.stopping:
                             tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -179,8 +177,8 @@ class Engine:
             while batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch):
                 await tx.send(batch)
 
-    async def _plan_batch(self, batch: list[ClaimRequest | Rejected], summary: RunSummary,
-                          emit: Emit) -> list[ClaimRequest]:
+    async def _plan_batch(self, batch: list[ClaimRequest | Rejected], summary: RunSummary, emit: Emit,
+                          emit_done: bool) -> list[ClaimRequest]:
         requests = [r for r in batch if isinstance(r, ClaimRequest)]
         unchecked = [r for r in requests if not r.checked]
         if unchecked:  # numbers new to the journal get their numbering-plan check now, in input order
@@ -203,7 +201,7 @@ class Engine:
         for duplicate in planned.duplicates:
             self.log.info("input.duplicate", phone_number=duplicate.phone_number, source=duplicate.source)
         for outcome in planned.done:
-            if self._emit_done:
+            if emit_done:
                 await self._emit(emit, summary, outcome)
             else:
                 summary.statuses[outcome.status.value] += 1
