@@ -33,7 +33,7 @@ def test_sandbox_command_serves_until_sigint() -> None:
         first = proc.stdout.readline()
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
         assert match, first
-        lines = [proc.stdout.readline() for _ in range(7)]
+        lines = [proc.stdout.readline() for _ in range(8)]
         exports = dict(re.findall(r"export (\w+)=(\S+)", "".join(lines)))
         assert exports["AWS_ENDPOINT_URL_CONNECT"] == match.group(1)
         settings = ClientSettings(region=exports["AWS_REGION"], endpoint_url=match.group(1),

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bulkclaim.sandbox import inventory
+from bulkclaim.sandbox import inventory, service_quotas
 from bulkclaim.sandbox.config import API_NAMES, FaultConfig, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.sigv4 import AuthError, verify
 from bulkclaim.sandbox.state import LedgerEntry, SandboxState, ServiceError
@@ -70,6 +70,11 @@ class Sandbox:
         self.config = dataclasses.replace(self.config, throttle={**self.config.throttle, api: throttle})
         self._buckets[api] = ServerBucket(throttle, self.clock())
 
+    def configure(self, **changes: Any) -> None:
+        """Change claim behaviour or account limits at runtime (fields of SandboxConfig)."""
+        self.config = dataclasses.replace(self.config, **changes)
+        self.state.config = self.state.limits.config = self.config
+
     def set_faults(self, faults: FaultConfig) -> None:
         self.config = dataclasses.replace(self.config, faults=faults)
         self._fault_rng = random.Random(faults.seed)
@@ -83,6 +88,7 @@ class Sandbox:
                             self._route("SearchAvailablePhoneNumbers", self._search))
         app.router.add_get("/phone-number/{id}", self._route("DescribePhoneNumber", self._describe))
         app.router.add_delete("/phone-number/{id}", self._route("ReleasePhoneNumber", self._release))
+        app.router.add_post("/", self._service_quotas)  # Service Quotas: JSON protocol, X-Amz-Target
         app.router.add_get("/_sandbox/ledger", self._admin_ledger)
         app.router.add_get("/_sandbox/stats", self._admin_stats)
         app.router.add_post("/_sandbox/reset", self._admin_reset)
@@ -132,6 +138,30 @@ class Sandbox:
             return web.Response(status=500)  # never reaches the client: the connection is gone
         self.state.count(api, "ok")
         return web.json_response(result, headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+    async def _service_quotas(self, request: web.Request) -> web.StreamResponse:
+        body_bytes = await request.read()
+        target = request.headers.get("X-Amz-Target", "")
+        operation = target.removeprefix(service_quotas.TARGET_PREFIX) if target.startswith(
+            service_quotas.TARGET_PREFIX) else "?"
+        try:
+            identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
+                              raw_query=request.rel_url.raw_query_string, headers=request.headers,
+                              body=body_bytes, service="servicequotas", credentials=self._credentials)
+            if identity.denied:
+                raise service_quotas.QuotaError("AccessDeniedException",
+                                                f"User is not authorized to perform: servicequotas:{operation}")
+            body = json.loads(body_bytes or b"{}")
+            result = service_quotas.answer(operation, body if isinstance(body, dict) else {}, self.config)
+        except AuthError as exc:
+            return _json_error(exc.code, exc.message, status=403)
+        except ValueError:
+            return _json_error("SerializationException", "Could not parse the request body.")
+        except service_quotas.QuotaError as exc:
+            self.state.count(f"ServiceQuotas.{operation}", exc.code)
+            return _json_error(exc.code, exc.message)
+        self.state.count(f"ServiceQuotas.{operation}", "ok")
+        return web.json_response(result, content_type="application/x-amz-json-1.1")
 
     async def _delay(self, faults: FaultConfig) -> bool:
         low, high = faults.latency
@@ -187,11 +217,11 @@ class Sandbox:
                 if "latency" in faults:
                     faults["latency"] = tuple(faults["latency"])
                 self.set_faults(FaultConfig(**faults))
-            allowed = {"claim_delay", "claim_failure_rate", "token_lifetime", "release_cooldown"}
+            allowed = {"claim_delay", "claim_failure_rate", "token_lifetime", "release_cooldown",
+                       "phone_number_quota", "churn_limit", "competition_rate", "service_quotas_access"}
             if set(update) - allowed:
                 raise ValueError(f"unknown settings: {sorted(set(update) - allowed)}")
-            self.config = dataclasses.replace(self.config, **update)
-            self.state.config = self.config
+            self.configure(**update)
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True})
@@ -205,6 +235,13 @@ def _error(code: str, status: int, message: str, *, lower_case_message: bool = F
         "x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazonaws.connect/",
         "x-amzn-RequestId": str(uuid.uuid4()),
     })
+
+
+def _json_error(code: str, message: str, *, status: int = 400) -> web.Response:
+    """An error in AWS's JSON protocol: the name in ``__type``, botocore reads the part after ``#``."""
+    return web.json_response({"__type": f"com.amazonaws.servicequotas#{code}", "message": message},
+                             status=status, content_type="application/x-amz-json-1.1",
+                             headers={"x-amzn-RequestId": str(uuid.uuid4())})
 
 
 def _drop_connection(request: web.Request) -> None:

@@ -72,6 +72,11 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("stall-rate", type=float, default=0.0, help="Share of requests that stall before executing.")
 @_option("stall-seconds", type=float, default=30.0)
 @_option("latency", default="0", help="Added latency LOW[:HIGH] seconds.")
+@_option("phone-number-quota", type=click.IntRange(min=0), default=SandboxConfig.phone_number_quota,
+         help="Numbers one instance may hold (the real default is 5).")
+@_option("competition-rate", type=click.FloatRange(0, 1), default=0.0,
+         help="Share of claims another account wins just before ours (the number is gone).")
+@_option("no-service-quotas-access", is_flag=True, help="Answer AccessDenied to Service Quotas calls.")
 @_option("seed", type=int, default=0, help="Seed for faults, failures and ids.")
 def sandbox_command(**opts: Any) -> None:
     """Serve a local Amazon Connect phone-number API (rest-json, SigV4) for rehearsals and tests."""
@@ -87,7 +92,8 @@ def sandbox_command(**opts: Any) -> None:
         faults=FaultConfig(error_rate=opts["error_rate"], lost_response_rate=opts["lost_response_rate"],
                            stall_rate=opts["stall_rate"], stall_seconds=opts["stall_seconds"],
                            latency=_latency(opts["latency"]), seed=opts["seed"]),
-        seed=opts["seed"],
+        phone_number_quota=opts["phone_number_quota"], competition_rate=opts["competition_rate"],
+        service_quotas_access=not opts["no_service_quotas_access"], seed=opts["seed"],
     )
     try:
         sandbox = Sandbox(config)
@@ -108,9 +114,11 @@ async def _serve_until_signal(sandbox: Sandbox, host: str, port: int) -> None:
         cfg = sandbox.config
         click.echo(f"bulkclaim sandbox listening on {running.endpoint_url}")
         click.echo(f"  instances: {', '.join(cfg.instance_ids)}  region: {cfg.region}")
-        click.echo(f"  numbers in inventory: {sandbox.state.inventory_size()}")
+        click.echo(f"  numbers in inventory: {sandbox.state.inventory_size()}  "
+                   f"phone-number quota per instance: {cfg.phone_number_quota}")
         click.echo("Use it with:")
         click.echo(f"  export AWS_ENDPOINT_URL_CONNECT={running.endpoint_url}")
+        click.echo(f"  export AWS_ENDPOINT_URL_SERVICE_QUOTAS={running.endpoint_url}")
         click.echo(f"  export AWS_ACCESS_KEY_ID={TEST_CREDENTIALS.access_key_id}")
         click.echo(f"  export AWS_SECRET_ACCESS_KEY={TEST_CREDENTIALS.secret_access_key}")
         click.echo(f"  export AWS_REGION={cfg.region}")

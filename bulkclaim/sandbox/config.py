@@ -104,6 +104,18 @@ class SandboxConfig:
     token_lifetime: float = 8 * 3600.0
     release_cooldown: float = 180 * 86400.0
     failed_claim_cooldown: float = 86400.0
+    #: Numbers one instance (or TDG) may hold. The real default is 5 (Service Quotas L-8F812903); the
+    #: sandbox plays an account whose quota was raised for a migration. Set 5 to rehearse a fresh one.
+    phone_number_quota: int = 10_000
+    #: Claims + releases per target within ``churn_window`` beyond ``churn_limit`` x the quota are
+    #: refused (ServiceQuotaExceededException), as Connect does until a support case lifts the block.
+    churn_limit: float = 2.0
+    churn_window: float = 180 * 86400.0
+    #: Share of claims of an available number that lose the race to another account just before
+    #: ours arrives (the number is then theirs: "not available"), as between a search and a claim.
+    competition_rate: float = 0.0
+    #: False plays a principal without servicequotas:GetServiceQuota (AccessDeniedException).
+    service_quotas_access: bool = True
     throttle: dict[str, ThrottleConfig] = field(default_factory=lambda: {a: ThrottleConfig() for a in API_NAMES})
     faults: FaultConfig = FaultConfig()
     seed: int = 0

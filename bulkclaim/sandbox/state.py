@@ -21,6 +21,7 @@ from typing import Any
 from bulkclaim.model import valid_tag_key
 from bulkclaim.sandbox.config import SandboxConfig
 from bulkclaim.sandbox.inventory import StockNumber
+from bulkclaim.sandbox.limits import TargetLimits
 
 __all__ = ["ClaimRecord", "LedgerEntry", "SandboxState", "ServiceError"]
 
@@ -118,6 +119,8 @@ class SandboxState:
     def __post_init__(self) -> None:
         cfg = self.config
         self._rng = random.Random(cfg.seed)
+        self._rival_rng = random.Random(f"rival-{cfg.seed}")  # its own stream: ids stay as without rivals
+        self.limits = TargetLimits(cfg)
         self._arn_prefix = f"arn:aws:connect:{cfg.region}:{cfg.account_id}"
         self._targets: dict[str, str | None] = {}  # target ARN -> instance id (None for a TDG)
         for instance_id in cfg.instance_ids:
@@ -129,12 +132,15 @@ class SandboxState:
         self._by_id: dict[str, ClaimRecord] = {}
         self._cooldown_until: dict[str, float] = {}
         self._tokens: dict[tuple[str, str], _Token] = {}
-        foreign = f"arn:aws:connect:{cfg.region}:{_FOREIGN_ACCOUNT}:instance/competitor"
         for number in cfg.foreign_claims:
-            stock = self._stock.setdefault(number, StockNumber(number, "US", "DID"))
-            record = self._new_record(stock, foreign, None, "", {}, settle_at=float("-inf"))
-            record.final_status = "CLAIMED"
-            self._holder[number] = record
+            self._take_by_rival(self._stock.setdefault(number, StockNumber(number, "US", "DID")))
+
+    def _take_by_rival(self, stock: StockNumber) -> None:
+        """Another account claims ``stock``: from now on it is not available to us."""
+        foreign = f"arn:aws:connect:{self.config.region}:{_FOREIGN_ACCOUNT}:instance/competitor"
+        record = self._new_record(stock, foreign, None, "", {}, settle_at=float("-inf"))
+        record.final_status, record.failure_message = "CLAIMED", ""
+        self._holder[stock.phone_number] = record
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def count(self, api: str, outcome: str) -> None:
@@ -217,8 +223,15 @@ class SandboxState:
                 return replay
         if not self._available(number, now):
             raise _invalid(f"Phone number not available: {number}")
+        refusal = self.limits.refusal(target_arn, now)  # after availability: a number we hold stays "not available"
+        if refusal is not None:
+            raise ServiceError("ServiceQuotaExceededException", 402, refusal)
+        if self.config.competition_rate and self._rival_rng.random() < self.config.competition_rate:
+            self._take_by_rival(self._stock[number])  # someone else's claim arrived just before ours
+            raise _invalid(f"Phone number not available: {number}")
         record = self._new_record(self._stock[number], target_arn, self._targets[target_arn], description,
                                   tags, settle_at=now + self.config.claim_delay)
+        self.limits.claimed(target_arn, now, holds=record.final_status == "CLAIMED")
         self._holder[number] = record
         self._by_id[record.phone_number_id] = record
         response = {"PhoneNumberId": record.phone_number_id, "PhoneNumberArn": record.phone_number_arn}
@@ -270,6 +283,7 @@ class SandboxState:
         if status == "FAILED":
             raise _not_found(f"Phone number not found: {phone_number_id}")
         record.released = True
+        self.limits.released(record.target_arn, now)
         self._cooldown_until[record.stock.phone_number] = now + self.config.release_cooldown
         if token is not None:
             self._tokens[("release", token)] = _Token((phone_number_id,), {}, now + self.config.token_lifetime)
