@@ -48,9 +48,10 @@ from bulkclaim.model import (
 )
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["Claimer", "RateSettings"]
+__all__ = ["Claimer", "RateSettings", "connect_api"]
 
-_APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2")
+_APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
+         "SearchAvailablePhoneNumbers")
 
 
 class RateSettings:
@@ -247,6 +248,14 @@ class Claimer:
                 yield ClaimRequest(number, self.target, source=f"claim_many:{index}")
             except ValueError as exc:
                 yield Rejected(raw=row, source=f"claim_many:{index}", reason=str(exc), target=self.target)
+
+
+@contextlib.asynccontextmanager
+async def connect_api(settings: ClientSettings, rates: RateSettings | None = None) -> AsyncIterator[Api]:
+    """A Connect client behind this process's shared limiters, without a journal or an engine:
+    for listings (the dry run's preflight). Fatal answers stop it for good."""
+    async with connect_client(settings) as client:
+        yield Api(client, _shared_limiters(settings, rates or RateSettings()))
 
 
 # The account's bucket is per Region and API: every Claimer of this process (on this event loop) that

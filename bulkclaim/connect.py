@@ -23,7 +23,7 @@ from types_aiobotocore_connect import ConnectClient
 
 from bulkclaim.model import ConfigurationError
 
-__all__ = ["Classified", "ClientSettings", "Verdict", "classify", "client_config", "connect_client"]
+__all__ = ["Classified", "ClientSettings", "Verdict", "aws_client", "classify", "client_config", "connect_client"]
 
 # Errors that say the caller, not the number, is wrong: every further request would fail the same way.
 _FATAL_CODES = frozenset({
@@ -100,6 +100,14 @@ async def connect_client(settings: ClientSettings, session: AioSession | None = 
                          ) -> AsyncIterator[ConnectClient]:
     """An aiobotocore Connect client for ``settings``; credentials come from the standard chain
     unless given explicitly (tests and the sandbox)."""
+    async with aws_client("connect", settings, session) as client:
+        yield client
+
+
+@asynccontextmanager
+async def aws_client(service: str, settings: ClientSettings, session: AioSession | None = None
+                     ) -> AsyncIterator[Any]:
+    """An aiobotocore client of ``service`` built as :func:`connect_client` builds Connect's."""
     if session is None:
         session = AioSession(profile=settings.profile) if settings.profile else get_session()
     # botocore reads AWS_DEFAULT_REGION and the profile; AWS_REGION is what the AWS CLI v2 and most
@@ -107,7 +115,7 @@ async def connect_client(settings: ClientSettings, session: AioSession | None = 
     region = settings.region or os.environ.get("AWS_REGION") or None
     try:
         creator = session.create_client(
-            "connect",
+            service,  # type: ignore[call-overload,misc]  # a literal per overload in the stubs
             region_name=region,
             endpoint_url=settings.endpoint_url,
             aws_access_key_id=settings.aws_access_key_id,

@@ -50,10 +50,11 @@ from bulkclaim.model import (
 from bulkclaim.reconcile import Owned, find_owned, sweep
 from bulkclaim.reconcile import verify as poll_until_settled
 
-__all__ = ["Emit", "Engine", "Options", "RunSummary"]
+__all__ = ["Emit", "Engine", "Options", "RunSummary", "first_cause"]
 
 Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
+_FINAL = (Status.CLAIMED, Status.FAILED, Status.RELEASED)  # nothing left to send or verify
 _THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
 
 
@@ -94,17 +95,19 @@ class Engine:
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
-                  emit_done: bool = True, after_plan: Callable[[RunSummary], None] | None = None) -> RunSummary:
+                  emit_done: bool = True, after_plan: Callable[[RunSummary], Awaitable[None]] | None = None
+                  ) -> RunSummary:
         """Plan, reconcile and claim everything in ``inputs``; ``emit`` each number's outcome.
 
         ``fingerprint`` (see ``inputs.fingerprint``) lets a re-run of identical inputs take over the
         earlier plan without reading them again; ``emit_done=False`` skips emitting numbers that
         were already done before this run (their counts are still in the summary). ``after_plan``
-        is called once every token is durable and before anything is sent.
+        is awaited once every token is durable and before anything is sent (the CLI's quota
+        preflight); an exception from it ends the run with nothing sent.
         """
         summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done)
         if after_plan is not None:
-            after_plan(summary)
+            await after_plan(summary)
         if not self.stopping:
             owned = await self._reconcile(summary.members_run)
             await self._dispatch(summary, owned, emit)
@@ -139,7 +142,7 @@ class Engine:
                         if self.stopping:
                             tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise _first_cause(group) from None
+            raise first_cause(group) from None
         self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
                       invalid=summary.invalid, duplicates=summary.duplicates)
         if changed:
@@ -151,7 +154,7 @@ class Engine:
     async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
         """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
         summary.members_run = reused.members_run
-        done = reused.statuses.get(Status.CLAIMED, 0) + reused.statuses.get(Status.FAILED, 0)
+        done = sum(reused.statuses.get(status, 0) for status in _FINAL)
         summary.to_send = sum(reused.statuses.values()) - done
         summary.already_done, summary.invalid, summary.duplicates = done, reused.invalid, reused.duplicates
         if emit_done:
@@ -164,7 +167,7 @@ class Engine:
                     await self._emit(emit, summary, outcome)
         else:
             for status, count in reused.statuses.items():
-                if status in (Status.CLAIMED, Status.FAILED):
+                if status in _FINAL:
                     summary.statuses[status] += count
         summary.statuses[Status.INVALID.value] += reused.invalid  # their rows are in the journal's report
         self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
@@ -231,7 +234,7 @@ class Engine:
                 for _ in range(self.options.verifiers if self.options.verify else 0):
                     tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit)
         except BaseExceptionGroup as group:
-            raise _first_cause(group) from None
+            raise first_cause(group) from None
 
     async def _feed(self, run: int, tx: MemoryObjectSendStream[Planned]) -> None:
         async with tx:
@@ -368,7 +371,7 @@ class _Settling:
         self.outcome: Outcome | None = None
 
 
-def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]

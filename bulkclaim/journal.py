@@ -318,15 +318,19 @@ class SqliteJournal:
         return await self._submit(take_over)
 
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
-        """The numbers of ``run`` that are done (claimed / failed), in input order after ``after``."""
+        """The numbers of ``run`` that are done (claimed / failed / released), in input order after ``after``."""
         def query(conn: sqlite3.Connection) -> tuple[list[Outcome], int]:
             rows = conn.execute(
                 "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
                 "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
-                "AND status IN ('claimed', 'failed') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
+                "AND status IN ('claimed', 'failed', 'released') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
             outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
             return outcomes, (rows[-1][0] if rows else after)
         return await self._submit(query)
+
+    async def execute(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``job`` in the writer thread, inside a group transaction; its result once committed."""
+        return await self._submit(job)
 
     async def flush(self) -> None:
         """Wait until everything handed over so far is committed."""

@@ -10,7 +10,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "migrate", "refuse_foreign"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
 
 _V1 = """
@@ -68,7 +68,39 @@ CREATE TABLE plans (
 CREATE INDEX plans_by_fingerprint ON plans (fingerprint);
 """
 
-_STEPS = {1: _V1}
+# v2: quotas (issue 7). ``releases``: every release bulkclaim makes, its token journaled before it is
+# sent. ``acquisitions`` and ``slots``: ``bulkclaim acquire`` runs; a slot's candidate number is a row
+# of ``numbers`` (token and outcome kept there), so reports, status and release see acquired numbers.
+_V2 = """
+CREATE TABLE releases (
+    target TEXT NOT NULL,
+    phone_number TEXT NOT NULL,
+    phone_number_id TEXT NOT NULL,
+    client_token TEXT NOT NULL,
+    status TEXT NOT NULL,  -- pending / released / failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (target, phone_number, phone_number_id)
+) WITHOUT ROWID;
+CREATE TABLE acquisitions (
+    name TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    params TEXT NOT NULL,  -- JSON: country, type, prefix, count, description, tags
+    created_at REAL NOT NULL
+);
+CREATE TABLE slots (
+    acquisition TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    phone_number TEXT,  -- the current candidate (a row of numbers for the acquisition's target)
+    candidates INTEGER NOT NULL DEFAULT 0,  -- how many candidates this slot has had
+    PRIMARY KEY (acquisition, slot)
+) WITHOUT ROWID;
+"""
+
+_STEPS = {1: _V1, 2: _V2}
 
 
 def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:

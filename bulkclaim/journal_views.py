@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +17,16 @@ from typing import Any
 
 from bulkclaim.inputs import check
 from bulkclaim.model import ClaimRequest, JournalError, Rejected, Status
+from bulkclaim.preflight import churn_in_journal
 
-__all__ = ["DryRunPlan", "JournalStatus", "dry_run_plan", "journal_status", "run_counts"]
+__all__ = ["DryRunPlan", "JournalStatus", "dry_run_plan", "journal_churn", "journal_status", "read_only", "run_counts"]
 
 _RATE_WINDOW = 60.0
 
 
 @contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
+def read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """The journal opened read-only (no lock taken, nothing created); ``None`` if there is none."""
     if not path.exists():
         yield None
         return
@@ -52,10 +54,10 @@ class JournalStatus:
 
 def journal_status(path: Path, *, now: float | None = None, errors: int = 5) -> JournalStatus:
     """Counts by status, the recent claim rate, an ETA for what is pending, the latest errors."""
-    with _read_only(path) as conn:
+    with read_only(path) as conn:
         if conn is None:
             raise JournalError(f"no journal at {path}")
-        counts = {s.value: 0 for s in Status if s != Status.INVALID}
+        counts = {s.value: 0 for s in Status if s not in (Status.INVALID, Status.RELEASED)}
         counts.update(dict(conn.execute("SELECT status, count(*) FROM numbers GROUP BY status").fetchall()))
         runs, started = conn.execute("SELECT count(*), MAX(started_at) FROM runs").fetchone()
         counts[Status.INVALID.value] = conn.execute(
@@ -77,7 +79,7 @@ def journal_status(path: Path, *, now: float | None = None, errors: int = 5) -> 
 
 def run_counts(path: Path, run: int) -> dict[str, int]:
     """How many numbers of ``run`` ended in each status, invalid rows included (non-zero only)."""
-    with _read_only(path) as conn:
+    with read_only(path) as conn:
         if conn is None:
             raise JournalError(f"no journal at {path}")
         counts = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
@@ -86,6 +88,12 @@ def run_counts(path: Path, run: int) -> dict[str, int]:
     if invalid:
         counts[Status.INVALID.value] = invalid
     return counts
+
+
+def journal_churn(path: Path, target: str) -> int:
+    """Claims and releases the journal made to ``target`` within the churn window (0: no journal)."""
+    with read_only(path) as conn:
+        return 0 if conn is None else churn_in_journal(conn, target)
 
 
 @dataclass
@@ -100,13 +108,20 @@ class DryRunPlan:
     invalid_count: int = 0
     invalid: list[Rejected] = field(default_factory=list)  # the first ``keep_invalid`` of them
     changed: list[ClaimRequest] = field(default_factory=list)
+    owned_on_target: int = 0  # numbers to send or resume that the target holds already (adopted)
+
+    @property
+    def to_claim(self) -> int:
+        """Claims the run would make: what it sends or resumes, less what the target holds."""
+        return self.to_send + self.to_resume - self.owned_on_target
 
 
 def dry_run_plan(rows: Iterable[ClaimRequest | Rejected], journal: Path, *, retry_failed: bool,
-                 keep_invalid: int = 1000) -> DryRunPlan:
+                 keep_invalid: int = 1000, owned: Collection[str] = ()) -> DryRunPlan:
+    """What a run of ``rows`` would do; ``owned``: the numbers the target holds (for the preflight)."""
     plan = DryRunPlan()
     seen: set[tuple[str, str]] = set()
-    with _read_only(journal) as conn:
+    with read_only(journal) as conn:
         for row in rows:
             if isinstance(row, Rejected):
                 plan.invalid_count += 1
@@ -124,6 +139,9 @@ def dry_run_plan(rows: Iterable[ClaimRequest | Rejected], journal: Path, *, retr
                     plan.invalid.append(checked)
                 continue
             seen.add(row.key)
+            sending = found is None or found[0] == Status.PENDING or (found[0] == Status.FAILED and retry_failed)
+            if sending and row.phone_number in owned:
+                plan.owned_on_target += 1
             if found is None:
                 plan.to_send += 1
             elif found[0] == Status.PENDING and found[1] != row.params_hash():

@@ -23,6 +23,7 @@ __all__ = [
     "Options",
     "Outcome",
     "ParametersChangedError",
+    "QuotaExceededError",
     "Rejected",
     "RunSummary",
     "Status",
@@ -49,11 +50,12 @@ class Status(StrEnum):
     IN_PROGRESS = "in_progress"  # accepted, not yet CLAIMED when the wait ended
     FAILED = "failed"  # terminal, with error code and message
     INVALID = "invalid"  # rejected locally, never sent
+    RELEASED = "released"  # claimed, then released by ``bulkclaim release`` (in its cooldown now)
 
     @property
     def is_done(self) -> bool:
         """Nothing more to send for this number (without ``retry_failed``)."""
-        return self in (Status.CLAIMED, Status.IN_PROGRESS, Status.FAILED)
+        return self in (Status.CLAIMED, Status.IN_PROGRESS, Status.FAILED, Status.RELEASED)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,13 @@ class FatalServiceError(BulkclaimError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class QuotaExceededError(FatalServiceError):
+    """The run would take the target past its phone-number quota: refused before any claim."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("PhoneNumberQuotaExceeded", message)
 
 
 class JournalError(BulkclaimError):

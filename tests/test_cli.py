@@ -113,8 +113,14 @@ async def test_dry_run_sends_nothing(env: SandboxEnv, tmp_path: Path) -> None:
     result = await run_cli(env, tmp_path, *claim_args(numbers), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "would claim:       5" in result.stdout and "duplicates:        1" in result.stdout
-    assert env.sandbox.ledger == [] and env.sandbox.stats() == {}
+    # The quota preflight only reads: the quotas and the numbers the instance holds.
+    assert env.sandbox.ledger == [] and set(env.sandbox.stats()) == {"ListPhoneNumbersV2",
+                                                                     "ServiceQuotas.GetServiceQuota"}
+    assert "quota: phone-number quota: 10000 (Service Quotas)" in result.stdout
     assert not (tmp_path / f"bulkclaim-{INSTANCE_ID}.journal").exists()
+    offline = await run_cli(env, tmp_path, *claim_args(numbers), "--dry-run", "--no-preflight")
+    assert offline.returncode == 0 and "quota:" not in offline.stdout
+    assert set(env.sandbox.stats()) == {"ListPhoneNumbersV2", "ServiceQuotas.GetServiceQuota"}, "sends nothing"
 
 
 @pytest.mark.parametrize(

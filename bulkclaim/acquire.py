@@ -1,0 +1,230 @@
+"""Acquire: claim exactly N new numbers found with SearchAvailablePhoneNumbers.
+
+An acquisition has N *slots*. Before a slot's claim is sent, its candidate number and a fresh
+client token are committed together (the candidate becomes a ``numbers`` row, the slot points at
+it), so the write-ahead rule of ``claim`` holds here too:
+
+- a lost response is retried with the same number and token (the engine's claim loop);
+- a crash leaves each slot pointing at its candidate: the next run adopts it if the target holds
+  it, else re-sends the same token: never a second number for the slot (never N+1);
+- a slot moves to a new candidate only when the old one is certainly not ours: "not available"
+  and not on the target (someone else took it between search and claim), or its claim settled
+  FAILED; a candidate whose outcome is unknown keeps its slot for the next run;
+- candidates are handed out one at a time by one pool, and assigning one checks the journal in
+  the same transaction, so concurrent slots never chase the same number.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+
+from bulkclaim.calls import Api, CallFailed
+from bulkclaim.engine import Engine, first_cause
+from bulkclaim.journal import SqliteJournal
+from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
+from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, Outcome, Status, Target
+from bulkclaim.reconcile import Owned, sweep
+
+__all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
+
+_SEARCH_PAGE = 10  # the API's maximum
+
+
+@dataclass(frozen=True)
+class AcquireSpec:
+    """What to acquire: ``count`` numbers of a country and type, optionally under a prefix."""
+
+    country: str
+    number_type: str
+    count: int
+    prefix: str | None = None
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def as_json(self) -> str:
+        return json.dumps({"country": self.country, "type": self.number_type, "count": self.count,
+                           "prefix": self.prefix, "description": self.description, "tags": dict(self.tags)},
+                          sort_keys=True)
+
+    def default_name(self) -> str:
+        return f"{self.country}-{self.number_type}-{self.prefix or 'any'}-{self.count}"
+
+
+class CandidatePool:
+    """Available numbers from SearchAvailablePhoneNumbers, each handed out once per process."""
+
+    def __init__(self, api: Api, target: Target, spec: AcquireSpec) -> None:
+        self._api, self._target, self._spec = api, target, spec
+        self._offered: set[str] = set()
+        self._queue: deque[str] = deque()
+        self._next_token: str | None = None
+        self._fresh_in_pass = 0
+        self._lock = anyio.Lock()
+
+    async def take(self) -> str | None:
+        """A number not offered before, or ``None`` when a whole search pass finds nothing new."""
+        async with self._lock:
+            while not self._queue:
+                if not await self._search_page():
+                    return None
+            return self._queue.popleft()
+
+    async def _search_page(self) -> bool:
+        params: dict[str, Any] = {**self._target.request_params(), "PhoneNumberCountryCode": self._spec.country,
+                                  "PhoneNumberType": self._spec.number_type, "MaxResults": _SEARCH_PAGE}
+        if self._spec.prefix:
+            params["PhoneNumberPrefix"] = self._spec.prefix
+        if self._next_token:
+            params["NextToken"] = self._next_token
+        try:
+            page = await self._api.call("SearchAvailablePhoneNumbers", "search_available_phone_numbers", **params)
+        except CallFailed as failed:
+            raise FatalServiceError(failed.classified.code, f"SearchAvailablePhoneNumbers failed: "
+                                    f"{failed.classified.message}") from None
+        fresh = [row["PhoneNumber"] for row in page.get("AvailableNumbersList", [])
+                 if row["PhoneNumber"] not in self._offered]
+        self._offered.update(fresh)
+        self._queue.extend(fresh)
+        self._fresh_in_pass += len(fresh)
+        self._next_token = page.get("NextToken")
+        if self._next_token is None:  # end of a pass: start over, unless this pass found nothing new
+            found, self._fresh_in_pass = self._fresh_in_pass, 0
+            return found > 0 or bool(fresh)
+        return True
+
+
+class Acquirer:
+    """Fills the slots of one named acquisition, using the engine's claim and verify steps."""
+
+    def __init__(self, engine: Engine, journal: SqliteJournal, target: Target, spec: AcquireSpec, name: str, *,
+                 max_candidates_per_slot: int = 25) -> None:
+        self.engine, self.journal, self.target, self.spec, self.name = engine, journal, target, spec, name
+        self.max_candidates = max_candidates_per_slot
+        self.pool = CandidatePool(engine.api, target, spec)
+        self._owned: dict[str, Owned] = {}
+        self._run = 0
+
+    async def open(self) -> list[tuple[int, Planned | None, Status | None]]:
+        """Create (or find) the acquisition and its slots: (slot, current candidate, its status)."""
+        self._run = await self.journal.begin_run()
+        return await self.journal.execute(self._open)
+
+    def _open(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None, Status | None]]:
+        found = conn.execute("SELECT target, params FROM acquisitions WHERE name=?", (self.name,)).fetchone()
+        if found is None:
+            conn.execute("INSERT INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?)",
+                         (self.name, self.target.key, self.spec.as_json(), time.time()))
+        elif tuple(found) != (self.target.key, self.spec.as_json()):
+            raise ConfigurationError(f"acquisition {self.name!r} in this journal was started with other "
+                                     f"parameters ({found[1]} to {found[0]}); give another --name")
+        conn.executemany("INSERT OR IGNORE INTO slots (acquisition, slot) VALUES (?, ?)",
+                         [(self.name, slot) for slot in range(1, self.spec.count + 1)])
+        slots = []
+        for slot, *row in conn.execute(
+                "SELECT s.slot, n.target, n.phone_number, n.description, n.tags, n.source, n.client_token, n.status, "
+                "n.attempts, 1, n.phone_number_id, n.phone_number_arn FROM slots s LEFT JOIN numbers n "
+                "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=? ORDER BY s.slot",
+                (self.target.key, self.name)):
+            planned = planned_from_row(row) if row[0] is not None else None
+            slots.append((slot, planned, None if planned is None else planned.status))
+        return slots
+
+    async def run(self, limit: int | None = None) -> list[Outcome]:
+        """Fill every open slot (at most ``limit`` of them); the slots' outcomes, in slot order."""
+        slots = await self.open()
+        open_slots = [(slot, planned) for slot, planned, status in slots
+                      if status not in (Status.CLAIMED, Status.IN_PROGRESS)]
+        if any(planned is not None and planned.status == Status.PENDING for _, planned in open_slots):
+            self._owned = await sweep(self.engine.api, self.target)  # an earlier run may have sent them
+        if limit is not None:
+            open_slots = open_slots[:limit]
+        waiting = [planned for _, planned, status in slots if status == Status.IN_PROGRESS]
+        workers = max(1, min(len(open_slots), self.engine.api.limiters["ClaimPhoneNumber"].max_in_flight))
+        try:
+            async with anyio.create_task_group() as tg:
+                queue = deque(open_slots)
+                for _ in range(workers):
+                    tg.start_soon(self._work, queue)
+                for planned in waiting:
+                    if planned is not None and self.engine.options.verify:
+                        tg.start_soon(self._verify_earlier, planned)
+        except BaseExceptionGroup as group:
+            raise first_cause(group) from None
+        await self.journal.flush()
+        return await self.journal.execute(lambda conn: slot_outcomes(conn, self.name))
+
+    async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:
+        while queue and not self.engine.stopping:
+            slot, planned = queue.popleft()
+            await self._fill(slot, planned)
+
+    async def _fill(self, slot: int, planned: Planned | None) -> None:
+        log = self.engine.log.bind(acquisition=self.name, slot=slot)
+        for _ in range(self.max_candidates):
+            if self.engine.stopping:
+                return
+            if planned is None or planned.status == Status.FAILED:
+                planned = await self._assign(slot)
+                if planned is None:
+                    log.warning("acquire.no_candidates", country=self.spec.country, type=self.spec.number_type,
+                                prefix=self.spec.prefix)
+                    return
+                log.info("acquire.candidate", phone_number=planned.request.phone_number,
+                         client_token=planned.client_token)
+            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number))
+            if outcome.status == Status.IN_PROGRESS and self.engine.options.verify:
+                outcome = await self.engine.verify(outcome)
+            if outcome.status != Status.FAILED:
+                return  # claimed, in_progress, or unknown (pending): the slot keeps this number
+            log.info("acquire.replaced", phone_number=planned.request.phone_number, error_code=outcome.error_code)
+            planned = None
+        log.warning("acquire.slot_gave_up", candidates=self.max_candidates)
+
+    async def _verify_earlier(self, planned: Planned) -> None:
+        outcome = await self.engine.settle(planned)  # an accepted claim: returns it as it stands
+        await self.engine.verify(outcome)
+
+    async def _assign(self, slot: int) -> Planned | None:
+        """A new candidate for ``slot``, with its token, committed before anything is sent."""
+        while (number := await self.pool.take()) is not None:
+            request = ClaimRequest(number, self.target, self.spec.description, self.spec.tags,
+                                   source=f"acquire:{self.name}:slot {slot}")
+            planned = await self.journal.execute(partial(self._assign_job, slot=slot, request=request))
+            if planned is not None:
+                return planned
+        return None
+
+    def _assign_job(self, conn: sqlite3.Connection, slot: int, request: ClaimRequest) -> Planned | None:
+        if conn.execute("SELECT 1 FROM numbers WHERE target=? AND phone_number=?", request.key).fetchone():
+            return None  # the journal knows this number already (another slot, or an earlier claim)
+        planned = plan_batch(conn, [request], self._run, retry_failed=False, dedupe=False).work[0]
+        conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? AND slot=?",
+                     (request.phone_number, self.name, slot))
+        return planned
+
+
+def slot_outcomes(conn: sqlite3.Connection, name: str) -> list[Outcome]:
+    """Each slot's current number and status (``pending`` with no number: not filled)."""
+    rows = conn.execute(
+        "SELECT s.slot, s.phone_number, n.source, a.target, n.status, n.phone_number_id, n.phone_number_arn, "
+        "n.client_token, n.attempts, n.error_code, n.error_message, n.updated_at FROM slots s "
+        "JOIN acquisitions a ON a.name=s.acquisition LEFT JOIN numbers n ON n.target=a.target "
+        "AND n.phone_number=s.phone_number WHERE s.acquisition=? ORDER BY s.slot", (name,)).fetchall()
+    outcomes = []
+    for slot, number, source, target, status, *rest in rows:
+        if number is None:
+            outcomes.append(Outcome("", f"acquire:{name}:slot {slot}", target, Status.PENDING,
+                                    error_code="NotFilled", error_message="no candidate claimed for this slot yet"))
+        else:
+            outcomes.append(Outcome(number, source or "", target, Status(status), *rest))
+    return outcomes

@@ -1,0 +1,156 @@
+"""What every ``bulkclaim`` command shares: exit codes, options read from the environment, AWS and
+rate settings, and the quota read that ``--rate auto`` and the preflight start from."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import structlog
+
+from bulkclaim.claimer import RateSettings
+from bulkclaim.connect import ClientSettings
+from bulkclaim.model import Target
+from bulkclaim.quotas import Quotas, read_quotas
+
+__all__ = [
+    "EXIT_FATAL",
+    "EXIT_INCOMPLETE",
+    "EXIT_OK",
+    "EXIT_SIGNAL",
+    "EXIT_USAGE",
+    "aws_options",
+    "client_settings",
+    "default_journal",
+    "fail",
+    "option",
+    "quota_options",
+    "rate_options",
+    "rate_settings",
+    "read_run_quotas",
+    "target_of",
+    "target_options",
+]
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def option(name: str, *extra_env: str, dest: str | None = None, **kwargs: Any) -> Callable[[_F], _F]:
+    """An option also read from BULKCLAIM_<NAME> (then from ``extra_env``, e.g. AWS_REGION)."""
+    env = [f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
+    return click.option(f"--{name}", *([dest] if dest else []), envvar=env, show_envvar=True, **kwargs)
+
+
+def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
+    def apply(function: _F) -> _F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
+
+
+class _Rate(click.ParamType[float | str, Any]):
+    """Claims per second, or ``auto``: the ClaimPhoneNumber rate quota Service Quotas reports."""
+
+    name = "RATE|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value == "auto":
+            return value  # type: ignore[no-any-return]  # a default or an already converted value
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of claims per second nor 'auto'", param, ctx)
+        if rate < 0.01:
+            self.fail(f"{value!r} is below 0.01 claims per second", param, ctx)
+        return rate
+
+
+target_options = _stack(
+    option("instance-id", help="Connect instance id or ARN."),
+    option("target-arn", help="Instance or traffic distribution group ARN."),
+)
+
+aws_options = _stack(
+    option("region", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    option("profile", "AWS_PROFILE"),
+    option("endpoint-url", "AWS_ENDPOINT_URL_CONNECT"),
+    option("quotas-endpoint-url", "AWS_ENDPOINT_URL_SERVICE_QUOTAS",
+           help="Service Quotas endpoint [default: --endpoint-url if given, else AWS's]."),
+    option("log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True),
+    option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True),
+    option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
+           help="Seconds to wait for an answer before retrying with the same token."),
+)
+
+rate_options = _stack(
+    option("rate", type=_Rate(), default="2", show_default=True,
+           help="Requests per second, or 'auto' for the ClaimPhoneNumber rate quota (Service Quotas)."),
+    option("burst", type=click.IntRange(min=1), default=5, show_default=True, help="The quota's burst."),
+    option("max-in-flight", type=click.IntRange(min=1), help="Concurrent requests [default: burst]."),
+    option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
+)
+
+quota_options = _stack(
+    option("allow-partial", is_flag=True, help="Claim what the phone-number quota allows instead of refusing."),
+    option("phone-number-quota", type=click.IntRange(min=0),
+           help="Numbers per instance when Service Quotas cannot be read [default: not checked then]."),
+    option("no-preflight", is_flag=True, help="Skip the quota preflight (the service still enforces quotas)."),
+)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"bulkclaim: error: {message}", err=True)
+    sys.exit(code)
+
+
+def target_of(opts: dict[str, Any]) -> Target:
+    if bool(opts["instance_id"]) == bool(opts["target_arn"]):
+        raise click.UsageError("give exactly one of --instance-id or --target-arn")
+    return Target(instance_id=opts["instance_id"], target_arn=opts["target_arn"])
+
+
+def default_journal(target: Target) -> Path:
+    """A journal name derived from the target, so re-running the same command resumes."""
+    name = target.instance_id or (target.target_arn or "").rsplit(":", 1)[-1]
+    return Path(f"bulkclaim-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.journal")
+
+
+def client_settings(opts: dict[str, Any], *, quotas: bool = False) -> ClientSettings:
+    """Connect's settings, or (``quotas``) Service Quotas' — the same but for the endpoint."""
+    endpoint = opts["endpoint_url"]
+    if quotas:
+        endpoint = opts["quotas_endpoint_url"] or endpoint  # the sandbox serves both at one endpoint
+    return ClientSettings(region=opts["region"], profile=opts["profile"], endpoint_url=endpoint,
+                          connect_timeout=opts["connect_timeout"], read_timeout=opts["read_timeout"])
+
+
+async def read_run_quotas(opts: dict[str, Any]) -> Quotas:
+    """The quotas a run needs, when it needs them (preflight or ``--rate auto``); problems are
+    logged as warnings and the run goes on with the configured values."""
+    if opts.get("no_preflight") and opts["rate"] != "auto":
+        return Quotas()
+    quotas = await read_quotas(client_settings(opts, quotas=True))
+    log = structlog.get_logger("bulkclaim")
+    for problem in quotas.problems:
+        log.warning("quota.unreadable", problem=problem,
+                    using="the configured --rate and --phone-number-quota (if given)")
+    return quotas
+
+
+def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
+    """``--rate`` as given, or ``auto``: the applied ClaimPhoneNumber rate quota (else 2/s, the default)."""
+    rate = opts["rate"]
+    if rate == "auto":
+        rate = quotas.claim_rate or 2.0
+        structlog.get_logger("bulkclaim").info(
+            "rate.auto", rate=rate, source="Service Quotas L-21385E28" if quotas.claim_rate else "AWS default")
+    return RateSettings(float(rate), opts["burst"], max_in_flight=opts["max_in_flight"],
+                        adaptive=not opts["no_adaptive"])

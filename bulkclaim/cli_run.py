@@ -1,0 +1,122 @@
+"""How a ``bulkclaim`` command that sends requests runs: errors mapped to exit codes, graceful
+SIGINT/SIGTERM, and the quota preflight's report. ``claim`` and ``acquire`` share it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import structlog
+
+from bulkclaim.claimer import Claimer
+from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
+from bulkclaim.engine import Engine
+from bulkclaim.inputs import InputFileError
+from bulkclaim.journal import SqliteJournal
+from bulkclaim.model import (
+    ConfigurationError,
+    FatalServiceError,
+    JournalError,
+    ParametersChangedError,
+    QuotaExceededError,
+    Target,
+)
+from bulkclaim.preflight import Preflight, preflight
+from bulkclaim.quotas import Quotas
+
+__all__ = ["Harness", "check_quota", "debug_kill_point", "judge_preflight"]
+
+
+@dataclass
+class Harness:
+    """Runs one command's async main and turns what ends it into the documented exit codes."""
+
+    journal: Path
+    opts: dict[str, Any]
+    signal_received: signal.Signals | None = None
+    requests_sent: int = 0
+
+    def execute(self, main: Callable[[], Awaitable[None]]) -> None:
+        """Run ``main``; exits the process (with a one-line message) on a configuration, input,
+        journal or fatal service error. Returns normally when ``main`` finished or was stopped."""
+        log = structlog.get_logger("bulkclaim")
+        try:
+            anyio.run(main)
+        except (ParametersChangedError, ConfigurationError) as exc:
+            fail(str(exc), EXIT_USAGE)
+        except QuotaExceededError as exc:
+            log.error("run.refused", error_code=exc.code, error_message=exc.message)
+            fail(f"refused: {exc.message}", EXIT_FATAL)
+        except FatalServiceError as exc:
+            log.error("run.aborted", error_code=exc.code, error_message=exc.message)
+            fail(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "
+                 "command again to continue)", EXIT_FATAL)
+        except (JournalError, InputFileError) as exc:  # exit 2 promises that nothing was sent
+            fail(str(exc), EXIT_FATAL if self.requests_sent else EXIT_USAGE)
+
+    def install_signals(self, engine: Engine, scope: anyio.CancelScope) -> None:
+        """First SIGINT/SIGTERM: stop dispatching, give requests in flight ``--grace-period``.
+        A second Ctrl-C leaves at once (the journal is consistent at every commit)."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal(received: signal.Signals) -> None:
+            if self.signal_received is not None:
+                if received == signal.SIGINT:
+                    os._exit(EXIT_SIGNAL[signal.SIGINT])
+                return
+            self.signal_received = received
+            click.echo(f"\nbulkclaim: {received.name}: finishing requests in flight (up to "
+                       f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…", err=True)
+            engine.request_stop()
+            loop.call_later(self.opts["grace_period"], scope.cancel)
+
+        for sig in EXIT_SIGNAL:
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    def count_requests(self, claimer: Claimer) -> None:
+        self.requests_sent = sum(limiter.sent for limiter in claimer.limiters.values())
+
+
+async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Quotas, opts: dict[str, Any]) -> Preflight:
+    """The preflight of a claim run, before its first claim (see :func:`judge_preflight`)."""
+    journal = claimer.journal
+    if not isinstance(journal, SqliteJournal):
+        raise ConfigurationError("the quota preflight needs the SQLite journal")
+    found = await preflight(claimer.api, journal, target, run, quotas, configured_quota=opts["phone_number_quota"],
+                            allow_partial=opts["allow_partial"])
+    judge_preflight(found, opts)
+    return found
+
+
+def judge_preflight(found: Preflight, opts: dict[str, Any]) -> None:
+    """Log what the preflight found; refuse (QuotaExceededError) a run beyond the phone-number quota
+    unless ``--allow-partial``; warn about what could not be checked and about churn."""
+    log = structlog.get_logger("bulkclaim")
+    for problem in found.problems:
+        log.warning("preflight.incomplete", problem=problem)
+    if found.quota is None:
+        log.warning("preflight.quota_unknown", hint="give --phone-number-quota to check the run against it")
+    if warning := found.churn_warning():
+        log.warning("preflight.churn", message=warning)
+    log.info("preflight", target=found.target, quota=found.quota, quota_source=found.quota_source,
+             on_target=found.on_target, to_claim=found.to_claim, allowed=found.allowed, churn=found.churn,
+             churn_limit=found.churn_limit)
+    if found.over and not opts["allow_partial"]:
+        raise QuotaExceededError(found.refusal())
+    if found.over:
+        log.warning("preflight.partial", claiming=found.allowed, left_out=found.over,
+                    error_code="PhoneNumberQuotaExceeded")
+
+
+def debug_kill_point() -> None:
+    """BULKCLAIM_DEBUG_KILL_AFTER_PLAN=1 makes the process SIGKILL itself once every token is durable
+    and before anything is sent: the crash tests use it to prove a resumed run re-sends those tokens."""
+    if os.environ.get("BULKCLAIM_DEBUG_KILL_AFTER_PLAN") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,82 @@
+"""Connect's quotas as Service Quotas reports them, and the claim/release churn rule (DESIGN §2).
+
+Two quotas matter to a bulk claim: phone numbers per instance (``L-8F812903``, default 5) and the
+ClaimPhoneNumber request rate (``L-21385E28``, default 2/s). :func:`read_quotas` asks Service Quotas
+for the applied values (falling back to AWS's defaults for a quota never adjusted); a caller
+without permission to read them gets the reason instead, so the run can warn and go on with the
+values it was configured with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from botocore import exceptions as botocore_errors
+
+from bulkclaim.connect import ClientSettings, Verdict, aws_client, classify
+
+__all__ = [
+    "CHURN_LIMIT",
+    "CHURN_WINDOW_DAYS",
+    "CLAIM_RATE_QUOTA",
+    "PHONE_NUMBER_QUOTA",
+    "Quotas",
+    "read_quotas",
+    "read_quotas_with",
+]
+
+PHONE_NUMBER_QUOTA = "L-8F812903"
+CLAIM_RATE_QUOTA = "L-21385E28"
+#: Claims + releases above this multiple of the phone-number quota in a rolling window block claiming.
+CHURN_LIMIT = 2.0
+CHURN_WINDOW_DAYS = 180
+_ATTEMPTS = 3
+
+
+@dataclass
+class Quotas:
+    """The applied quotas, where known. ``problems`` says why one is not known."""
+
+    phone_numbers: int | None = None
+    claim_rate: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+async def read_quotas(settings: ClientSettings) -> Quotas:
+    """Read both quotas with a Service Quotas client built from ``settings``."""
+    try:
+        async with aws_client("service-quotas", settings) as client:
+            return await read_quotas_with(client)
+    except botocore_errors.BotoCoreError as exc:
+        return Quotas(problems=[f"cannot reach Service Quotas: {exc}"])
+
+
+async def read_quotas_with(client: Any) -> Quotas:
+    """Read both quotas with an existing Service Quotas client; never raises for service errors."""
+    quotas = Quotas()
+    numbers = await _value(client, PHONE_NUMBER_QUOTA, quotas.problems)
+    quotas.phone_numbers = None if numbers is None else int(numbers)
+    quotas.claim_rate = await _value(client, CLAIM_RATE_QUOTA, quotas.problems)
+    return quotas
+
+
+async def _value(client: Any, code: str, problems: list[str]) -> float | None:
+    operation = "get_service_quota"
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            answer = await getattr(client, operation)(ServiceCode="connect", QuotaCode=code)
+            return float(answer["Quota"]["Value"])
+        except Exception as exc:
+            verdict = classify(exc, "GetServiceQuota")  # re-raises what is not an AWS or transport error
+            if verdict.code == "NoSuchResourceException" and operation == "get_service_quota":
+                operation, attempt = "get_aws_default_service_quota", 0  # never adjusted: the default applies
+                continue
+            if verdict.verdict == Verdict.RETRY and attempt < _ATTEMPTS:
+                await anyio.sleep(0.2 * 2 ** attempt)
+                continue
+            problems.append(f"cannot read quota connect/{code}: {verdict.code}: {verdict.message}")
+            return None

@@ -1,0 +1,181 @@
+"""Quotas as users meet them (issue 7): the preflight, --allow-partial, --rate auto, release and
+acquire, through the real entry point against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
+from bulkclaim.sandbox.inventory import generate
+from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
+from tests.test_cli import BULKCLAIM, claim_args, cli_env, no_traceback, run_cli, write_numbers
+
+pytestmark = pytest.mark.anyio
+
+NUMBERS = [s.phone_number for s in generate(InventorySpec(count=40))]
+JOURNAL = f"bulkclaim-{INSTANCE_ID}.journal"
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[SandboxEnv]:
+    fast = {api: ThrottleConfig(rate=200.0, burst=20) for api in API_NAMES}
+    async with sandbox_env(throttle=fast, claim_delay=0.0, phone_number_quota=5) as running:
+        yield running
+
+
+async def claim_directly(env: SandboxEnv, numbers: list[str]) -> None:
+    async with env.client() as client:
+        for number in numbers:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=number)
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def held(env: SandboxEnv) -> set[str]:
+    return {n for n in NUMBERS + [s.phone_number for s in generate(InventorySpec(count=1000))]
+            if (r := env.sandbox.state.holder_of(n)) is not None and r.instance_id == INSTANCE_ID}
+
+
+async def test_preflight_refuses_a_run_beyond_the_quota_before_any_claim(env: SandboxEnv, tmp_path: Path) -> None:
+    await claim_directly(env, NUMBERS[:3])  # the instance holds 3 of its 5
+    before = len(env.sandbox.ledger)
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:14])
+    result = await run_cli(env, tmp_path, *claim_args(path))
+    assert result.returncode == 3, result.stderr
+    no_traceback(result)
+    assert "holds 3 number(s), the run would claim 4 more, and the quota of 5 (Service Quotas) allows 2 more" \
+        in result.stderr and "2 too many" in result.stderr
+    assert len(env.sandbox.ledger) == before, "no claim was sent"
+    assert env.sandbox.stats()["ClaimPhoneNumber"] == {"ok": 3}, "only the 3 direct claims"
+    dry = await run_cli(env, tmp_path, *claim_args(path), "--dry-run")
+    assert dry.returncode == 3 and "REFUSED: this run would exceed the phone-number quota" in dry.stdout
+    # A number the instance already holds is not counted as a new claim.
+    fits = write_numbers(tmp_path / "fits.txt", [*NUMBERS[:3], *NUMBERS[10:12]])
+    again = await run_cli(env, tmp_path, *claim_args(fits), "--journal", "fits.journal")
+    assert again.returncode == 0, again.stderr
+    assert held(env) == {*NUMBERS[:3], *NUMBERS[10:12]}
+
+
+async def test_allow_partial_claims_what_fits_and_leaves_the_rest_unsent(env: SandboxEnv, tmp_path: Path) -> None:
+    await claim_directly(env, NUMBERS[:3])
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:14])
+    result = await run_cli(env, tmp_path, *claim_args(path), "--allow-partial", "--report", "r.jsonl")
+    assert result.returncode == 1, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["phone_number"], r["status"]) for r in rows] == [
+        (NUMBERS[10], "claimed"), (NUMBERS[11], "claimed"), (NUMBERS[12], "failed"), (NUMBERS[13], "failed")]
+    assert {r["error_code"] for r in rows[2:]} == {"PhoneNumberQuotaExceeded"}
+    assert env.sandbox.state.executions(NUMBERS[12]) == env.sandbox.state.executions(NUMBERS[13]) == 0
+    assert any(e["event"] == "preflight.partial" for e in events(result.stderr))
+
+
+async def test_unreadable_service_quotas_warn_and_the_run_goes_on(env: SandboxEnv, tmp_path: Path) -> None:
+    env.sandbox.configure(service_quotas_access=False)
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:12])
+    result = await run_cli(env, tmp_path, *claim_args(path))
+    assert result.returncode == 0, result.stderr
+    names = [e["event"] for e in events(result.stderr)]
+    assert "quota.unreadable" in names and "preflight.quota_unknown" in names
+    # With the quota given by hand, the check happens again.
+    refused = await run_cli(env, tmp_path, *claim_args(write_numbers(tmp_path / "more.txt", NUMBERS[20:25])),
+                            "--phone-number-quota", "5", "--journal", "more.journal")
+    assert refused.returncode == 3 and "(--phone-number-quota) allows 3 more" in refused.stderr
+
+
+async def test_rate_auto_takes_the_rate_quota_of_service_quotas(env: SandboxEnv, tmp_path: Path) -> None:
+    env.sandbox.set_throttle("ClaimPhoneNumber", ThrottleConfig(rate=37.0, burst=5))
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:12])
+    args = [a if a != "200.0" else "auto" for a in claim_args(path)]
+    result = await run_cli(env, tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    auto = [e for e in events(result.stderr) if e["event"] == "rate.auto"]
+    assert auto and auto[0]["rate"] == 37.0 and auto[0]["source"] == "Service Quotas L-21385E28"
+    bad = await run_cli(env, tmp_path, *[a if a != "auto" else "fast" for a in args])
+    assert bad.returncode == 2 and "neither a number of claims per second nor 'auto'" in bad.stderr
+
+
+async def test_release_asks_then_releases_exactly_the_runs_numbers(env: SandboxEnv, tmp_path: Path) -> None:
+    await claim_directly(env, NUMBERS[:1])  # not the run's: must stay claimed
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:13])
+    assert (await run_cli(env, tmp_path, *claim_args(path))).returncode == 0
+    release = [*BULKCLAIM, "release", "--journal", JOURNAL, "--log-format", "json"]
+    declined = await anyio.run_process(release, cwd=tmp_path, env=cli_env(env), input=b"n\n", check=False)
+    text = declined.stderr.decode()
+    assert declined.returncode == 1 and "cooldown of up to 180 days" in text and "200%" in text
+    assert "3 recorded in this journal, 6 after this release; limit 10" in text
+    assert not [e for e in env.sandbox.ledger if e.action == "release"], "nothing released when declined"
+    accepted = await anyio.run_process(release, cwd=tmp_path, env=cli_env(env), input=b"y\n", check=False)
+    assert accepted.returncode == 0, accepted.stderr.decode()
+    assert "released 3 of 3" in accepted.stdout.decode()
+    released = sorted(e.phone_number for e in env.sandbox.ledger if e.action == "release")
+    assert released == NUMBERS[10:13]
+    assert all(env.sandbox.state.in_cooldown(n) for n in NUMBERS[10:13])
+    assert held(env) == {NUMBERS[0]}
+    with sqlite3.connect(tmp_path / JOURNAL) as conn:
+        assert conn.execute("SELECT DISTINCT status FROM numbers").fetchall() == [("released",)]
+        tokens = conn.execute("SELECT client_token FROM releases WHERE status='released'").fetchall()
+    assert sorted(t for (t,) in tokens) == sorted(e.client_token or "" for e in env.sandbox.ledger
+                                                  if e.action == "release"), "journaled tokens were sent"
+    again = await run_cli(env, tmp_path, "release", "--journal", JOURNAL, "--yes")
+    assert again.returncode == 0 and "nothing to release" in again.stdout
+    # The churn of this journal (3 claims + 3 releases) is now close to 200% of 5: the next run warns.
+    more = await run_cli(env, tmp_path, *claim_args(write_numbers(tmp_path / "more.txt", NUMBERS[20:22])))
+    assert more.returncode == 0 and any(e["event"] == "preflight.churn" for e in events(more.stderr))
+
+
+async def test_acquire_claims_exactly_n_despite_competition_and_lost_answers(tmp_path: Path) -> None:
+    fast = {api: ThrottleConfig(rate=500.0, burst=50) for api in API_NAMES}
+    async with sandbox_env(throttle=fast, claim_delay=0.0, competition_rate=0.4,
+                           faults=FaultConfig(lost_response_rate=0.25, error_rate=0.1, seed=3)) as env:
+        args = ["acquire", "--instance-id", INSTANCE_ID, "--country", "US", "--type", "DID", "--prefix", "+1206",
+                "--count", "6", "--rate", "500", "--burst", "10", "--verify-timeout", "5", "--log-format", "json",
+                "--report", "slots.csv", "--read-timeout", "2"]
+        result = await run_cli(env, tmp_path, *args)
+        assert result.returncode == 0, result.stderr
+        assert len(held(env)) == 6
+        assert "acquired 6 of 6" in result.stdout
+        rival_losses = sum(1 for e in events(result.stderr) if e["event"] == "acquire.replaced")
+        assert rival_losses >= 1, "the seeded competition took at least one candidate"
+        assert (tmp_path / "slots.csv").read_text().count("\n") == 7
+        rerun = await run_cli(env, tmp_path, *args)
+        assert rerun.returncode == 0 and len(held(env)) == 6, "re-running the same acquisition claims nothing more"
+        other = await run_cli(env, tmp_path, *[a if a != "6" else "7" for a in args])
+        assert other.returncode == 0 and len(held(env)) == 13, "a new acquisition (another name) is separate"
+
+
+async def test_acquire_survives_sigkill_and_never_ends_with_n_plus_one(tmp_path: Path) -> None:
+    throttle = {api: ThrottleConfig(rate=30.0, burst=3) for api in API_NAMES}
+    async with sandbox_env(throttle=throttle, claim_delay=0.0, competition_rate=0.2,
+                           faults=FaultConfig(lost_response_rate=0.2, seed=5)) as env:
+        args = ["acquire", "--instance-id", INSTANCE_ID, "--country", "US", "--type", "DID", "--count", "12",
+                "--rate", "30", "--burst", "3", "--verify-timeout", "5", "--log-format", "json",
+                "--read-timeout", "1"]
+        for kill_after in (2, 6, 9):
+            process = await anyio.open_process([*BULKCLAIM, *args], cwd=tmp_path, env=cli_env(env))
+            async with process:
+                with anyio.fail_after(60):
+                    while len(held(env)) < kill_after and process.returncode is None:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+            assert len(held(env)) <= 12
+        result = await run_cli(env, tmp_path, *args)
+        assert result.returncode == 0, result.stderr
+        assert len(held(env)) == 12, "exactly N after resume"
+
+
+async def test_acquire_preflight_refuses_more_than_the_quota(env: SandboxEnv, tmp_path: Path) -> None:
+    result = await run_cli(env, tmp_path, "acquire", "--instance-id", INSTANCE_ID, "--country", "US", "--type", "DID",
+                           "--count", "6", "--log-format", "json")
+    assert result.returncode == 3 and "the run would claim 6 more" in result.stderr
+    assert env.sandbox.ledger == []
