@@ -13,6 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
+from bulkclaim import Backoff, Claimer, Options, RateSettings
+from bulkclaim.acquire import Acquirer, AcquireSpec
+from bulkclaim.journal import SqliteJournal
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
@@ -42,8 +45,11 @@ def events(stderr: str) -> list[dict[str, Any]]:
 
 
 def held(env: SandboxEnv) -> set[str]:
+    """The numbers the instance holds (IN_PROGRESS or CLAIMED; a FAILED claim holds nothing)."""
+    now = env.sandbox.clock()
     return {n for n in NUMBERS + [s.phone_number for s in generate(InventorySpec(count=1000))]
-            if (r := env.sandbox.state.holder_of(n)) is not None and r.instance_id == INSTANCE_ID}
+            if (r := env.sandbox.state.holder_of(n)) is not None and r.instance_id == INSTANCE_ID
+            and r.status(now) != "FAILED"}
 
 
 async def test_preflight_refuses_a_run_beyond_the_quota_before_any_claim(env: SandboxEnv, tmp_path: Path) -> None:
@@ -179,3 +185,19 @@ async def test_acquire_preflight_refuses_more_than_the_quota(env: SandboxEnv, tm
                            "--count", "6", "--log-format", "json")
     assert result.returncode == 3 and "the run would claim 6 more" in result.stderr
     assert env.sandbox.ledger == []
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_acquire_over_seeded_runs_ends_with_exactly_n(tmp_path: Path, seed: int) -> None:
+    """The library path, many seeds: rivals, lost answers, 500s and claims that settle FAILED."""
+    async with sandbox_env(claim_delay=0.0, competition_rate=0.3, claim_failure_rate=0.1, seed=seed,
+                           faults=FaultConfig(lost_response_rate=0.2, error_rate=0.1, seed=seed)) as env:
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "j.journal", client_settings=env.settings,
+                           rates=RateSettings(1000.0, 8), options=Options(verify_first_poll=0.01, verify_timeout=5),
+                           backoff=Backoff(base=0.01, floor=0.001, cap=0.05)) as claimer:
+            assert isinstance(claimer.journal, SqliteJournal)
+            slots = await Acquirer(claimer.engine, claimer.journal, claimer.target,
+                                   AcquireSpec("US", "DID", 5), "seeded").run()
+        assert [s.status.value for s in slots] == ["claimed"] * 5
+        assert len(held(env)) == 5 and {s.phone_number for s in slots} == held(env)
+        assert all(env.sandbox.state.executions(n) <= 1 for n in held(env))

@@ -19,7 +19,7 @@ import pytest
 
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, PlanResult, new_token
-from bulkclaim.journal_schema import SCHEMA_VERSION
+from bulkclaim.journal_schema import _V1, SCHEMA_VERSION
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
 pytestmark = pytest.mark.anyio
@@ -587,3 +587,19 @@ async def test_a_one_off_lookup_does_not_take_a_number_out_of_its_run(tmp_path: 
         assert [p.request.phone_number for p in page] == ["+12062000000", "+12062000001"]
     finally:
         await journal.close()
+
+
+async def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.journal"
+    with peek(path) as conn:
+        conn.executescript(_V1)
+        conn.execute("PRAGMA user_version=1")
+        conn.execute(f"PRAGMA application_id={0x62636C6D}")
+        conn.execute("INSERT INTO runs (started_at, pid) VALUES (1.0, 1)")
+        conn.commit()
+    journal = SqliteJournal.open(path)
+    await journal.close()
+    with peek(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1, "the old rows are kept"
+        assert conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
