@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import time
@@ -221,34 +222,21 @@ class Engine:
 
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
-        claim_tx, claim_rx = anyio.create_memory_object_stream[Planned](workers)
+        work = _Work(self, summary.members_run)
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
-            async with anyio.create_task_group() as tg, claim_tx, claim_rx, verify_tx, verify_rx:
-                tg.start_soon(self._feed, summary.members_run, claim_tx.clone())
+            async with anyio.create_task_group() as tg, verify_tx, verify_rx:
                 for _ in range(workers):
-                    tg.start_soon(self._claim_worker, claim_rx.clone(), verify_tx.clone(), owned, summary, emit)
+                    tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
                     tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit)
         except BaseExceptionGroup as group:
             raise _first_cause(group) from None
 
-    async def _feed(self, run: int, tx: MemoryObjectSendStream[Planned]) -> None:
-        async with tx:
-            after = 0
-            while True:
-                page, after = await self.journal.work_page(run, after, _PAGE)
-                if not page:
-                    return
-                for planned in page:
-                    if self.stopping:
-                        return
-                    await tx.send(planned)
-
-    async def _claim_worker(self, rx: MemoryObjectReceiveStream[Planned], tx: MemoryObjectSendStream[Outcome],
+    async def _claim_worker(self, work: _Work, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
-        async with rx, tx:
-            async for planned in rx:
+        async with tx:
+            while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
                 outcome = await self.settle(planned, already)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
@@ -358,6 +346,38 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
+
+
+class _Work:
+    """The run's numbers still to send, in input order, read from the journal a page at a time.
+
+    Workers take the next number straight from the page in hand; only the worker that finds it
+    empty waits for the next page (the others queue behind it on the lock). Handing numbers over
+    through a stream instead costs a trip through the event loop per number, which paces the
+    workers to one number per loop iteration.
+    """
+
+    def __init__(self, engine: Engine, run: int) -> None:
+        self._engine = engine
+        self._run = run
+        self._after = 0
+        self._page: collections.deque[Planned] = collections.deque()
+        self._exhausted = False
+        self._refill = anyio.Lock()
+
+    async def next(self) -> Planned | None:
+        """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
+        while not self._page:
+            if self._exhausted:
+                return None
+            async with self._refill:
+                if not self._page and not self._exhausted:
+                    page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
+                    self._page.extend(page)
+                    self._exhausted = not page
+        if self._engine.stopping:
+            return None
+        return self._page.popleft()
 
 
 class _Settling:
