@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkclaim.calls import Api, CallFailed
@@ -222,10 +223,10 @@ class Engine:
 
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
-        work = _Work(self, summary.members_run)
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
             async with anyio.create_task_group() as tg, verify_tx, verify_rx:
+                work = _Work(self, summary.members_run, tg, low_water=workers * 4)
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
@@ -351,33 +352,47 @@ class Engine:
 class _Work:
     """The run's numbers still to send, in input order, read from the journal a page at a time.
 
-    Workers take the next number straight from the page in hand; only the worker that finds it
-    empty waits for the next page (the others queue behind it on the lock). Handing numbers over
-    through a stream instead costs a trip through the event loop per number, which paces the
-    workers to one number per loop iteration.
+    Workers take the next number straight from the page in hand, and the next page is fetched in the
+    background while the last ``low_water`` numbers of this one are being sent, so the workers never
+    stand idle waiting for it. (Handing numbers over through a stream instead costs a trip through
+    the event loop per number, which paces every worker to one number per loop iteration.)
     """
 
-    def __init__(self, engine: Engine, run: int) -> None:
-        self._engine = engine
-        self._run = run
+    def __init__(self, engine: Engine, run: int, tg: TaskGroup, low_water: int) -> None:
+        self._engine, self._run, self._tg, self._low_water = engine, run, tg, low_water
         self._after = 0
         self._page: collections.deque[Planned] = collections.deque()
-        self._exhausted = False
-        self._refill = anyio.Lock()
+        self._exhausted = self._fetching = False
+        self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
 
     async def next(self) -> Planned | None:
         """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
         while not self._page:
-            if self._exhausted:
+            if self._exhausted or self._engine.stopping:
                 return None
-            async with self._refill:
-                if not self._page and not self._exhausted:
-                    page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
-                    self._page.extend(page)
-                    self._exhausted = not page
+            self._fetch_soon()
+            await self._arrived.wait()
         if self._engine.stopping:
             return None
-        return self._page.popleft()
+        planned = self._page.popleft()
+        if len(self._page) < self._low_water:
+            self._fetch_soon()
+        return planned
+
+    def _fetch_soon(self) -> None:
+        if not self._fetching and not self._exhausted:
+            self._fetching = True
+            self._tg.start_soon(self._fetch)
+
+    async def _fetch(self) -> None:
+        try:
+            page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
+            self._page.extend(page)
+            self._exhausted = not page
+        finally:
+            self._fetching = False
+            arrived, self._arrived = self._arrived, anyio.Event()
+            arrived.set()
 
 
 class _Settling:
