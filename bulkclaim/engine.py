@@ -236,10 +236,13 @@ class Engine:
 
     async def _claim_worker(self, work: _Work, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
+        # structlog's lazy proxy builds a new logger on every bind: resolve it once per worker and run
+        # (a logging configuration changed in the middle of a run applies from the next run on).
+        log = self.log.bind()
         async with tx:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
-                outcome = await self.settle(planned, already)
+                outcome = await self.settle(planned, already, log=log)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
@@ -255,27 +258,28 @@ class Engine:
         await emit(outcome)
 
     # -- one number ----------------------------------------------------------------------------------
-    async def settle(self, planned: Planned, already: Owned | None = None) -> Outcome:
+    async def settle(self, planned: Planned, already: Owned | None = None, *, log: Any = None) -> Outcome:
         """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending.
 
         At most one settle per number runs at a time in this engine; a second caller for the same
         number waits for the first one's outcome (and takes over if the first was interrupted).
+        ``log`` is the logger this number's events go to (the engine's by default).
         """
         key = planned.request.key
         while (running := self._settling.get(key)) is not None:
-            await running.done.wait()
+            await running.wait()
             if running.outcome is not None:
                 return running.outcome
         running = self._settling[key] = _Settling()
         try:
-            running.outcome = await self._settle(planned, already)
+            running.outcome = await self._settle(planned, already, self.log if log is None else log)
             return running.outcome
         finally:
             del self._settling[key]
-            running.done.set()
+            running.finish()
 
-    async def _settle(self, planned: Planned, already: Owned | None) -> Outcome:
-        log = self.log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+    async def _settle(self, planned: Planned, already: Owned | None, log: Any) -> Outcome:
+        log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
@@ -396,11 +400,25 @@ class _Work:
 
 
 class _Settling:
-    """A settle in flight: its outcome once known (``None`` if it was interrupted)."""
+    """A settle in flight: its outcome once known (``None`` if it was interrupted).
+
+    The event is made only when a second caller waits for the same number, which is rare: making one
+    per claim would cost more than the rest of the bookkeeping of that claim."""
+
+    __slots__ = ("_done", "outcome")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
         self.outcome: Outcome | None = None
+
+    async def wait(self) -> None:
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def finish(self) -> None:
+        if self._done is not None:
+            self._done.set()
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
