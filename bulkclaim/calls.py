@@ -51,17 +51,25 @@ class Api:
         # Until the service has answered one request without refusing the caller, requests go one at a
         # time: a bad credential or unknown target then costs one request, not one per in-flight slot.
         self._trusted = False
-        self._probe = anyio.Lock()
+        self._probing = False
+        self._probed = anyio.Event()  # set (and replaced) whenever a probe ends, however it ended
 
     async def send(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError."""
         if (self.fatal is not None and self.fatal_cooldown is not None
                 and self.clock() - self._fatal_at >= self.fatal_cooldown):
             self.fatal, self._trusted = None, False  # half-open: the next request probes alone
-        if not self._trusted:
-            async with self._probe:
-                if not self._trusted:
-                    return await self._attempt(operation, method, params)
+        while not self._trusted:
+            if self._probing:  # wait for the probe; once it succeeds every waiter goes at once
+                await self._probed.wait()
+                continue
+            self._probing = True
+            try:
+                return await self._attempt(operation, method, params)
+            finally:
+                self._probing = False
+                probed, self._probed = self._probed, anyio.Event()
+                probed.set()
         return await self._attempt(operation, method, params)
 
     async def _attempt(self, operation: str, method: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import structlog
 from aiobotocore.session import AioSession
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from bulkclaim.backoff import Backoff
 from bulkclaim.calls import Api
@@ -212,7 +213,10 @@ class Claimer:
 
         async def emit(outcome: Outcome) -> None:
             try:
-                await tx.send(outcome)
+                try:
+                    tx.send_nowait(outcome)  # room in the buffer: no trip through the event loop
+                except anyio.WouldBlock:
+                    await tx.send(outcome)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise _ConsumerGone from None
 
@@ -231,7 +235,7 @@ class Claimer:
         self._tg.start_soon(produce)
         try:
             async with rx:
-                async for item in rx:
+                while (item := await _next_item(rx)) is not None:
                     if isinstance(item, BaseException):
                         raise item
                     yield item
@@ -269,6 +273,22 @@ def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str,
     scope = (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
              settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
     return {api: registry.setdefault((*scope, api), rates.limiter(api, time.monotonic, anyio.sleep)) for api in _APIS}
+
+
+async def _next_item(rx: MemoryObjectReceiveStream[Outcome | BaseException]) -> Outcome | BaseException | None:
+    """The next item, or ``None`` at the end. Items already buffered are taken without a trip through
+    the event loop: ``receive()`` always yields to the loop first, which lets the consumer take at most
+    one outcome per loop iteration and, the buffer being bounded, holds the workers to that pace."""
+    try:
+        return rx.receive_nowait()
+    except anyio.WouldBlock:
+        pass
+    except anyio.EndOfStream:
+        return None
+    try:
+        return await rx.receive()
+    except anyio.EndOfStream:
+        return None
 
 
 class _ConsumerGone(Exception):

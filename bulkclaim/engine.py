@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import time
@@ -29,6 +30,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkclaim.calls import Api, CallFailed
@@ -224,36 +226,26 @@ class Engine:
 
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
-        claim_tx, claim_rx = anyio.create_memory_object_stream[Planned](workers)
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
-            async with anyio.create_task_group() as tg, claim_tx, claim_rx, verify_tx, verify_rx:
-                tg.start_soon(self._feed, summary.members_run, claim_tx.clone())
+            async with anyio.create_task_group() as tg, verify_tx, verify_rx:
+                work = _Work(self, summary.members_run, tg, low_water=workers * 4)
                 for _ in range(workers):
-                    tg.start_soon(self._claim_worker, claim_rx.clone(), verify_tx.clone(), owned, summary, emit)
+                    tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
                     tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
 
-    async def _feed(self, run: int, tx: MemoryObjectSendStream[Planned]) -> None:
-        async with tx:
-            after = 0
-            while True:
-                page, after = await self.journal.work_page(run, after, _PAGE)
-                if not page:
-                    return
-                for planned in page:
-                    if self.stopping:
-                        return
-                    await tx.send(planned)
-
-    async def _claim_worker(self, rx: MemoryObjectReceiveStream[Planned], tx: MemoryObjectSendStream[Outcome],
+    async def _claim_worker(self, work: _Work, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
-        async with rx, tx:
-            async for planned in rx:
+        # structlog's lazy proxy builds a new logger on every bind: resolve it once per worker and run
+        # (a logging configuration changed in the middle of a run applies from the next run on).
+        log = self.log.bind()
+        async with tx:
+            while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
-                outcome = await self.settle(planned, already)
+                outcome = await self.settle(planned, already, log=log)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
@@ -269,27 +261,28 @@ class Engine:
         await emit(outcome)
 
     # -- one number ----------------------------------------------------------------------------------
-    async def settle(self, planned: Planned, already: Owned | None = None) -> Outcome:
+    async def settle(self, planned: Planned, already: Owned | None = None, *, log: Any = None) -> Outcome:
         """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending.
 
         At most one settle per number runs at a time in this engine; a second caller for the same
         number waits for the first one's outcome (and takes over if the first was interrupted).
+        ``log`` is the logger this number's events go to (the engine's by default).
         """
         key = planned.request.key
         while (running := self._settling.get(key)) is not None:
-            await running.done.wait()
+            await running.wait()
             if running.outcome is not None:
                 return running.outcome
         running = self._settling[key] = _Settling()
         try:
-            running.outcome = await self._settle(planned, already)
+            running.outcome = await self._settle(planned, already, self.log if log is None else log)
             return running.outcome
         finally:
             del self._settling[key]
-            running.done.set()
+            running.finish()
 
-    async def _settle(self, planned: Planned, already: Owned | None) -> Outcome:
-        log = self.log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+    async def _settle(self, planned: Planned, already: Owned | None, log: Any) -> Outcome:
+        log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
@@ -363,12 +356,72 @@ class Engine:
         return outcome
 
 
+class _Work:
+    """The run's numbers still to send, in input order, read from the journal a page at a time.
+
+    Workers take the next number straight from the page in hand, and the next page is fetched in the
+    background while the last ``low_water`` numbers of this one are being sent, so the workers never
+    stand idle waiting for it. (Handing numbers over through a stream instead costs a trip through
+    the event loop per number, which paces every worker to one number per loop iteration.)
+    """
+
+    def __init__(self, engine: Engine, run: int, tg: TaskGroup, low_water: int) -> None:
+        self._engine, self._run, self._tg, self._low_water = engine, run, tg, low_water
+        self._after = 0
+        self._page: collections.deque[Planned] = collections.deque()
+        self._exhausted = self._fetching = False
+        self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
+
+    async def next(self) -> Planned | None:
+        """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
+        while not self._page:
+            if self._exhausted or self._engine.stopping:
+                return None
+            self._fetch_soon()
+            await self._arrived.wait()
+        if self._engine.stopping:
+            return None
+        planned = self._page.popleft()
+        if len(self._page) < self._low_water:
+            self._fetch_soon()
+        return planned
+
+    def _fetch_soon(self) -> None:
+        if not self._fetching and not self._exhausted:
+            self._fetching = True
+            self._tg.start_soon(self._fetch)
+
+    async def _fetch(self) -> None:
+        try:
+            page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
+            self._page.extend(page)
+            self._exhausted = not page
+        finally:
+            self._fetching = False
+            arrived, self._arrived = self._arrived, anyio.Event()
+            arrived.set()
+
+
 class _Settling:
-    """A settle in flight: its outcome once known (``None`` if it was interrupted)."""
+    """A settle in flight: its outcome once known (``None`` if it was interrupted).
+
+    The event is made only when a second caller waits for the same number, which is rare: making one
+    per claim would cost more than the rest of the bookkeeping of that claim."""
+
+    __slots__ = ("_done", "outcome")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
         self.outcome: Outcome | None = None
+
+    async def wait(self) -> None:
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def finish(self) -> None:
+        if self._done is not None:
+            self._done.set()
 
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
