@@ -4,6 +4,7 @@ The library's entry point is :class:`Claimer`; see the README for an embedding e
 library never configures logging, installs signal handlers or exits the process.
 """
 
+from bulkclaim.acquire import AcquireSpec
 from bulkclaim.backoff import Backoff
 from bulkclaim.claimer import Claimer, RateSettings
 from bulkclaim.connect import ClientSettings
@@ -17,12 +18,15 @@ from bulkclaim.model import (
     JournalError,
     Outcome,
     ParametersChangedError,
+    QuotaExceededError,
     Rejected,
     Status,
     Target,
 )
+from bulkclaim.quotas import Quotas, read_quotas
 
 __all__ = [
+    "AcquireSpec",
     "Backoff",
     "BulkclaimError",
     "ClaimRequest",
@@ -35,10 +39,13 @@ __all__ = [
     "Options",
     "Outcome",
     "ParametersChangedError",
+    "QuotaExceededError",
+    "Quotas",
     "RateSettings",
     "Rejected",
     "RunSummary",
     "SqliteJournal",
     "Status",
     "Target",
+    "read_quotas",
 ]

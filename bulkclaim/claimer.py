@@ -32,6 +32,7 @@ import structlog
 from aiobotocore.session import AioSession
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from bulkclaim.acquire import Acquirer, AcquireSpec
 from bulkclaim.backoff import Backoff
 from bulkclaim.calls import Api
 from bulkclaim.connect import ClientSettings, connect_client
@@ -200,6 +201,16 @@ class Claimer:
         if outcome.status == Status.IN_PROGRESS and self.options.verify:
             outcome = await self.engine.verify(outcome)
         return outcome
+
+    # -- acquire by search ------------------------------------------------------------------------------
+    async def acquire(self, spec: AcquireSpec, name: str | None = None, *, limit: int | None = None) -> list[Outcome]:
+        """Claim ``spec.count`` new numbers found by search (see :mod:`bulkclaim.acquire`): each slot's
+        candidate and token are journaled before its claim, and calling again with the same ``name``
+        resumes the same acquisition. ``limit``: fill at most this many open slots now."""
+        if not isinstance(self.journal, SqliteJournal):
+            raise BulkclaimError("acquire needs the SQLite journal")
+        acquirer = Acquirer(self.engine, self.journal, self.target, spec, name or spec.default_name())
+        return await acquirer.run(limit)
 
     # -- many numbers ----------------------------------------------------------------------------------
     async def claim_many(self, rows: Iterable[ClaimRequest | Rejected | str]) -> AsyncIterator[Outcome]:

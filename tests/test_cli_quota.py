@@ -13,9 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from bulkclaim import Backoff, Claimer, Options, RateSettings
-from bulkclaim.acquire import Acquirer, AcquireSpec
-from bulkclaim.journal import SqliteJournal
+from bulkclaim import AcquireSpec, Backoff, Claimer, Options, RateSettings
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
@@ -195,9 +193,7 @@ async def test_acquire_over_seeded_runs_ends_with_exactly_n(tmp_path: Path, seed
         async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "j.journal", client_settings=env.settings,
                            rates=RateSettings(1000.0, 8), options=Options(verify_first_poll=0.01, verify_timeout=5),
                            backoff=Backoff(base=0.01, floor=0.001, cap=0.05)) as claimer:
-            assert isinstance(claimer.journal, SqliteJournal)
-            slots = await Acquirer(claimer.engine, claimer.journal, claimer.target,
-                                   AcquireSpec("US", "DID", 5), "seeded").run()
+            slots = await claimer.acquire(AcquireSpec("US", "DID", 5), "seeded")
         assert [s.status.value for s in slots] == ["claimed"] * 5
         assert len(held(env)) == 5 and {s.phone_number for s in slots} == held(env)
         assert all(env.sandbox.state.executions(n) <= 1 for n in held(env))
