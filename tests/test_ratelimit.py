@@ -5,11 +5,12 @@ No real sleeps: the clock is a number the test moves, and sleeping only records 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import anyio
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bulkclaim.backoff import Backoff
@@ -185,6 +186,7 @@ def test_aimd_never_admits_above_the_bound_of_its_ceiling() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(workloads(), st.integers(min_value=0, max_value=2**32))
+@example((0.5, 4, [0.0005, 0.0005, 0.0, 0.1966303555760986]), 1)  # found by CI: one ulp of rounding
 def test_jitter_only_delays_keeps_order_and_keeps_the_rate(workload: tuple[float, int, list[float]], seed: int) -> None:
     rate, burst, gaps = workload
     clock = FakeClock(0.0)
@@ -196,6 +198,7 @@ def test_jitter_only_delays_keeps_order_and_keeps_the_rate(workload: tuple[float
         pairs.append((clock.now + plain.reserve(), clock.now + jittered.reserve()))
         jittered.rate = rate  # what the adaptive controller does after each success: must change nothing
     admitted = [j for _, j in pairs]
-    assert admitted == sorted(admitted)
+    # FIFO: each admission no earlier than the one before (clock.now + delay can round by one ulp).
+    assert all(later >= earlier - EPS for earlier, later in itertools.pairwise(admitted))
     for scheduled, actual in pairs:
         assert scheduled - EPS <= actual <= scheduled + 0.5 / rate + EPS
