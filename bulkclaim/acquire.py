@@ -20,7 +20,7 @@ import json
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -115,50 +115,68 @@ class Acquirer:
         self._owned: dict[str, Owned] = {}
         self._run = 0
 
-    async def open(self) -> list[tuple[int, Planned | None, Status | None]]:
-        """Create (or find) the acquisition and its slots: (slot, current candidate, its status)."""
-        self._run = await self.journal.begin_run()
-        return await self.journal.execute(self._open)
+    async def slots(self) -> list[tuple[int, Planned | None]]:
+        """Each slot and its current candidate, writing nothing (all empty for a new acquisition).
+        Raises ConfigurationError if this name was used with other parameters."""
+        return await self.journal.execute(self._read_slots)
 
-    def _open(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None, Status | None]]:
+    def _read_slots(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None]]:
         found = conn.execute("SELECT target, params FROM acquisitions WHERE name=?", (self.name,)).fetchone()
-        if found is None:
-            conn.execute("INSERT INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?)",
-                         (self.name, self.target.key, self.spec.as_json(), time.time()))
-        elif tuple(found) != (self.target.key, self.spec.as_json()):
+        if found is not None and tuple(found) != (self.target.key, self.spec.as_json()):
             raise ConfigurationError(f"acquisition {self.name!r} in this journal was started with other "
                                      f"parameters ({found[1]} to {found[0]}); give another --name")
+        candidates = {slot: planned_from_row(row) for slot, *row in conn.execute(
+            "SELECT s.slot, n.target, n.phone_number, n.description, n.tags, n.source, n.client_token, n.status, "
+            "n.attempts, 1, n.phone_number_id, n.phone_number_arn FROM slots s JOIN numbers n "
+            "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=?", (self.target.key, self.name))}
+        return [(slot, candidates.get(slot)) for slot in range(1, self.spec.count + 1)]
+
+    def _create(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None]]:
+        slots = self._read_slots(conn)
+        conn.execute("INSERT OR IGNORE INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?)",
+                     (self.name, self.target.key, self.spec.as_json(), time.time()))
         conn.executemany("INSERT OR IGNORE INTO slots (acquisition, slot) VALUES (?, ?)",
-                         [(self.name, slot) for slot in range(1, self.spec.count + 1)])
-        slots = []
-        for slot, *row in conn.execute(
-                "SELECT s.slot, n.target, n.phone_number, n.description, n.tags, n.source, n.client_token, n.status, "
-                "n.attempts, 1, n.phone_number_id, n.phone_number_arn FROM slots s LEFT JOIN numbers n "
-                "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=? ORDER BY s.slot",
-                (self.target.key, self.name)):
-            planned = planned_from_row(row) if row[0] is not None else None
-            slots.append((slot, planned, None if planned is None else planned.status))
+                         [(self.name, slot) for slot, _ in slots])
         return slots
 
-    async def run(self, limit: int | None = None) -> list[Outcome]:
-        """Fill every open slot (at most ``limit`` of them); the slots' outcomes, in slot order."""
-        slots = await self.open()
-        open_slots = [(slot, planned) for slot, planned, status in slots
-                      if status not in (Status.CLAIMED, Status.IN_PROGRESS)]
-        if any(planned is not None and planned.status == Status.PENDING for _, planned in open_slots):
-            self._owned = await sweep(self.engine.api, self.target)  # an earlier run may have sent them
-        if limit is not None:
-            open_slots = open_slots[:limit]
-        waiting = [planned for _, planned, status in slots if status == Status.IN_PROGRESS]
+    async def holdings(self) -> dict[str, Owned] | None:
+        """What the target holds now (one listing), or ``None`` if it cannot be listed."""
+        try:
+            return await sweep(self.engine.api, self.target)
+        except CallFailed as failed:
+            self.engine.log.warning("acquire.listing_failed", target=self.target.key,
+                                    error_code=failed.classified.code, error_message=failed.classified.message)
+            return None
+
+    @staticmethod
+    def still_to_claim(slots: list[tuple[int, Planned | None]], owned: Collection[str]) -> int:
+        """Slots that will need a claim: empty, failed or released, or pending and not held already."""
+        return sum(1 for _, planned in slots if planned is None or _needs_candidate(planned)
+                   or (planned.status == Status.PENDING and planned.request.phone_number not in owned))
+
+    async def run(self, limit: int | None = None, owned: dict[str, Owned] | None = None) -> list[Outcome]:
+        """Fill every open slot (at most ``limit`` of them); the slots' outcomes, in slot order.
+        ``owned``: a listing of the target made just before (else one is made if a slot needs it)."""
+        self._run = await self.journal.begin_run()
+        slots = await self.journal.execute(self._create)
+        open_slots = [(slot, planned) for slot, planned in slots
+                      if planned is None or planned.status not in (Status.CLAIMED, Status.IN_PROGRESS)]
+        if owned is None and any(p is not None and p.status == Status.PENDING for _, p in open_slots):
+            owned = await self.holdings()  # an earlier run may have sent them: adopt what the target holds
+        self._owned = owned or {}
+        if limit is not None:  # the quota allows ``limit`` more claims; adopting what is held needs none
+            held = [(slot, p) for slot, p in open_slots
+                    if p is not None and p.status == Status.PENDING and p.request.phone_number in self._owned]
+            open_slots = held + [s for s in open_slots if s not in held][:limit]
+        waiting = [planned for _, planned in slots if planned is not None and planned.status == Status.IN_PROGRESS]
         workers = max(1, min(len(open_slots), self.engine.api.limiters["ClaimPhoneNumber"].max_in_flight))
         try:
             async with anyio.create_task_group() as tg:
                 queue = deque(open_slots)
                 for _ in range(workers):
                     tg.start_soon(self._work, queue)
-                for planned in waiting:
-                    if planned is not None and self.engine.options.verify:
-                        tg.start_soon(self._verify_earlier, planned)
+                for planned in waiting if self.engine.options.verify else []:
+                    tg.start_soon(self._verify_earlier, planned)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
         await self.journal.flush()
@@ -174,7 +192,7 @@ class Acquirer:
         for _ in range(self.max_candidates):
             if self.engine.stopping:
                 return
-            if planned is None or planned.status == Status.FAILED:
+            if planned is None or _needs_candidate(planned):
                 planned = await self._assign(slot)
                 if planned is None:
                     log.warning("acquire.no_candidates", country=self.spec.country, type=self.spec.number_type,
@@ -212,6 +230,11 @@ class Acquirer:
         conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? AND slot=?",
                      (request.phone_number, self.name, slot))
         return planned
+
+
+def _needs_candidate(planned: Planned) -> bool:
+    """A slot whose number is certainly not ours (failed) or given back (released) takes a new one."""
+    return planned.status in (Status.FAILED, Status.RELEASED)
 
 
 def slot_outcomes(conn: sqlite3.Connection, name: str) -> list[Outcome]:

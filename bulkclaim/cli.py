@@ -180,7 +180,7 @@ class _Run:
                            target_arn=self.target.target_arn, client_settings=client_settings(opts),
                            rates=rate_settings(opts, quotas), options=options, fatal_cooldown=None) as claimer:
             with anyio.CancelScope() as scope:
-                self.harness.install_signals(claimer.engine, scope)
+                self.harness.install_signals(claimer.engine.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"]
                 self.summary = claimer.engine.summary
                 digest = await anyio.to_thread.run_sync(lambda: fingerprint(

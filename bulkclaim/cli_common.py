@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import structlog
@@ -42,10 +43,11 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def option(name: str, *extra_env: str, dest: str | None = None, **kwargs: Any) -> Callable[[_F], _F]:
-    """An option also read from BULKCLAIM_<NAME> (then from ``extra_env``, e.g. AWS_REGION)."""
-    env = [f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
-    return click.option(f"--{name}", *([dest] if dest else []), envvar=env, show_envvar=True, **kwargs)
+def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None,
+           **kwargs: Any) -> Callable[[_F], _F]:
+    """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...)."""
+    env_names = [env or f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
+    return click.option(f"--{name}", *([dest] if dest else []), envvar=env_names, show_envvar=True, **kwargs)
 
 
 def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
@@ -83,7 +85,7 @@ aws_options = _stack(
     option("profile", "AWS_PROFILE"),
     option("endpoint-url", "AWS_ENDPOINT_URL_CONNECT"),
     option("quotas-endpoint-url", "AWS_ENDPOINT_URL_SERVICE_QUOTAS",
-           help="Service Quotas endpoint [default: --endpoint-url if given, else AWS's]."),
+           help="Service Quotas endpoint [default: --endpoint-url if it is on loopback (the sandbox), else AWS's]."),
     option("log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True),
     option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True),
     option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
@@ -126,8 +128,9 @@ def default_journal(target: Target) -> Path:
 def client_settings(opts: dict[str, Any], *, quotas: bool = False) -> ClientSettings:
     """Connect's settings, or (``quotas``) Service Quotas' — the same but for the endpoint."""
     endpoint = opts["endpoint_url"]
-    if quotas:
-        endpoint = opts["quotas_endpoint_url"] or endpoint  # the sandbox serves both at one endpoint
+    if quotas:  # the sandbox serves both on loopback; a real Connect endpoint (VPC, FIPS) is not Service Quotas'
+        local = bool(endpoint) and urlsplit(endpoint).hostname in ("127.0.0.1", "localhost", "::1")
+        endpoint = opts["quotas_endpoint_url"] or (endpoint if local else None)
     return ClientSettings(region=opts["region"], profile=opts["profile"], endpoint_url=endpoint,
                           connect_timeout=opts["connect_timeout"], read_timeout=opts["read_timeout"])
 

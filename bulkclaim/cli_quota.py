@@ -39,7 +39,7 @@ from bulkclaim.logs import configure_logging
 from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
 from bulkclaim.preflight import Preflight, churn_in_journal
 from bulkclaim.quotas import CHURN_LIMIT, CHURN_WINDOW_DAYS, Quotas
-from bulkclaim.reconcile import sweep
+from bulkclaim.reconcile import Owned
 from bulkclaim.release import ToRelease, numbers_to_release, release_all
 from bulkclaim.report import open_private, report_format, write_report
 
@@ -54,6 +54,17 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE with a valid Connect tag key", param_hint="--tag")
         tags[key] = text
     return tags
+
+
+def _enum(value: str, shape: str, hint: str) -> str:
+    """``value`` (any case) if Connect's model allows it for ``shape``; a usage error otherwise."""
+    import botocore.session  # the model is only needed here: keep it out of every CLI start
+
+    model = botocore.session.get_session().get_service_model("connect")
+    allowed: list[str] = model.shape_for(shape).enum  # type: ignore[attr-defined]  # StringShape, untyped
+    if value.upper() not in allowed:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=hint)
+    return value.upper()
 
 
 @click.command("acquire")
@@ -86,7 +97,8 @@ def acquire_command(**opts: Any) -> None:
             report_format(opts["report"])
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
-    spec = AcquireSpec(opts["country"].upper(), opts["number_type"].upper(), opts["count"], opts["prefix"],
+    spec = AcquireSpec(_enum(opts["country"], "PhoneNumberCountryCode", "--country"),
+                       _enum(opts["number_type"], "PhoneNumberType", "--type"), opts["count"], opts["prefix"],
                        opts["description"], _tags(opts["tags"]))
     journal = opts["journal"] or default_journal(target)
     harness = Harness(journal, opts)
@@ -117,60 +129,68 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
         assert isinstance(claimer.journal, SqliteJournal)
         acquirer = Acquirer(claimer.engine, claimer.journal, target, spec, name)
         with anyio.CancelScope() as scope:
-            harness.install_signals(claimer.engine, scope)
+            harness.install_signals(claimer.engine.request_stop, scope)
             try:
-                limit = None
+                limit, owned = None, None
                 if not opts["no_preflight"]:
-                    limit = await _acquire_preflight(acquirer, claimer, target, quotas, opts)
-                slots.extend(await acquirer.run(limit))
+                    limit, owned = await _acquire_preflight(acquirer, target, quotas, opts)
+                slots.extend(await acquirer.run(limit, owned))
             finally:
                 harness.count_requests(claimer)
         if not slots:  # stopped by a signal: report the slots as the journal has them
             slots.extend(await claimer.journal.execute(partial(slot_outcomes, name=name)))
 
 
-async def _acquire_preflight(acquirer: Acquirer, claimer: Claimer, target: Target, quotas: Quotas,
-                             opts: dict[str, Any]) -> int | None:
-    """Refuse an acquisition the quota cannot hold (or, with --allow-partial, fill what fits)."""
-    slots = await acquirer.open()
-    unfilled = sum(1 for _, _, status in slots if status is None or status.value in ("pending", "failed"))
-    owned = await sweep(claimer.api, target)
+async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
+                             opts: dict[str, Any]) -> tuple[int | None, dict[str, Owned] | None]:
+    """Refuse an acquisition the quota cannot hold (or, with --allow-partial, fill what fits).
+    Returns how many open slots to fill (None: all) and the target's listing, for adoption."""
+    slots = await acquirer.slots()
+    owned = await acquirer.holdings()
     quota = quotas.phone_numbers if quotas.phone_numbers is not None else opts["phone_number_quota"]
+    source = "Service Quotas" if quotas.phone_numbers is not None else \
+        "--phone-number-quota" if quota is not None else "unknown"
     churn = await acquirer.journal.execute(partial(churn_in_journal, target=target.key))
-    found = Preflight(target.key, quota, "Service Quotas" if quotas.phone_numbers is not None else
-                      ("--phone-number-quota" if quota is not None else "unknown"), len(owned), unfilled, churn)
+    problems = [] if owned is not None else [f"cannot list the numbers of {target.key}"]
+    found = Preflight(target.key, quota, source, None if owned is None else len(owned),
+                      Acquirer.still_to_claim(slots, owned or {}), churn, problems)
     judge_preflight(found, opts)
-    return found.allowed if found.over else None
+    return (found.allowed if found.over else None), owned
 
 
 @click.command("release")
 @option("journal", type=click.Path(dir_okay=False, path_type=Path, exists=True), required=True)
-@option("status", dest="statuses", default="claimed", show_default=True,
-        help="Release numbers in these statuses (comma-separated: claimed, in_progress).")
+@option("status", dest="statuses", env="BULKCLAIM_RELEASE_STATUS", type=click.Choice(["claimed"]), default="claimed",
+        show_default=True, help="Which numbers: claimed ones (an in_progress claim is verified by `claim` first).")
 @option("run", type=click.IntRange(min=1), help="Only the numbers of this run [default: every run].")
+@option("include-adopted", is_flag=True,
+        help="Also release numbers the target held before bulkclaim asked (no claim of ours was accepted).")
 @option("yes", is_flag=True, help="Do not ask for confirmation.")
 @option("phone-number-quota", type=click.IntRange(min=0),
         help="For the churn estimate if Service Quotas is unreadable.")
 @rate_options
 @aws_options
+@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
 def release_command(**opts: Any) -> None:
     """Release the numbers a journal claimed (ReleasePhoneNumber, journaled tokens), after confirmation."""
     configure_logging(opts["log_format"])
-    statuses = {s.strip() for s in opts["statuses"].split(",") if s.strip()}
-    if not statuses <= {"claimed", "in_progress"}:
-        raise click.BadParameter("only claimed and in_progress numbers can be released", param_hint="--status")
     journal_path: Path = opts["journal"]
     try:
         with read_only(journal_path) as conn:
-            numbers = [] if conn is None else numbers_to_release(conn, statuses, opts["run"])
+            found = [] if conn is None else numbers_to_release(conn, opts["run"])
     except BulkclaimError as exc:
         fail(str(exc), EXIT_USAGE)
+    adopted = [n for n in found if n.adopted]
+    numbers = found if opts["include_adopted"] else [n for n in found if not n.adopted]
+    if adopted and not opts["include_adopted"]:
+        click.echo(f"not releasing {len(adopted)} number(s) the target already held when bulkclaim asked for them "
+                   f"(e.g. {adopted[0].phone_number}); --include-adopted releases them too")
     if not numbers:
-        click.echo(f"nothing to release: no {'/'.join(sorted(statuses))} numbers in {journal_path}")
+        click.echo(f"nothing to release: no claimed numbers of bulkclaim's in {journal_path}")
         sys.exit(EXIT_OK)
     quotas = anyio.run(partial(read_run_quotas, {**opts, "no_preflight": False}))
-    quota = quotas.phone_numbers if quotas.phone_numbers is not None else opts["phone_number_quota"]
-    _explain(journal_path, numbers, quota)
+    _explain(journal_path, numbers, quotas.phone_numbers if quotas.phone_numbers is not None
+             else opts["phone_number_quota"])
     if not opts["yes"]:
         try:
             confirmed = click.confirm(f"Release {len(numbers)} number(s)?", default=False, err=True)
@@ -179,46 +199,54 @@ def release_command(**opts: Any) -> None:
         if not confirmed:
             click.echo("release cancelled: nothing was sent", err=True)
             sys.exit(EXIT_INCOMPLETE)
-    harness = Harness(journal_path, {**opts, "grace_period": 10.0})
+    harness = Harness(journal_path, opts)
     counts: Counter[str] = Counter()
     harness.execute(partial(_release, harness, numbers, quotas, counts))
     released = counts.pop("released", 0)
     click.echo(f"released {released} of {len(numbers)}" + "".join(f" · {code} {n}" for code, n in counts.items()))
+    if harness.signal_received is not None:
+        click.echo(f"bulkclaim: interrupted; run the same command again to release the rest (journal: "
+                   f"{journal_path}).", err=True)
+        sys.exit(EXIT_SIGNAL[harness.signal_received])
     sys.exit(EXIT_OK if released == len(numbers) else EXIT_INCOMPLETE)
 
 
 def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None:
+    """What releasing means, on stdout (stderr stays for logs and the question)."""
     targets = sorted({n.target for n in numbers})
-    click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {journal}):", err=True)
+    click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {journal}):")
     for number in numbers[:10]:
-        click.echo(f"  {number.phone_number}  {number.phone_number_id}", err=True)
+        click.echo(f"  {number.phone_number}  {number.phone_number_id}")
     if len(numbers) > 10:
-        click.echo(f"  … and {len(numbers) - 10} more", err=True)
+        click.echo(f"  … and {len(numbers) - 10} more")
     click.echo("Released numbers enter a cooldown of up to 180 days: nobody, you included, can claim them "
-               "again until it ends.", err=True)
+               "again until it ends.")
     for target in targets:
         churn = journal_churn(journal, target)
         after = churn + sum(1 for n in numbers if n.target == target)
         limit = "unknown (quota not readable)" if quota is None else str(int(CHURN_LIMIT * quota))
         click.echo(f"Each release counts toward Connect's rule of at most {CHURN_LIMIT:.0%} of the phone-number "
                    f"quota in claims + releases per {CHURN_WINDOW_DAYS} days: {target}: {churn} recorded in this "
-                   f"journal, {after} after this release; limit {limit}.", err=True)
+                   f"journal, {after} after this release; limit {limit}.")
 
 
 async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, counts: Counter[str]) -> None:
     opts = harness.opts
+    stop = anyio.Event()
     by_target: dict[str, list[ToRelease]] = {}
     for number in numbers:
         by_target.setdefault(number.target, []).append(number)
-    for key, group in by_target.items():
-        target = Target.from_key(key)
-        async with Claimer(journal=harness.journal, instance_id=target.instance_id, target_arn=target.target_arn,
-                           client_settings=client_settings(opts), rates=rate_settings(opts, quotas),
-                           fatal_cooldown=None) as claimer:
-            assert isinstance(claimer.journal, SqliteJournal)
-            try:
-                counts.update(await release_all(claimer.api, claimer.journal, group,
-                                                concurrency=claimer.limiters["ReleasePhoneNumber"].max_in_flight))
-            finally:
-                harness.count_requests(claimer)
-
+    with anyio.CancelScope() as scope:
+        harness.install_signals(stop.set, scope)
+        for key, group in by_target.items():
+            target = Target.from_key(key)
+            async with Claimer(journal=harness.journal, instance_id=target.instance_id,
+                               target_arn=target.target_arn, client_settings=client_settings(opts),
+                               rates=rate_settings(opts, quotas), fatal_cooldown=None) as claimer:
+                assert isinstance(claimer.journal, SqliteJournal)
+                try:
+                    counts.update(await release_all(
+                        claimer.api, claimer.journal, group, stopping=stop.is_set,
+                        concurrency=claimer.limiters["ReleasePhoneNumber"].max_in_flight))
+                finally:
+                    harness.count_requests(claimer)

@@ -17,7 +17,6 @@ import structlog
 
 from bulkclaim.claimer import Claimer
 from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
-from bulkclaim.engine import Engine
 from bulkclaim.inputs import InputFileError
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.model import (
@@ -61,7 +60,7 @@ class Harness:
         except (JournalError, InputFileError) as exc:  # exit 2 promises that nothing was sent
             fail(str(exc), EXIT_FATAL if self.requests_sent else EXIT_USAGE)
 
-    def install_signals(self, engine: Engine, scope: anyio.CancelScope) -> None:
+    def install_signals(self, stop: Callable[[], None], scope: anyio.CancelScope) -> None:
         """First SIGINT/SIGTERM: stop dispatching, give requests in flight ``--grace-period``.
         A second Ctrl-C leaves at once (the journal is consistent at every commit)."""
         loop = asyncio.get_running_loop()
@@ -74,7 +73,7 @@ class Harness:
             self.signal_received = received
             click.echo(f"\nbulkclaim: {received.name}: finishing requests in flight (up to "
                        f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…", err=True)
-            engine.request_stop()
+            stop()
             loop.call_later(self.opts["grace_period"], scope.cancel)
 
         for sig in EXIT_SIGNAL:

@@ -14,7 +14,6 @@ is sent the preflight compares what the run would claim with what the quota stil
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 from collections.abc import Collection, Iterator
@@ -63,8 +62,8 @@ class Preflight:
         return (f"this run would exceed the phone-number quota of {self.target}: it holds {self.on_target} "
                 f"number(s), the run would claim {self.to_claim} more, and the quota of {self.quota} "
                 f"({self.quota_source}) allows {self.allowed} more — {self.over} too many. Nothing was sent. "
-                "Raise the quota (Service Quotas L-8F812903), claim fewer numbers, or run with --allow-partial "
-                f"to claim the first {self.allowed}")
+                "Raise the quota (Service Quotas L-8F812903), claim fewer numbers"
+                + (f", or run with --allow-partial to claim the first {self.allowed}" if self.allowed else ""))
 
     def churn_warning(self) -> str | None:
         """A warning when this run takes the journal's 180-day churn close to (or past) the limit."""
@@ -109,7 +108,14 @@ def _still_to_claim(conn: sqlite3.Connection, run: int, target: str, owned: Coll
 
 def _defer_beyond(conn: sqlite3.Connection, run: int, target: str, owned: Collection[str], allowed: int,
                   reason: str) -> None:
-    left_out = list(itertools.islice(_still_to_claim(conn, run, target, owned), allowed, None))
+    """Mark what does not fit failed, in input order — but never a number that may have been sent
+    already (an earlier run's attempt): its outcome is unknown, not failed, and it keeps its place."""
+    rows = conn.execute("SELECT phone_number, attempts > 0 OR maybe_sent FROM numbers WHERE seen_run=? AND "
+                        "target=? AND status='pending' ORDER BY ord", (run, target)).fetchall()
+    rows = [(number, bool(sent)) for number, sent in rows if number not in owned]
+    room = allowed - sum(1 for _, sent in rows if sent)
+    never_sent = [number for number, sent in rows if not sent]
+    left_out = never_sent[max(0, room):]
     conn.executemany("UPDATE numbers SET status='failed', error_code=?, error_message=?, updated_at=? "
                      "WHERE target=? AND phone_number=? AND status='pending'",
                      [(DEFERRED, reason, time.time(), target, n) for n in left_out])
@@ -122,7 +128,7 @@ async def preflight(api: Api, journal: SqliteJournal, target: Target, run: int, 
     The caller raises (or not) on :attr:`Preflight.over` when ``allow_partial`` is false: this
     function only measures, and with ``allow_partial`` marks the numbers beyond the quota.
     """
-    problems = list(quotas.problems)
+    problems: list[str] = []  # quota read problems are reported where the quotas are read
     quota, source = quotas.phone_numbers, "Service Quotas"
     if quota is None:
         quota, source = configured_quota, ("--phone-number-quota" if configured_quota is not None else "unknown")

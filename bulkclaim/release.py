@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,18 +31,23 @@ class ToRelease:
     target: str
     phone_number: str
     phone_number_id: str
+    #: No claim of ours was accepted for it: the target held it already when bulkclaim asked (or
+    #: the answer to our claim was lost). Released only when the user says so.
+    adopted: bool = False
 
 
-def numbers_to_release(conn: sqlite3.Connection, statuses: Collection[str], run: int | None = None) -> list[ToRelease]:
-    """The journal's numbers in ``statuses`` (of one ``run``, or all) that have a service id."""
-    marks = ",".join("?" * len(statuses))
-    query = (f"SELECT target, phone_number, phone_number_id FROM numbers WHERE status IN ({marks}) "
+def numbers_to_release(conn: sqlite3.Connection, run: int | None = None) -> list[ToRelease]:
+    """The journal's claimed numbers (of one ``run``, or all), marking those no claim of ours took."""
+    ours = set(conn.execute("SELECT DISTINCT target, phone_number, client_token FROM attempts "
+                            "WHERE result='accepted'"))
+    query = ("SELECT target, phone_number, phone_number_id, client_token FROM numbers WHERE status='claimed' "
              "AND phone_number_id IS NOT NULL")
-    params: list[object] = [*statuses]
+    params: list[object] = []
     if run is not None:
         query += " AND seen_run=?"
         params.append(run)
-    return [ToRelease(*row) for row in conn.execute(query + " ORDER BY target, seen_run, ord", params)]
+    return [ToRelease(target, number, number_id, (target, number, token) not in ours)
+            for target, number, number_id, token in conn.execute(query + " ORDER BY target, seen_run, ord", params)]
 
 
 def _reserve(conn: sqlite3.Connection, number: ToRelease) -> str:
@@ -70,15 +75,15 @@ def _settle(conn: sqlite3.Connection, number: ToRelease, status: str, attempts: 
                      "AND phone_number_id=?", (now, number.target, number.phone_number, number.phone_number_id))
 
 
-async def release_all(api: Api, journal: SqliteJournal, numbers: list[ToRelease], *,
-                      concurrency: int = 5) -> Counter[str]:
-    """Release every number; counts of ``released`` and of each error code."""
+async def release_all(api: Api, journal: SqliteJournal, numbers: list[ToRelease], *, concurrency: int = 5,
+                      stopping: Callable[[], bool] = lambda: False) -> Counter[str]:
+    """Release every number (until ``stopping()``); counts of ``released`` and of each error code."""
     counts: Counter[str] = Counter()
     log = structlog.get_logger("bulkclaim")
     queue = list(reversed(numbers))
 
     async def worker() -> None:
-        while queue:
+        while queue and not stopping():
             number = queue.pop()
             token = await journal.execute(partial(_reserve, number=number))
             bound = log.bind(phone_number=number.phone_number, phone_number_id=number.phone_number_id,

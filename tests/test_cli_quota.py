@@ -109,32 +109,85 @@ async def test_rate_auto_takes_the_rate_quota_of_service_quotas(env: SandboxEnv,
 
 
 async def test_release_asks_then_releases_exactly_the_runs_numbers(env: SandboxEnv, tmp_path: Path) -> None:
-    await claim_directly(env, NUMBERS[:1])  # not the run's: must stay claimed
-    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[10:13])
+    await claim_directly(env, NUMBERS[:2])  # NUMBERS[0] is not the run's; NUMBERS[1] is in it but held before
+    path = write_numbers(tmp_path / "numbers.txt", [NUMBERS[1], *NUMBERS[10:13]])
     assert (await run_cli(env, tmp_path, *claim_args(path))).returncode == 0
     release = [*BULKCLAIM, "release", "--journal", JOURNAL, "--log-format", "json"]
-    declined = await anyio.run_process(release, cwd=tmp_path, env=cli_env(env), input=b"n\n", check=False)
-    text = declined.stderr.decode()
-    assert declined.returncode == 1 and "cooldown of up to 180 days" in text and "200%" in text
+    environment = cli_env(env, BULKCLAIM_STATUS="failed,invalid")  # meant for `report`: release ignores it
+    declined = await anyio.run_process(release, cwd=tmp_path, env=environment, input=b"n\n", check=False)
+    text = declined.stdout.decode()
+    assert declined.returncode == 1, declined.stderr.decode()
+    assert "cooldown of up to 180 days" in text and "200%" in text
     assert "3 recorded in this journal, 6 after this release; limit 10" in text
+    assert f"not releasing 1 number(s) the target already held when bulkclaim asked for them (e.g. {NUMBERS[1]})" \
+        in text
+    assert all(json.loads(line) for line in declined.stderr.decode().splitlines()[:-1]), "stderr: JSON logs"
     assert not [e for e in env.sandbox.ledger if e.action == "release"], "nothing released when declined"
-    accepted = await anyio.run_process(release, cwd=tmp_path, env=cli_env(env), input=b"y\n", check=False)
+    accepted = await anyio.run_process(release, cwd=tmp_path, env=environment, input=b"y\n", check=False)
     assert accepted.returncode == 0, accepted.stderr.decode()
     assert "released 3 of 3" in accepted.stdout.decode()
     released = sorted(e.phone_number for e in env.sandbox.ledger if e.action == "release")
     assert released == NUMBERS[10:13]
     assert all(env.sandbox.state.in_cooldown(n) for n in NUMBERS[10:13])
-    assert held(env) == {NUMBERS[0]}
+    assert held(env) == {NUMBERS[0], NUMBERS[1]}
     with sqlite3.connect(tmp_path / JOURNAL) as conn:
-        assert conn.execute("SELECT DISTINCT status FROM numbers").fetchall() == [("released",)]
+        statuses = dict(conn.execute("SELECT phone_number, status FROM numbers").fetchall())
         tokens = conn.execute("SELECT client_token FROM releases WHERE status='released'").fetchall()
+    assert statuses == {NUMBERS[1]: "claimed", **dict.fromkeys(NUMBERS[10:13], "released")}
     assert sorted(t for (t,) in tokens) == sorted(e.client_token or "" for e in env.sandbox.ledger
                                                   if e.action == "release"), "journaled tokens were sent"
     again = await run_cli(env, tmp_path, "release", "--journal", JOURNAL, "--yes")
     assert again.returncode == 0 and "nothing to release" in again.stdout
-    # The churn of this journal (3 claims + 3 releases) is now close to 200% of 5: the next run warns.
+    adopted = await run_cli(env, tmp_path, "release", "--journal", JOURNAL, "--yes", "--include-adopted")
+    assert adopted.returncode == 0 and "released 1 of 1" in adopted.stdout and held(env) == {NUMBERS[0]}
+    # This journal's churn (3 claims + 4 releases) is close to 200% of 5: the next run warns, and the
+    # service (which also saw the 2 direct claims) blocks the claim that reaches the limit.
     more = await run_cli(env, tmp_path, *claim_args(write_numbers(tmp_path / "more.txt", NUMBERS[20:22])))
-    assert more.returncode == 0 and any(e["event"] == "preflight.churn" for e in events(more.stderr))
+    assert any(e["event"] == "preflight.churn" for e in events(more.stderr))
+    assert more.returncode == 3 and "ServiceQuotaExceededException" in more.stderr and "200%" in more.stderr
+
+
+def acquire_args(count: int, *extra: str) -> list[str]:
+    return ["acquire", "--instance-id", INSTANCE_ID, "--country", "US", "--type", "DID", "--count", str(count),
+            "--rate", "200", "--burst", "10", "--verify-timeout", "5", "--log-format", "json", "--read-timeout", "1",
+            *extra]
+
+
+async def test_acquire_resumes_at_a_full_quota_by_adopting_what_it_claimed(env: SandboxEnv, tmp_path: Path) -> None:
+    env.sandbox.configure(phone_number_quota=3)
+    env.sandbox.set_faults(FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"})))
+    lost = await run_cli(env, tmp_path, *acquire_args(3))
+    assert lost.returncode == 1, lost.stderr  # every answer lost: the slots stay pending (unknown, not failed)
+    assert len(held(env)) == 3
+    env.sandbox.set_faults(FaultConfig())
+    claims = len(env.sandbox.ledger)
+    resumed = await run_cli(env, tmp_path, *acquire_args(3))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "acquired 3 of 3" in resumed.stdout and len(held(env)) == 3
+    assert len(env.sandbox.ledger) == claims, "adopted, nothing claimed again"
+
+
+async def test_acquire_after_release_takes_new_numbers(env: SandboxEnv, tmp_path: Path) -> None:
+    first = await run_cli(env, tmp_path, *acquire_args(2))
+    assert first.returncode == 0, first.stderr
+    released = await run_cli(env, tmp_path, "release", "--journal", JOURNAL, "--yes")
+    assert released.returncode == 0 and held(env) == set()
+    claims = env.sandbox.stats()["ClaimPhoneNumber"]["ok"]
+    again = await run_cli(env, tmp_path, *acquire_args(2))
+    assert again.returncode == 0, again.stderr
+    assert len(held(env)) == 2 and env.sandbox.stats()["ClaimPhoneNumber"]["ok"] == claims + 2, "no stale tokens"
+
+
+async def test_acquire_usage_errors_and_unlistable_targets(env: SandboxEnv, tmp_path: Path) -> None:
+    bad = await run_cli(env, tmp_path, *[a if a != "DID" else "FOO" for a in acquire_args(1)])
+    assert bad.returncode == 2 and "'FOO' is not one of TOLL_FREE, DID" in bad.stderr
+    country = await run_cli(env, tmp_path, *[a if a != "US" else "ZZ" for a in acquire_args(1)])
+    assert country.returncode == 2
+    env.sandbox.set_faults(FaultConfig(error_rate=1.0, operations=frozenset({"ListPhoneNumbersV2"})))
+    unlisted = await run_cli(env, tmp_path, *acquire_args(1))
+    no_traceback(unlisted)
+    assert unlisted.returncode == 0, unlisted.stderr  # the quota is not checked (warned); the service enforces it
+    assert any(e["event"] == "preflight.incomplete" for e in events(unlisted.stderr))
 
 
 async def test_acquire_claims_exactly_n_despite_competition_and_lost_answers(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ __all__ = ["ClaimRecord", "LedgerEntry", "SandboxState", "ServiceError"]
 _TOKEN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _FOREIGN_ACCOUNT = "999999999999"
+_NUMBER_TYPES = frozenset({"TOLL_FREE", "DID", "UIFN", "SHARED", "THIRD_PARTY_TF", "THIRD_PARTY_DID", "SHORT_CODE"})
 
 
 class ServiceError(Exception):
@@ -313,6 +314,8 @@ class SandboxState:
         country, number_type = body.get("PhoneNumberCountryCode"), body.get("PhoneNumberType")
         if not country or not number_type:
             raise _invalid("PhoneNumberCountryCode and PhoneNumberType are required.")
+        if number_type not in _NUMBER_TYPES:
+            raise _invalid(f"Invalid PhoneNumberType: {number_type}")
         try:
             self.resolve_target(body)
         except ServiceError as exc:  # this API has no 404 in its model: the real one answers 400
