@@ -29,8 +29,7 @@ from typing import Any
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.concurrency import first_cause
-from bulkclaim.engine import Engine
+from bulkclaim.engine import Engine, first_cause
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
 from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, Outcome, Status, Target

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import time
@@ -29,16 +30,17 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.concurrency import Settling, WorkQueue, first_cause
 from bulkclaim.connect import Verdict
 from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
 from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
     ClaimRequest,
+    FatalServiceError,
     Options,
     Outcome,
     ParametersChangedError,
@@ -71,7 +73,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
         self._stop = anyio.Event()
-        self._settling: dict[tuple[str, str], Settling] = {}  # one claim per number in flight, process-wide
+        self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
@@ -227,8 +229,7 @@ class Engine:
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
             async with anyio.create_task_group() as tg, verify_tx, verify_rx:
-                work = WorkQueue(self.journal, summary.members_run, tg, low_water=workers * 4,
-                                 stopping=lambda: self.stopping)
+                work = _Work(self, summary.members_run, tg, low_water=workers * 4)
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
@@ -236,7 +237,7 @@ class Engine:
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
 
-    async def _claim_worker(self, work: WorkQueue, tx: MemoryObjectSendStream[Outcome],
+    async def _claim_worker(self, work: _Work, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
         # structlog's lazy proxy builds a new logger on every bind: resolve it once per worker and run
         # (a logging configuration changed in the middle of a run applies from the next run on).
@@ -272,7 +273,7 @@ class Engine:
             await running.wait()
             if running.outcome is not None:
                 return running.outcome
-        running = self._settling[key] = Settling()
+        running = self._settling[key] = _Settling()
         try:
             running.outcome = await self._settle(planned, already, self.log if log is None else log)
             return running.outcome
@@ -353,6 +354,88 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
+
+
+class _Work:
+    """The run's numbers still to send, in input order, read from the journal a page at a time.
+
+    Workers take the next number straight from the page in hand, and the next page is fetched in the
+    background while the last ``low_water`` numbers of this one are being sent, so the workers never
+    stand idle waiting for it. (Handing numbers over through a stream instead costs a trip through
+    the event loop per number, which paces every worker to one number per loop iteration.)
+    """
+
+    def __init__(self, engine: Engine, run: int, tg: TaskGroup, low_water: int) -> None:
+        self._engine, self._run, self._tg, self._low_water = engine, run, tg, low_water
+        self._after = 0
+        self._page: collections.deque[Planned] = collections.deque()
+        self._exhausted = self._fetching = False
+        self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
+
+    async def next(self) -> Planned | None:
+        """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
+        while not self._page:
+            if self._exhausted or self._engine.stopping:
+                return None
+            self._fetch_soon()
+            await self._arrived.wait()
+        if self._engine.stopping:
+            return None
+        planned = self._page.popleft()
+        if len(self._page) < self._low_water:
+            self._fetch_soon()
+        return planned
+
+    def _fetch_soon(self) -> None:
+        if not self._fetching and not self._exhausted:
+            self._fetching = True
+            self._tg.start_soon(self._fetch)
+
+    async def _fetch(self) -> None:
+        try:
+            page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
+            self._page.extend(page)
+            self._exhausted = not page
+        finally:
+            self._fetching = False
+            arrived, self._arrived = self._arrived, anyio.Event()
+            arrived.set()
+
+
+class _Settling:
+    """A settle in flight: its outcome once known (``None`` if it was interrupted).
+
+    The event is made only when a second caller waits for the same number, which is rare: making one
+    per claim would cost more than the rest of the bookkeeping of that claim."""
+
+    __slots__ = ("_done", "outcome")
+
+    def __init__(self) -> None:
+        self._done: anyio.Event | None = None
+        self.outcome: Outcome | None = None
+
+    async def wait(self) -> None:
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def finish(self) -> None:
+        if self._done is not None:
+            self._done.set()
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    leaves.sort(key=lambda e: not isinstance(e, FatalServiceError))
+    return leaves[0]
 
 
 def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:

@@ -19,7 +19,7 @@ import anyio
 import structlog
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.concurrency import first_cause
+from bulkclaim.engine import first_cause
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import new_token
 
