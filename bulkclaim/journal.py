@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bulkclaim.journal_lazy import write_lazy
+from bulkclaim.journal_lazy import lazy_statements, run_statements
 from bulkclaim.journal_plan import Planned, PlanResult, PlanReuse, plan_batch, planned_from_row
 from bulkclaim.journal_schema import migrate, refuse_foreign
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
@@ -252,7 +252,8 @@ class SqliteJournal:
         attempts, outcomes = self._lazy_attempts, self._lazy_outcomes
         self._lazy_attempts, self._lazy_outcomes, self._lazy_since = [], [], time.monotonic()
         if attempts or outcomes:
-            self._put(_Job(lambda conn: write_lazy(conn, attempts, outcomes), None))
+            statements = lazy_statements(attempts, outcomes)  # here, so the writer only runs them
+            self._put(_Job(lambda conn: run_statements(conn, statements), None))
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
