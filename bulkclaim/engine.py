@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import collections
 import itertools
 import random
 import time
@@ -30,7 +29,6 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkclaim.calls import Api, CallFailed
@@ -51,6 +49,7 @@ from bulkclaim.model import (
 )
 from bulkclaim.reconcile import Owned, find_owned, sweep
 from bulkclaim.reconcile import verify as poll_until_settled
+from bulkclaim.worklist import WorkList
 
 __all__ = ["Emit", "Engine", "Options", "RunSummary", "first_cause"]
 
@@ -229,7 +228,8 @@ class Engine:
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
             async with anyio.create_task_group() as tg, verify_tx, verify_rx:
-                work = _Work(self, summary.members_run, tg, low_water=workers * 4)
+                work = WorkList(self.journal, summary.members_run, tg, low_water=workers * 4,
+                                stopping=lambda: self.stopping)
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
@@ -237,7 +237,7 @@ class Engine:
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
 
-    async def _claim_worker(self, work: _Work, tx: MemoryObjectSendStream[Outcome],
+    async def _claim_worker(self, work: WorkList, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
         # structlog's lazy proxy builds a new logger on every bind: resolve it once per worker and run
         # (a logging configuration changed in the middle of a run applies from the next run on).
@@ -354,52 +354,6 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
-
-
-class _Work:
-    """The run's numbers still to send, in input order, read from the journal a page at a time.
-
-    Workers take the next number straight from the page in hand, and the next page is fetched in the
-    background while the last ``low_water`` numbers of this one are being sent, so the workers never
-    stand idle waiting for it. (Handing numbers over through a stream instead costs a trip through
-    the event loop per number, which paces every worker to one number per loop iteration.)
-    """
-
-    def __init__(self, engine: Engine, run: int, tg: TaskGroup, low_water: int) -> None:
-        self._engine, self._run, self._tg, self._low_water = engine, run, tg, low_water
-        self._after = 0
-        self._page: collections.deque[Planned] = collections.deque()
-        self._exhausted = self._fetching = False
-        self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
-
-    async def next(self) -> Planned | None:
-        """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
-        while not self._page:
-            if self._exhausted or self._engine.stopping:
-                return None
-            self._fetch_soon()
-            await self._arrived.wait()
-        if self._engine.stopping:
-            return None
-        planned = self._page.popleft()
-        if len(self._page) < self._low_water:
-            self._fetch_soon()
-        return planned
-
-    def _fetch_soon(self) -> None:
-        if not self._fetching and not self._exhausted:
-            self._fetching = True
-            self._tg.start_soon(self._fetch)
-
-    async def _fetch(self) -> None:
-        try:
-            page, self._after = await self._engine.journal.work_page(self._run, self._after, _PAGE)
-            self._page.extend(page)
-            self._exhausted = not page
-        finally:
-            self._fetching = False
-            arrived, self._arrived = self._arrived, anyio.Event()
-            arrived.set()
 
 
 class _Settling:

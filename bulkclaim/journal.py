@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from bulkclaim.journal_lazy import lazy_statements, run_statements
 from bulkclaim.journal_plan import Planned, PlanResult, PlanReuse, plan_batch, planned_from_row
 from bulkclaim.journal_schema import migrate, refuse_foreign
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
@@ -251,7 +252,8 @@ class SqliteJournal:
         attempts, outcomes = self._lazy_attempts, self._lazy_outcomes
         self._lazy_attempts, self._lazy_outcomes, self._lazy_since = [], [], time.monotonic()
         if attempts or outcomes:
-            self._put(_Job(lambda conn: _write_lazy(conn, attempts, outcomes), None))
+            statements = lazy_statements(attempts, outcomes)  # here, so the writer only runs them
+            self._put(_Job(lambda conn: run_statements(conn, statements), None))
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
@@ -261,7 +263,8 @@ class SqliteJournal:
                 "maybe_sent, phone_number_id, phone_number_arn FROM numbers "
                 "WHERE seen_run=? AND ord>? AND status IN ('pending', 'in_progress') ORDER BY ord LIMIT ?",
                 (run, after, limit)).fetchall()
-            return [planned_from_row(r[1:]) for r in rows], (rows[-1][0] if rows else after)
+            targets: dict[str, Target] = {}
+            return [planned_from_row(r[1:], targets) for r in rows], (rows[-1][0] if rows else after)
         return await self._submit(query)
 
     async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -349,53 +352,8 @@ class SqliteJournal:
             self._lock_fd = -1
 
 
-_RANK = "(CASE {} WHEN 'pending' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END)"
-_LAZY_BATCH = 512  # records per lazy write; one transaction, two statements per 1,000 rows
+_LAZY_BATCH = 512  # records per lazy write: one transaction, a few multi-row statements
 _LAZY_MAX_AGE = 0.5  # seconds a lazy record may wait for company before it is written anyway
-_ROWS_PER_STATEMENT = 100  # 1,000 bound values per statement, far under SQLite's limit
-
-
-def _write_lazy(conn: sqlite3.Connection, attempts: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]) -> None:
-    """Write buffered attempts and outcomes with a few multi-row statements, not one statement per
-    row: the sqlite3 module gives up and takes back the GIL around every statement it steps, and
-    each time the event loop's thread is made to wait for it."""
-    for chunk in _chunks(attempts):
-        conn.execute("INSERT INTO attempts (target, phone_number, client_token, at, result, error_code) VALUES "
-                     + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)), [value for row in chunk for value in row])
-    # Guarded by the token (an older attempt series never overwrites a newer one) and by the order of
-    # statuses (pending < in_progress < claimed/failed): a late, lesser outcome of the same token,
-    # from a concurrent path, never moves a number backwards. One UPDATE ... FROM applies at most
-    # one row per number, so a number's later outcomes go in later rounds, in the order recorded.
-    for batch in _rounds(outcomes):
-        for chunk in _chunks(batch):
-            conn.execute(
-                "WITH v (status, attempts, id, arn, code, message, at, target, number, token) AS (VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)) + ") "
-                "UPDATE numbers SET status=v.status, attempts=max(numbers.attempts, v.attempts), "
-                "phone_number_id=coalesce(v.id, numbers.phone_number_id), "
-                "phone_number_arn=coalesce(v.arn, numbers.phone_number_arn), error_code=v.code, "
-                "error_message=v.message, updated_at=v.at FROM v WHERE numbers.target=v.target "
-                "AND numbers.phone_number=v.number AND numbers.client_token=v.token "
-                f"AND {_RANK.format('numbers.status')} <= {_RANK.format('v.status')}",
-                [value for row in chunk for value in row])
-
-
-def _rounds(outcomes: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
-    """Split outcomes so that no round holds two of the same number; the n-th outcome recorded for a
-    number goes in the n-th round (usually there is only one)."""
-    rounds: list[list[tuple[Any, ...]]] = []
-    seen: dict[tuple[Any, ...], int] = {}
-    for row in outcomes:
-        key = row[7:9]  # (target, phone_number): the row it updates
-        index = seen[key] = seen.get(key, -1) + 1
-        if index == len(rounds):
-            rounds.append([])
-        rounds[index].append(row)
-    return rounds
-
-
-def _chunks(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
-    return [rows[start:start + _ROWS_PER_STATEMENT] for start in range(0, len(rows), _ROWS_PER_STATEMENT)]
 
 
 def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[Any, BaseException | None]:

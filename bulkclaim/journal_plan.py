@@ -141,8 +141,18 @@ def _tags_text(request: ClaimRequest) -> str | None:
     return json.dumps(dict(request.tags), sort_keys=True) if request.tags else None
 
 
-def planned_from_row(row: Sequence[Any]) -> Planned:
+_NO_TAGS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+def planned_from_row(row: Sequence[Any], targets: dict[str, Target] | None = None) -> Planned:
+    """A journal row as a :class:`Planned`. Rows that share ``targets`` share one :class:`Target` per
+    key (and so compute its key once, not once per number)."""
     target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn = row
-    request = ClaimRequest(number, Target.from_key(target), description,
-                           MappingProxyType(json.loads(tags) if tags else {}), source or "")
+    found = targets.get(target) if targets is not None else None
+    if found is None:
+        found = Target.from_key(target)
+        if targets is not None:
+            targets[target] = found
+    request = ClaimRequest(number, found, description, MappingProxyType(json.loads(tags)) if tags else _NO_TAGS,
+                           source or "")
     return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)

@@ -314,6 +314,30 @@ async def test_record_attempt_is_stored(tmp_path: Path) -> None:
                    (TARGET.key, req(0).phone_number, planned.client_token, "accepted", None)]
 
 
+async def test_lazy_writes_of_many_numbers_keep_each_numbers_order(tmp_path: Path) -> None:
+    """Hundreds of outcomes go out in multi-row statements; a number recorded twice in one batch
+    ends with its later outcome (and keeps the id of the earlier one when the later has none)."""
+    path = tmp_path / "journal.db"
+    requests = [req(i) for i in range(250)]
+    async with journal_at(path) as journal:
+        work = (await plan(journal, requests, await journal.begin_run())).work
+        for request, p in zip(requests, work, strict=True):
+            journal.record_attempt(p, "accepted", None)
+            journal.record_outcome(outcome(request, p.client_token, Status.IN_PROGRESS,
+                                           phone_number_id=f"pn-{request.phone_number}", attempts=1))
+        for request, p in zip(requests[::2], work[::2], strict=True):
+            journal.record_outcome(outcome(request, p.client_token, Status.CLAIMED, attempts=1))
+        await journal.flush()
+        with peek(path) as conn:
+            (attempts,) = conn.execute("SELECT count(*) FROM attempts WHERE result='accepted'").fetchone()
+    table = numbers_table(path)
+    assert attempts == 250
+    for i, request in enumerate(requests):
+        row = table[request.phone_number]
+        assert (row["status"], row["phone_number_id"]) == ("claimed" if i % 2 == 0 else "in_progress",
+                                                           f"pn-{request.phone_number}")
+
+
 # -- work_page and targets_to_reconcile ----------------------------------------------------------------------
 
 

@@ -1,0 +1,64 @@
+"""The numbers a run still has to send, handed to its claim workers in input order."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from bulkclaim.journal import Journal
+from bulkclaim.journal_plan import Planned
+
+__all__ = ["WorkList"]
+
+_PAGE = 1000
+
+
+class WorkList:
+    """The run's numbers still to send or verify, read from the journal a page at a time.
+
+    Workers take the next number straight from the page in hand, and the next page is fetched in the
+    background (in ``tg``) while the last ``low_water`` numbers of this one are being sent, so the
+    workers never stand idle waiting for it. Handing numbers over through a memory stream instead
+    costs a trip through the event loop per number, which paces every worker to one number per loop
+    iteration: each response is then read alone, with a system call of its own.
+    """
+
+    def __init__(self, journal: Journal, run: int, tg: TaskGroup, *, low_water: int,
+                 stopping: Callable[[], bool]) -> None:
+        self._journal, self._run, self._tg, self._low_water, self._stopping = journal, run, tg, low_water, stopping
+        self._after = 0
+        self._page: collections.deque[Planned] = collections.deque()
+        self._exhausted = self._fetching = False
+        self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
+
+    async def next(self) -> Planned | None:
+        """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
+        while not self._page:
+            if self._exhausted or self._stopping():
+                return None
+            self._fetch_soon()
+            await self._arrived.wait()
+        if self._stopping():
+            return None
+        planned = self._page.popleft()
+        if len(self._page) < self._low_water:
+            self._fetch_soon()
+        return planned
+
+    def _fetch_soon(self) -> None:
+        if not self._fetching and not self._exhausted:
+            self._fetching = True
+            self._tg.start_soon(self._fetch)
+
+    async def _fetch(self) -> None:
+        try:
+            page, self._after = await self._journal.work_page(self._run, self._after, _PAGE)
+            self._page.extend(page)
+            self._exhausted = not page
+        finally:
+            self._fetching = False
+            arrived, self._arrived = self._arrived, anyio.Event()
+            arrived.set()
