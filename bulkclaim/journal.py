@@ -201,9 +201,15 @@ class SqliteJournal:
         return await future
 
     def _put(self, job: _Job) -> None:
-        if not self._thread.is_alive():
-            raise self._failure or JournalError(f"journal {self.path} is closed")
+        self._raise_if_broken()
         self._jobs.put(job)
+
+    def _raise_if_broken(self) -> None:
+        """Fail fast once a write failed (a full disk, say): claims must not go on unrecorded."""
+        if self._failure is not None:
+            raise self._failure
+        if not self._thread.is_alive():
+            raise JournalError(f"journal {self.path} is closed")
 
     # -- the Journal protocol --------------------------------------------------------------------------
     async def begin_run(self) -> int:
@@ -242,8 +248,7 @@ class SqliteJournal:
         self._ship_if_due()
 
     def _ship_if_due(self) -> None:
-        if not self._thread.is_alive():
-            raise self._failure or JournalError(f"journal {self.path} is closed")
+        self._raise_if_broken()
         waiting = len(self._lazy_attempts) + len(self._lazy_outcomes)
         if waiting >= _LAZY_BATCH or (waiting and time.monotonic() - self._lazy_since >= _LAZY_MAX_AGE):
             self._ship()

@@ -627,3 +627,20 @@ async def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1, "the old rows are kept"
         assert conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
+
+
+async def test_after_a_failed_write_recording_fails_at_once(tmp_path: Path) -> None:
+    """A full disk mid-run: the next attempt or outcome recorded raises, so claims stop instead of
+    going on unrecorded (a run kept claiming at a throttled pace for minutes before)."""
+    journal = SqliteJournal.open(tmp_path / "j.db")
+    try:
+        run = await journal.begin_run()
+        (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
+        with pytest.raises(JournalError):  # a database error, as a full disk gives: the journal is broken
+            await journal.execute(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+        with pytest.raises(JournalError):
+            journal.record_attempt(planned, "accepted", None)
+        with pytest.raises(JournalError):
+            journal.record_outcome(outcome(req(0), planned.client_token, Status.IN_PROGRESS))
+    finally:
+        await journal.close()
