@@ -16,6 +16,7 @@ import anyio
 from botocore import exceptions as botocore_errors
 
 from bulkclaim.connect import ClientSettings, Verdict, aws_client, classify
+from bulkclaim.model import ConfigurationError
 
 __all__ = [
     "CHURN_LIMIT",
@@ -49,7 +50,7 @@ async def read_quotas(settings: ClientSettings) -> Quotas:
     try:
         async with aws_client("service-quotas", settings) as client:
             return await read_quotas_with(client)
-    except botocore_errors.BotoCoreError as exc:
+    except (botocore_errors.BotoCoreError, ConfigurationError) as exc:  # no region, unknown profile, ...
         return Quotas(problems=[f"cannot reach Service Quotas: {exc}"])
 
 

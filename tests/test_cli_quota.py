@@ -4,6 +4,7 @@ acquire, through the real entry point against the sandbox."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -250,3 +251,16 @@ async def test_acquire_over_seeded_runs_ends_with_exactly_n(tmp_path: Path, seed
         assert [s.status.value for s in slots] == ["claimed"] * 5
         assert len(held(env)) == 5 and {s.phone_number for s in slots} == held(env)
         assert all(env.sandbox.state.executions(n) <= 1 for n in held(env))
+
+
+async def test_dry_run_without_any_aws_configuration_still_plans(tmp_path: Path) -> None:
+    """Offline validation of a file: no region, no credentials. The preflight warns and the plan
+    is printed (this was an internal error, exit 70)."""
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[:3])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BULKCLAIM_"))}
+    result = await anyio.run_process([*BULKCLAIM, "claim", str(path), "--instance-id", INSTANCE_ID, "--dry-run",
+                                      "--log-format", "json"], cwd=tmp_path, env=environment, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert "would claim:       3" in result.stdout.decode()
+    assert {"quota.unreadable", "preflight.incomplete"} <= {e["event"] for e in events(stderr)}
