@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from bulkclaim.backoff import Backoff
 from bulkclaim.ratelimit import AdaptiveRate, Limiter, TokenBucket
+from bulkclaim.sandbox.config import ThrottleConfig
+from bulkclaim.sandbox.throttle import ServerBucket
 from tests.support import FakeClock
 
 EPS = 1e-9
@@ -117,6 +119,25 @@ def test_adaptive_rate_drops_on_each_429_and_recovers_to_the_ceiling() -> None:
     assert seen[5] < 7.0, "recovery is gradual, not a jump back"
 
 
+def test_429s_right_after_a_cut_still_cut_but_recovery_aims_at_where_the_congestion_began() -> None:
+    """Requests already booked when a 429 arrives come back 429 too, moments later: each still cuts
+    the rate, but recovery heads back towards the rate the congestion began at, not the cut one
+    (which had kept a neighbour-sharing run far below its fair share for seconds)."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(10.0, 5, clock=clock)
+    adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
+    adaptive.on_throttle()
+    clock.advance(0.01)
+    adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(4.9, rel=0.01)  # cut again (from a rate 0.01 s into recovery)
+    clock.advance(2.0)
+    adaptive.on_success()
+    assert 7.0 < bucket.rate < 10.0  # well on the way back to 10, still below it
+    clock.advance(10.0)  # a 429 long after the last cut is news: the target becomes the current rate
+    adaptive.on_success()
+    adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(7.0)
+
 def test_adaptive_rate_never_goes_below_its_floor() -> None:
     clock = FakeClock(0.0)
     bucket = TokenBucket(2.0, 5, clock=clock)
@@ -191,7 +212,8 @@ def test_jitter_only_delays_keeps_order_and_keeps_the_rate(workload: tuple[float
     rate, burst, gaps = workload
     clock = FakeClock(0.0)
     plain = TokenBucket(rate, burst, clock=clock)
-    jittered = TokenBucket(rate, burst, jitter=0.5, rng=random.Random(seed), clock=clock)
+    jitter = Limiter("ClaimPhoneNumber", rate, burst).bucket.jitter  # the default, in intervals
+    jittered = TokenBucket(rate, burst, jitter=jitter, rng=random.Random(seed), clock=clock)
     pairs = []
     for gap in gaps:
         clock.advance(gap)
@@ -201,4 +223,49 @@ def test_jitter_only_delays_keeps_order_and_keeps_the_rate(workload: tuple[float
     # FIFO: each admission no earlier than the one before (clock.now + delay can round by one ulp).
     assert all(later >= earlier - EPS for earlier, later in itertools.pairwise(admitted))
     for scheduled, actual in pairs:
-        assert scheduled - EPS <= actual <= scheduled + 0.5 / rate + EPS
+        assert scheduled - EPS <= actual <= scheduled + jitter / rate + EPS
+
+
+def their_longest_run_of_429s(limiter: Limiter, clock: FakeClock, neighbour_phase: float,
+                              seconds: float = 30.0) -> int:
+    """Our backlogged callers paced by ``limiter`` and another caller sending every 0.2 s at
+    ``neighbour_phase`` share the sandbox's bucket (20/s, burst 5): 25/s asked of 20/s all along.
+    Return the longest run of their 429s with none of ours in between: that long, AIMD (which
+    hears only our 429s) had no reason to back off while they were refused every time.
+
+    No adaptation and no latency: this isolates who loses the race for each refilled token.
+    """
+    ours = []
+    while clock.now < seconds:  # each caller asks the moment the one before it is sent
+        clock.advance(limiter.bucket.reserve())
+        ours.append((clock.now, "us"))
+    theirs = [(neighbour_phase + k * 0.2, "them") for k in range(int(seconds / 0.2))]
+    service = ServerBucket(ThrottleConfig(rate=20.0, burst=5), now=0.0)
+    run = longest = 0
+    for at, who in sorted(ours + theirs):
+        if not service.try_take(at):
+            run = run + 1 if who == "them" else 0
+            longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.parametrize("phase_ms", range(1, 200, 6))
+def test_a_caller_sharing_the_bucket_is_not_refused_for_long_without_us_hearing_it(phase_ms: int) -> None:
+    """Paced at exactly the service's rate with half an interval of jitter, some phases of the other
+    caller (against our schedule and the service's refills) lost every race for a refilled token
+    while we were never refused: runs of 25-54 of their 429s in a row here, and in the neighbour
+    benchmark 55-99% of its requests throttled for whole runs. Now we hit the empty bucket
+    ourselves within a few of theirs, at every phase and start."""
+    for start_ms in range(0, 50, 5):
+        clock = FakeClock(start_ms / 1000)
+        limiter = Limiter("ClaimPhoneNumber", 20.0, 5, adaptive=False, rng=random.Random(phase_ms * 100 + start_ms),
+                          clock=clock)
+        assert their_longest_run_of_429s(limiter, clock, phase_ms / 1000) < 20, (phase_ms, start_ms)
+
+def test_jitter_spares_a_caller_that_finds_a_token() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(2.0, 3, jitter=2.0, rng=random.Random(0), clock=clock)
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst goes at once
+    waits = [bucket.reserve() for _ in range(20)]  # the schedule holds these back: jittered
+    assert all(0.5 * (i + 1) <= wait <= 0.5 * (i + 1) + 1.0 for i, wait in enumerate(waits))
+    assert len({round(wait - 0.5 * (i + 1), 6) for i, wait in enumerate(waits)}) > 10
