@@ -109,10 +109,9 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
         plan = dry_run_plan(rows, journal, retry_failed=opts["retry_failed"], owned=owned or ())
         if not opts["no_preflight"]:
             churn = journal_churn(journal, target.key)
-            quota = quotas.phone_numbers if quotas.phone_numbers is not None else opts["phone_number_quota"]
-            source = "Service Quotas" if quotas.phone_numbers is not None else "--phone-number-quota"
-            quota_check = Preflight(target.key, quota, source if quota is not None else "unknown",
-                                    None if owned is None else len(owned), plan.to_claim, churn)
+            quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
+            quota_check = Preflight(target.key, quota, source, None if owned is None else len(owned),
+                                    plan.to_claim, churn)
     except BulkclaimError as exc:
         fail(str(exc), EXIT_USAGE)
     done = ", ".join(f"{n} {status}" for status, n in sorted(plan.already_done.items())) or "none"
@@ -173,12 +172,14 @@ class _Run:
 
     async def _main(self, rows: Any) -> None:
         opts = self.opts
-        quotas = await read_run_quotas(opts)
+        # Only --rate auto needs the quotas before the run; the preflight reads them once there is work.
+        quotas = await read_run_quotas(opts) if opts["rate"] == "auto" else None
         options = Options(verify=not opts["no_verify"], verify_timeout=opts["verify_timeout"],
                           retry_failed=opts["retry_failed"])
         async with Claimer(journal=self.journal, instance_id=self.target.instance_id,
                            target_arn=self.target.target_arn, client_settings=client_settings(opts),
-                           rates=rate_settings(opts, quotas), options=options, fatal_cooldown=None) as claimer:
+                           rates=rate_settings(opts, quotas or Quotas()), options=options,
+                           fatal_cooldown=None) as claimer:
             with anyio.CancelScope() as scope:
                 self.harness.install_signals(claimer.engine.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"]
@@ -188,8 +189,10 @@ class _Run:
                     default_region=opts["default_region_for_numbers"]))
 
                 async def before_sending(summary: RunSummary) -> None:
+                    nonlocal quotas
                     debug_kill_point()
                     if summary.to_send and not opts["no_preflight"]:
+                        quotas = quotas or await read_run_quotas(opts)
                         await check_quota(claimer, self.target, summary.members_run, quotas, opts)
 
                 try:

@@ -147,9 +147,7 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
     Returns how many open slots to fill (None: all) and the target's listing, for adoption."""
     slots = await acquirer.slots()
     owned = await acquirer.holdings()
-    quota = quotas.phone_numbers if quotas.phone_numbers is not None else opts["phone_number_quota"]
-    source = "Service Quotas" if quotas.phone_numbers is not None else \
-        "--phone-number-quota" if quota is not None else "unknown"
+    quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
     churn = await acquirer.journal.execute(partial(churn_in_journal, target=target.key))
     problems = [] if owned is not None else [f"cannot list the numbers of {target.key}"]
     found = Preflight(target.key, quota, source, None if owned is None else len(owned),
@@ -189,8 +187,7 @@ def release_command(**opts: Any) -> None:
         click.echo(f"nothing to release: no claimed numbers of bulkclaim's in {journal_path}")
         sys.exit(EXIT_OK)
     quotas = anyio.run(partial(read_run_quotas, {**opts, "no_preflight": False}))
-    _explain(journal_path, numbers, quotas.phone_numbers if quotas.phone_numbers is not None
-             else opts["phone_number_quota"])
+    _explain(journal_path, numbers, quotas.phone_number_quota(opts["phone_number_quota"])[0])
     if not opts["yes"]:
         try:
             confirmed = click.confirm(f"Release {len(numbers)} number(s)?", default=False, err=True)

@@ -129,9 +129,7 @@ async def preflight(api: Api, journal: SqliteJournal, target: Target, run: int, 
     function only measures, and with ``allow_partial`` marks the numbers beyond the quota.
     """
     problems: list[str] = []  # quota read problems are reported where the quotas are read
-    quota, source = quotas.phone_numbers, "Service Quotas"
-    if quota is None:
-        quota, source = configured_quota, ("--phone-number-quota" if configured_quota is not None else "unknown")
+    quota, source = quotas.phone_number_quota(configured_quota)
     try:
         owned: Collection[str] | None = await sweep(api, target)
     except CallFailed as failed:

@@ -44,6 +44,14 @@ class Quotas:
     claim_rate: float | None = None
     problems: list[str] = field(default_factory=list)
 
+    def phone_number_quota(self, configured: int | None = None) -> tuple[int | None, str]:
+        """The quota to check against and where it came from: the applied one, else ``configured``."""
+        if self.phone_numbers is not None:
+            return self.phone_numbers, "Service Quotas"
+        if configured is not None:
+            return configured, "--phone-number-quota"
+        return None, "unknown"
+
 
 async def read_quotas(settings: ClientSettings) -> Quotas:
     """Read both quotas with a Service Quotas client built from ``settings``."""
