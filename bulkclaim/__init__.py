@@ -2,28 +2,63 @@
 
 The library's entry point is :class:`Claimer`; see the README for an embedding example. The
 library never configures logging, installs signal handlers or exits the process.
+
+Names are imported on first use (PEP 562), so ``import bulkclaim`` — and the command line's
+``--help`` — do not load the AWS SDK until something needs it.
 """
 
-from bulkclaim.acquire import AcquireSpec
-from bulkclaim.backoff import Backoff
-from bulkclaim.claimer import Claimer, RateSettings
-from bulkclaim.connect import ClientSettings
-from bulkclaim.engine import Options, RunSummary
-from bulkclaim.journal import Journal, SqliteJournal
-from bulkclaim.model import (
-    BulkclaimError,
-    ClaimRequest,
-    ConfigurationError,
-    FatalServiceError,
-    JournalError,
-    Outcome,
-    ParametersChangedError,
-    QuotaExceededError,
-    Rejected,
-    Status,
-    Target,
-)
-from bulkclaim.quotas import Quotas, read_quotas
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bulkclaim.acquire import AcquireSpec
+    from bulkclaim.backoff import Backoff
+    from bulkclaim.claimer import Claimer
+    from bulkclaim.journal import Journal, SqliteJournal
+    from bulkclaim.model import (
+        BulkclaimError,
+        ClaimRequest,
+        ConfigurationError,
+        FatalServiceError,
+        JournalError,
+        Options,
+        Outcome,
+        ParametersChangedError,
+        QuotaExceededError,
+        Rejected,
+        RunSummary,
+        Status,
+        Target,
+    )
+    from bulkclaim.quotas import Quotas, read_quotas
+    from bulkclaim.settings import ClientSettings, RateSettings
+
+_WHERE = {
+    "AcquireSpec": "acquire",
+    "Backoff": "backoff",
+    "Claimer": "claimer",
+    "ClientSettings": "settings",
+    "Options": "model",
+    "RunSummary": "model",
+    "Journal": "journal",
+    "SqliteJournal": "journal",
+    "BulkclaimError": "model",
+    "ClaimRequest": "model",
+    "ConfigurationError": "model",
+    "FatalServiceError": "model",
+    "JournalError": "model",
+    "Outcome": "model",
+    "ParametersChangedError": "model",
+    "QuotaExceededError": "model",
+    "Rejected": "model",
+    "Status": "model",
+    "Target": "model",
+    "Quotas": "quotas",
+    "RateSettings": "settings",
+    "read_quotas": "quotas",
+}
 
 __all__ = [
     "AcquireSpec",
@@ -49,3 +84,16 @@ __all__ = [
     "Target",
     "read_quotas",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bulkclaim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bulkclaim.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

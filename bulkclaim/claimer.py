@@ -35,7 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from bulkclaim.acquire import Acquirer, AcquireSpec
 from bulkclaim.backoff import Backoff
 from bulkclaim.calls import Api
-from bulkclaim.connect import ClientSettings, connect_client
+from bulkclaim.connect import connect_client
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
 from bulkclaim.journal import Journal, SqliteJournal
@@ -49,25 +49,12 @@ from bulkclaim.model import (
     Target,
 )
 from bulkclaim.ratelimit import Limiter
+from bulkclaim.settings import ClientSettings, RateSettings
 
 __all__ = ["Claimer", "RateSettings", "connect_api"]
 
 _APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
          "SearchAvailablePhoneNumbers")
-
-
-class RateSettings:
-    """Client-side (rate, burst) per API; defaults are Connect's documented defaults (2/s, burst 5)."""
-
-    def __init__(self, rate: float = 2.0, burst: int = 5, *, max_in_flight: int | None = None, adaptive: bool = True,
-                 per_api: Mapping[str, tuple[float, int]] | None = None) -> None:
-        self.rate, self.burst, self.max_in_flight, self.adaptive = rate, burst, max_in_flight, adaptive
-        self.per_api = dict(per_api or {})
-
-    def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> Limiter:
-        rate, burst = self.per_api.get(api, (self.rate, self.burst))
-        return Limiter(api, rate, burst, max_in_flight=self.max_in_flight if api == "ClaimPhoneNumber" else None,
-                       adaptive=self.adaptive, clock=clock, sleep=sleep)
 
 
 class Claimer:

@@ -13,14 +13,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
 import click
-import structlog
 
-from bulkclaim.calls import CallFailed
-from bulkclaim.claimer import Claimer, connect_api
 from bulkclaim.cli_common import (
     EXIT_FATAL,
     EXIT_INCOMPLETE,
@@ -40,19 +36,16 @@ from bulkclaim.cli_common import (
     target_options,
 )
 from bulkclaim.cli_quota import acquire_command, release_command
-from bulkclaim.cli_run import Harness, check_quota, debug_kill_point
 from bulkclaim.demo import demo_command
-from bulkclaim.engine import Options, RunSummary
-from bulkclaim.inputs import FORMATS, InputFileError, check_file, fingerprint, read_inputs
-from bulkclaim.journal_views import dry_run_plan, journal_churn, journal_status, run_counts
-from bulkclaim.logs import configure_logging
+from bulkclaim.inputs import FORMATS
 from bulkclaim.model import BulkclaimError, JournalError, Target
-from bulkclaim.preflight import Preflight
-from bulkclaim.progress import run_with_progress
-from bulkclaim.quotas import Quotas
-from bulkclaim.reconcile import sweep
-from bulkclaim.report import journal_outcomes, open_private, report_format, write_report
 from bulkclaim.sandbox.command import sandbox_command
+
+# What a command needs to run (the AWS SDK, the engine) is imported in its body: ``--help`` and
+# usage errors answer without loading it.
+if TYPE_CHECKING:
+    from bulkclaim.engine import RunSummary
+    from bulkclaim.quotas import Quotas
 
 __all__ = ["cli", "main"]
 
@@ -82,6 +75,10 @@ def cli() -> None:
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
+    from bulkclaim.inputs import InputFileError, check_file, read_inputs
+    from bulkclaim.logs import configure_logging
+    from bulkclaim.report import report_format
+
     configure_logging(opts["log_format"])
     target = target_of(opts)
     journal = opts["journal"] or default_journal(target)
@@ -101,6 +98,11 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
 
 def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> int:
     """Plan against the journal read-only and check the quotas; claim nothing."""
+    import anyio
+
+    from bulkclaim.journal_views import dry_run_plan, journal_churn
+    from bulkclaim.preflight import Preflight
+
     owned: dict[str, Any] | None = None
     quota_check: Preflight | None = None
     if not opts["no_preflight"]:
@@ -146,6 +148,12 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
 
 async def _read_target(target: Target, opts: dict[str, Any]) -> tuple[dict[str, Any] | None, Quotas]:
     """For the dry run's preflight: the quotas and the numbers the target holds (None if unreadable)."""
+    import structlog
+
+    from bulkclaim.calls import CallFailed
+    from bulkclaim.claimer import connect_api
+    from bulkclaim.reconcile import sweep
+
     quotas = await read_run_quotas(opts)
     log = structlog.get_logger("bulkclaim")
     try:
@@ -166,11 +174,23 @@ class _Run:
     summary: RunSummary | None = None
 
     def execute(self, rows: Any) -> int:
+        from bulkclaim.cli_run import Harness
+
         self.harness = Harness(self.journal, self.opts)
         self.harness.execute(lambda: self._main(rows))
         return self._finish()
 
     async def _main(self, rows: Any) -> None:
+        import anyio
+        import structlog
+
+        from bulkclaim.claimer import Claimer
+        from bulkclaim.cli_run import check_quota, debug_kill_point
+        from bulkclaim.inputs import fingerprint
+        from bulkclaim.model import Options
+        from bulkclaim.progress import run_with_progress
+        from bulkclaim.quotas import Quotas
+
         opts = self.opts
         # Only --rate auto needs the quotas before the run; the preflight reads them once there is work.
         quotas = await read_run_quotas(opts) if opts["rate"] == "auto" else None
@@ -206,6 +226,9 @@ class _Run:
                     self.harness.count_requests(claimer)
 
     def _finish(self) -> int:
+        from bulkclaim.journal_views import run_counts
+        from bulkclaim.report import journal_outcomes, open_private, report_format, write_report
+
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
         if run:
@@ -232,6 +255,8 @@ async def _ignore(_: Any) -> None:
 @option("json", dest="as_json", is_flag=True, help="Machine-readable output.")
 def status_command(journal: Path, as_json: bool) -> None:
     """Counts by status, claim rate, ETA and the latest errors of a journal (safe during a run)."""
+    from bulkclaim.journal_views import journal_status
+
     try:
         status = journal_status(journal)
     except JournalError as exc:
@@ -255,6 +280,8 @@ def status_command(journal: Path, as_json: bool) -> None:
 @option("status", dest="statuses", help="Only these statuses, comma-separated (e.g. failed,invalid).")
 def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
     """Write the report rows (DESIGN §4) of every number in a journal."""
+    from bulkclaim.report import journal_outcomes, open_private, report_format, write_report
+
     wanted = frozenset(s.strip() for s in statuses.split(",")) if statuses else None
     try:
         chosen = fmt or (report_format(output) if output else "jsonl")

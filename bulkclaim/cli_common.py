@@ -8,16 +8,16 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import structlog
 
-from bulkclaim.claimer import RateSettings
-from bulkclaim.connect import ClientSettings
 from bulkclaim.model import Target
-from bulkclaim.quotas import Quotas, read_quotas
+from bulkclaim.settings import ClientSettings, RateSettings
+
+if TYPE_CHECKING:
+    from bulkclaim.quotas import Quotas
 
 __all__ = [
     "EXIT_FATAL",
@@ -138,6 +138,10 @@ def client_settings(opts: dict[str, Any], *, quotas: bool = False) -> ClientSett
 async def read_run_quotas(opts: dict[str, Any]) -> Quotas:
     """The quotas a run needs, when it needs them (preflight or ``--rate auto``); problems are
     logged as warnings and the run goes on with the configured values."""
+    import structlog
+
+    from bulkclaim.quotas import Quotas, read_quotas
+
     if opts.get("no_preflight") and opts["rate"] != "auto":
         return Quotas()
     quotas = await read_quotas(client_settings(opts, quotas=True))
@@ -152,6 +156,8 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
     """``--rate`` as given, or ``auto``: the applied ClaimPhoneNumber rate quota (else 2/s, the default)."""
     rate = opts["rate"]
     if rate == "auto":
+        import structlog
+
         rate = quotas.claim_rate or 2.0
         structlog.get_logger("bulkclaim").info(
             "rate.auto", rate=rate, source="Service Quotas L-21385E28" if quotas.claim_rate else "AWS default")

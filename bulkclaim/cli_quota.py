@@ -7,13 +7,10 @@ import sys
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
 import click
 
-from bulkclaim.acquire import Acquirer, AcquireSpec, slot_outcomes
-from bulkclaim.claimer import Claimer
 from bulkclaim.cli_common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -31,17 +28,15 @@ from bulkclaim.cli_common import (
     target_of,
     target_options,
 )
-from bulkclaim.cli_run import Harness, judge_preflight
-from bulkclaim.engine import Options
-from bulkclaim.journal import SqliteJournal
-from bulkclaim.journal_views import journal_churn, read_only
-from bulkclaim.logs import configure_logging
 from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
-from bulkclaim.preflight import Preflight, churn_in_journal
-from bulkclaim.quotas import CHURN_LIMIT, CHURN_WINDOW_DAYS, Quotas
-from bulkclaim.reconcile import Owned
-from bulkclaim.release import ToRelease, numbers_to_release, release_all
-from bulkclaim.report import open_private, report_format, write_report
+
+# The AWS SDK and the engine are imported in the command bodies: ``--help`` does not load them.
+if TYPE_CHECKING:
+    from bulkclaim.acquire import Acquirer, AcquireSpec
+    from bulkclaim.cli_run import Harness
+    from bulkclaim.quotas import Quotas
+    from bulkclaim.reconcile import Owned
+    from bulkclaim.release import ToRelease
 
 __all__ = ["acquire_command", "release_command"]
 
@@ -90,6 +85,11 @@ def acquire_command(**opts: Any) -> None:
 
     Each slot's candidate and token are journaled before its claim: re-running the same command
     resumes (never more than COUNT numbers); a candidate taken by someone else is replaced."""
+    from bulkclaim.acquire import AcquireSpec
+    from bulkclaim.cli_run import Harness
+    from bulkclaim.logs import configure_logging
+    from bulkclaim.report import open_private, report_format, write_report
+
     configure_logging(opts["log_format"])
     target = target_of(opts)
     if opts["report"]:
@@ -120,6 +120,13 @@ def acquire_command(**opts: Any) -> None:
 
 
 async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: str, slots: list[Outcome]) -> None:
+    import anyio
+
+    from bulkclaim.acquire import Acquirer, slot_outcomes
+    from bulkclaim.claimer import Claimer
+    from bulkclaim.journal import SqliteJournal
+    from bulkclaim.model import Options
+
     opts = harness.opts
     quotas = await read_run_quotas(opts)
     options = Options(verify=not opts["no_verify"], verify_timeout=opts["verify_timeout"])
@@ -145,6 +152,10 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
                              opts: dict[str, Any]) -> tuple[int | None, dict[str, Owned] | None]:
     """Refuse an acquisition the quota cannot hold (or, with --allow-partial, fill what fits).
     Returns how many open slots to fill (None: all) and the target's listing, for adoption."""
+    from bulkclaim.acquire import Acquirer
+    from bulkclaim.cli_run import judge_preflight
+    from bulkclaim.preflight import Preflight, churn_in_journal
+
     slots = await acquirer.slots()
     owned = await acquirer.holdings()
     quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
@@ -171,6 +182,13 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
 def release_command(**opts: Any) -> None:
     """Release the numbers a journal claimed (ReleasePhoneNumber, journaled tokens), after confirmation."""
+    import anyio
+
+    from bulkclaim.cli_run import Harness
+    from bulkclaim.journal_views import read_only
+    from bulkclaim.logs import configure_logging
+    from bulkclaim.release import numbers_to_release
+
     configure_logging(opts["log_format"])
     journal_path: Path = opts["journal"]
     try:
@@ -210,6 +228,9 @@ def release_command(**opts: Any) -> None:
 
 def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None:
     """What releasing means, on stdout (stderr stays for logs and the question)."""
+    from bulkclaim.journal_views import journal_churn
+    from bulkclaim.quotas import CHURN_LIMIT, CHURN_WINDOW_DAYS
+
     targets = sorted({n.target for n in numbers})
     click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {journal}):")
     for number in numbers[:10]:
@@ -228,6 +249,12 @@ def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None
 
 
 async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, counts: Counter[str]) -> None:
+    import anyio
+
+    from bulkclaim.claimer import Claimer
+    from bulkclaim.journal import SqliteJournal
+    from bulkclaim.release import release_all
+
     opts = harness.opts
     stop = anyio.Event()
     by_target: dict[str, list[ToRelease]] = {}

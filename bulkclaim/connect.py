@@ -12,16 +12,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as botocore_errors
-from types_aiobotocore_connect import ConnectClient
 
 from bulkclaim.model import ConfigurationError
+from bulkclaim.settings import ClientSettings
+
+if TYPE_CHECKING:  # stubs are a dev dependency: never imported at run time
+    from types_aiobotocore_connect import ConnectClient
 
 __all__ = ["Classified", "ClientSettings", "Verdict", "aws_client", "classify", "client_config", "connect_client"]
 
@@ -50,23 +53,6 @@ class Classified:
     code: str
     message: str
     throttled: bool = False
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """Where and how to reach Connect. ``None`` means botocore's own resolution (env, profile)."""
-
-    region: str | None = None
-    profile: str | None = None
-    endpoint_url: str | None = None
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
-    connect_timeout: float = 5.0
-    #: Longer than the service's normal answer (well under a second), short enough that a stalled
-    #: request is given up and retried with the same token instead of holding an in-flight slot.
-    read_timeout: float = 15.0
-    max_pool_connections: int = 10
 
 
 class SingleAttemptSession(AIOHTTPSession):

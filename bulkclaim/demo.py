@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anyio
 import click
-import structlog
 
-from bulkclaim.claimer import Claimer, RateSettings
-from bulkclaim.connect import ClientSettings
-from bulkclaim.inputs import read_inputs
-from bulkclaim.logs import configure_logging
-from bulkclaim.model import Outcome, Target
-from bulkclaim.progress import run_with_progress
-from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, SandboxConfig, ThrottleConfig, serve
+if TYPE_CHECKING:
+    from bulkclaim.model import Outcome
 
 __all__ = ["demo_command"]
 
-_SAMPLE = Path("sample_inputs/numbers.csv")
+#: Shipped inside the package, so ``bulkclaim demo`` works from any directory after a plain install.
+_SAMPLE = Path(__file__).parent / "sample_inputs" / "numbers.csv"
 _RATE, _BURST = 10.0, 5  # the demo's sandbox quota: 5x Connect's default, so the demo takes seconds
 
 
 @click.command("demo")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=_SAMPLE, show_default=True)
+              default=_SAMPLE, show_default="the bundled sample_inputs/numbers.csv",
+              help="Numbers to claim (CSV, text or JSON Lines).")
 def demo_command(input_path: Path) -> None:
     """Claim the sample numbers against an in-process sandbox and print the result."""
+    import logging
+
+    import anyio
+
+    from bulkclaim.logs import configure_logging
+
     configure_logging("auto", logging.WARNING)
     outcomes = anyio.run(_claim_all, input_path)
     click.echo(f"{'phone_number':<16} {'status':<12} {'attempts':>8}  phone_number_id")
@@ -43,6 +43,17 @@ def demo_command(input_path: Path) -> None:
 
 
 async def _claim_all(input_path: Path) -> list[Outcome]:
+    import tempfile
+
+    import structlog
+
+    from bulkclaim.claimer import Claimer
+    from bulkclaim.inputs import read_inputs
+    from bulkclaim.model import Target
+    from bulkclaim.progress import run_with_progress
+    from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, SandboxConfig, ThrottleConfig, serve
+    from bulkclaim.settings import ClientSettings, RateSettings
+
     config = SandboxConfig(claim_delay=0.2, throttle={api: ThrottleConfig(_RATE, _BURST) for api in API_NAMES})
     async with serve(config) as running:
         settings = ClientSettings(region=config.region, endpoint_url=running.endpoint_url,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from bulkclaim.sandbox.app import Sandbox
 from bulkclaim.sandbox.config import (
     API_NAMES,
     TEST_CREDENTIALS,
@@ -18,8 +15,9 @@ from bulkclaim.sandbox.config import (
     SandboxConfig,
     ThrottleConfig,
 )
-from bulkclaim.sandbox.inventory import InventoryError
-from bulkclaim.sandbox.server import serve
+
+if TYPE_CHECKING:
+    from bulkclaim.sandbox.app import Sandbox
 
 __all__ = ["sandbox_command"]
 
@@ -80,6 +78,11 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("seed", type=int, default=0, help="Seed for faults, failures and ids.")
 def sandbox_command(**opts: Any) -> None:
     """Serve a local Amazon Connect phone-number API (rest-json, SigV4) for rehearsals and tests."""
+    import asyncio
+
+    from bulkclaim.sandbox.app import Sandbox
+    from bulkclaim.sandbox.inventory import InventoryError
+
     throttle = ThrottleConfig(rate=None if opts["no_throttle"] else opts["rate"], burst=opts["burst"])
     config = SandboxConfig(
         region=opts["region"], account_id=opts["account_id"],
@@ -106,6 +109,11 @@ def sandbox_command(**opts: Any) -> None:
 
 
 async def _serve_until_signal(sandbox: Sandbox, host: str, port: int) -> None:
+    import asyncio
+    import signal
+
+    from bulkclaim.sandbox.server import serve
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,45 @@
+"""What a run is configured with: where Connect is (:class:`ClientSettings`) and how fast to send
+(:class:`RateSettings`). Plain values, cheap to import: the command line builds them before it
+loads the AWS SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from bulkclaim.ratelimit import Limiter
+
+__all__ = ["ClientSettings", "RateSettings"]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where and how to reach Connect. ``None`` means botocore's own resolution (env, profile)."""
+
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    connect_timeout: float = 5.0
+    #: Longer than the service's normal answer (well under a second), short enough that a stalled
+    #: request is given up and retried with the same token instead of holding an in-flight slot.
+    read_timeout: float = 15.0
+    max_pool_connections: int = 10
+
+
+class RateSettings:
+    """Client-side (rate, burst) per API; defaults are Connect's documented defaults (2/s, burst 5)."""
+
+    def __init__(self, rate: float = 2.0, burst: int = 5, *, max_in_flight: int | None = None, adaptive: bool = True,
+                 per_api: Mapping[str, tuple[float, int]] | None = None) -> None:
+        self.rate, self.burst, self.max_in_flight, self.adaptive = rate, burst, max_in_flight, adaptive
+        self.per_api = dict(per_api or {})
+
+    def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> Limiter:
+        rate, burst = self.per_api.get(api, (self.rate, self.burst))
+        return Limiter(api, rate, burst, max_in_flight=self.max_in_flight if api == "ClaimPhoneNumber" else None,
+                       adaptive=self.adaptive, clock=clock, sleep=sleep)
+
+
