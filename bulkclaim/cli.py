@@ -36,6 +36,7 @@ from bulkclaim.cli_common import (
     target_options,
 )
 from bulkclaim.cli_quota import acquire_command, release_command
+from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
 from bulkclaim.inputs import FORMATS
 from bulkclaim.model import BulkclaimError, JournalError, Target
@@ -91,6 +92,7 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
                            default_region=opts["default_region_for_numbers"])
         if opts["dry_run"]:
             sys.exit(dry_run(rows, target, journal, opts))
+        expect_report(opts["report"], journal)
         sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).execute(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
@@ -176,7 +178,7 @@ class _Run:
     def execute(self, rows: Any) -> int:
         from bulkclaim.cli_run import Harness
 
-        self.harness = Harness(self.journal, self.opts)
+        self.harness = Harness(self.journal, self.opts, before_abort=self._write_report)
         self.harness.execute(lambda: self._main(rows))
         return self._finish()
 
@@ -225,16 +227,30 @@ class _Run:
                     self.summary = claimer.engine.summary
                     self.harness.count_requests(claimer)
 
+    def _write_report(self) -> None:
+        """``--report``: this run's numbers as the journal holds them now, replacing the file atomically."""
+        from bulkclaim.report import atomic_write, journal_outcomes, report_format, write_report
+
+        run, path = (self.summary.members_run if self.summary else None), self.opts["report"]
+        if run and path:
+            with atomic_write(path) as handle:
+                write_report(journal_outcomes(self.journal, run=run), handle, report_format(path))
+            report_written()
+
     def _finish(self) -> int:
         from bulkclaim.journal_views import run_counts
-        from bulkclaim.report import journal_outcomes, open_private, report_format, write_report
 
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
         if run:
-            if self.opts["report"]:
-                with open_private(self.opts["report"]) as handle:
-                    write_report(journal_outcomes(self.journal, run=run), handle, report_format(self.opts["report"]))
+            try:
+                self._write_report()
+            except (OSError, BulkclaimError) as exc:
+                problem = f"cannot write the report {self.opts['report']}: {getattr(exc, 'strerror', None) or exc}"
+                aside = set_aside_report()
+                fail(f"{problem}. Every outcome is in the journal: `bulkclaim report --journal {self.journal} "
+                     f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
+                     else EXIT_USAGE)
             counts = run_counts(self.journal, run)
         shown = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"{shown}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
@@ -280,7 +296,7 @@ def status_command(journal: Path, as_json: bool) -> None:
 @option("status", dest="statuses", help="Only these statuses, comma-separated (e.g. failed,invalid).")
 def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
     """Write the report rows (DESIGN §4) of every number in a journal."""
-    from bulkclaim.report import journal_outcomes, open_private, report_format, write_report
+    from bulkclaim.report import atomic_write, journal_outcomes, report_format, write_report
 
     wanted = frozenset(s.strip() for s in statuses.split(",")) if statuses else None
     try:
@@ -289,10 +305,12 @@ def report_command(journal: Path, fmt: str | None, output: Path | None, statuses
         if output is None:
             write_report(rows, sys.stdout, chosen)
         else:
-            with open_private(output) as handle:
+            with atomic_write(output) as handle:
                 write_report(rows, handle, chosen)
     except (JournalError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
 
 
 cli.add_command(acquire_command)

@@ -4,7 +4,6 @@ rate settings, and the quota read that ``--rate auto`` and the preflight start f
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from bulkclaim.cli_signals import EXIT_SIGNAL
 from bulkclaim.model import Target
 from bulkclaim.settings import ClientSettings, RateSettings
 
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 

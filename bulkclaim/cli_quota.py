@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bulkclaim.cli_common import (
+    EXIT_FATAL,
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_SIGNAL,
@@ -28,6 +29,7 @@ from bulkclaim.cli_common import (
     target_of,
     target_options,
 )
+from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
 
 # The AWS SDK and the engine are imported in the command bodies: ``--help`` does not load them.
@@ -88,7 +90,7 @@ def acquire_command(**opts: Any) -> None:
     from bulkclaim.acquire import AcquireSpec
     from bulkclaim.cli_run import Harness
     from bulkclaim.logs import configure_logging
-    from bulkclaim.report import open_private, report_format, write_report
+    from bulkclaim.report import atomic_write, report_format, write_report
 
     configure_logging(opts["log_format"])
     target = target_of(opts)
@@ -101,12 +103,22 @@ def acquire_command(**opts: Any) -> None:
                        _enum(opts["number_type"], "PhoneNumberType", "--type"), opts["count"], opts["prefix"],
                        opts["description"], _tags(opts["tags"]))
     journal = opts["journal"] or default_journal(target)
-    harness = Harness(journal, opts)
     slots: list[Outcome] = []
+
+    def write_slots() -> None:
+        if opts["report"] and slots:
+            with atomic_write(opts["report"]) as handle:
+                write_report(slots, handle, report_format(opts["report"]))
+            report_written()
+
+    expect_report(opts["report"], journal)
+    harness = Harness(journal, opts, before_abort=write_slots)
     harness.execute(partial(_acquire, harness, target, spec, opts["name"] or spec.default_name(), slots))
-    if opts["report"]:
-        with open_private(opts["report"]) as handle:
-            write_report(slots, handle, report_format(opts["report"]))
+    try:
+        write_slots()
+    except OSError as exc:
+        fail(f"cannot write the report {opts['report']}: {exc.strerror or exc}. {set_aside_report()}".rstrip(),
+             EXIT_FATAL if harness.requests_sent else EXIT_USAGE)
     claimed = [o for o in slots if o.status.value == "claimed"]
     click.echo(f"acquired {len(claimed)} of {spec.count}: " + (" ".join(o.phone_number for o in claimed) or "-"))
     for outcome in slots:

@@ -4,12 +4,13 @@ SIGINT/SIGTERM, and the quota preflight's report. ``claim`` and ``acquire`` shar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
@@ -17,9 +18,11 @@ import structlog
 
 from bulkclaim.claimer import Claimer
 from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
+from bulkclaim.cli_signals import install_quit_handlers, quit_now, set_aside_report
 from bulkclaim.inputs import InputFileError
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.model import (
+    BulkclaimError,
     ConfigurationError,
     FatalServiceError,
     JournalError,
@@ -41,6 +44,9 @@ class Harness:
     opts: dict[str, Any]
     signal_received: signal.Signals | None = None
     requests_sent: int = 0
+    #: Called before the process exits 3 (aborted after the run began): the claim command writes
+    #: the report of what the journal holds then, so ``--report`` is never an earlier run's.
+    before_abort: Callable[[], None] | None = None
 
     def execute(self, main: Callable[[], Awaitable[None]]) -> None:
         """Run ``main``; exits the process (with a one-line message) on a configuration, input,
@@ -52,13 +58,27 @@ class Harness:
             fail(str(exc), EXIT_USAGE)
         except QuotaExceededError as exc:
             log.error("run.refused", error_code=exc.code, error_message=exc.message)
-            fail(f"refused: {exc.message}", EXIT_FATAL)
+            self._abort(f"refused: {exc.message}")
         except FatalServiceError as exc:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message)
-            fail(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "
-                 "command again to continue)", EXIT_FATAL)
+            self._abort(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "
+                        "command again to continue)")
         except (JournalError, InputFileError) as exc:  # exit 2 promises that nothing was sent
-            fail(str(exc), EXIT_FATAL if self.requests_sent else EXIT_USAGE)
+            if self.requests_sent:
+                self._abort(str(exc))
+            fail(str(exc), EXIT_USAGE)
+        finally:  # asyncio put back the default handlers: outside the run, a signal quits at once
+            install_quit_handlers()
+
+    def _abort(self, message: str) -> NoReturn:
+        if self.before_abort is not None:
+            try:
+                self.before_abort()
+            except (BulkclaimError, OSError) as exc:
+                message += f"; the report could not be written: {exc}"
+        if aside := set_aside_report():
+            message += f". {aside}"
+        fail(message, EXIT_FATAL)
 
     def install_signals(self, stop: Callable[[], None], scope: anyio.CancelScope) -> None:
         """First SIGINT/SIGTERM: stop dispatching, give requests in flight ``--grace-period``.
@@ -68,11 +88,13 @@ class Harness:
         def on_signal(received: signal.Signals) -> None:
             if self.signal_received is not None:
                 if received == signal.SIGINT:
-                    os._exit(EXIT_SIGNAL[signal.SIGINT])
+                    quit_now(received, "second Ctrl-C: quit without waiting for requests in flight (the journal "
+                                       f"is consistent: run the same command again to resume; journal {self.journal})")
                 return
             self.signal_received = received
-            click.echo(f"\nbulkclaim: {received.name}: finishing requests in flight (up to "
-                       f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…", err=True)
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                click.echo(f"\nbulkclaim: {received.name}: finishing requests in flight (up to "
+                           f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…", err=True)
             stop()
             loop.call_later(self.opts["grace_period"], scope.cancel)
 

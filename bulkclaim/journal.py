@@ -67,6 +67,7 @@ class SqliteJournal:
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
+        self._identity = (0, 0)  # (device, inode) of the file opened: see _check_still_there
         self._lazy_attempts: list[tuple[Any, ...]] = []
         self._lazy_outcomes: list[tuple[Any, ...]] = []
         self._lazy_since = time.monotonic()
@@ -107,6 +108,7 @@ class SqliteJournal:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             migrate(conn, self.path)
+            self._identity = _identity(self.path)
         except BaseException:
             conn.close()
             raise
@@ -170,6 +172,7 @@ class SqliteJournal:
                 conn.execute("BEGIN IMMEDIATE")
                 for job in group:
                     results.append(_run_job(conn, job))
+                self._check_still_there()
                 conn.execute("COMMIT")
             except (sqlite3.Error, OSError) as exc:
                 self._failure = _journal_error(self.path, exc)
@@ -181,6 +184,17 @@ class SqliteJournal:
             if job.done is not None:
                 with contextlib.suppress(RuntimeError):  # the waiter's event loop is gone: nobody to tell
                     job.done(value, error)
+
+    def _check_still_there(self) -> None:
+        """A journal deleted or replaced under a run would take every later commit with it (SQLite
+        writes on to the unlinked file): stop before a token is promised durable and is not."""
+        try:
+            same = _identity(self.path) == self._identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise OSError("it was deleted or replaced while this run was using it; nothing more is sent. Numbers "
+                          "claimed so far stay on the target: a new run of the same inputs finds and adopts them")
 
     async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
         self._ship()  # everything recorded before this job is written before it
@@ -375,6 +389,11 @@ def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[Any, BaseException | 
         return None, exc
     conn.execute("RELEASE job")
     return value, None
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 def _journal_error(path: Path, exc: BaseException) -> JournalError:

@@ -12,17 +12,20 @@ import json
 import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 from bulkclaim.model import JournalError, Outcome, Status
 
-__all__ = ["FIELDS", "journal_outcomes", "open_private", "report_format", "safe_cell", "write_report"]
+__all__ = ["FIELDS", "PARTIAL_FILES", "atomic_write", "journal_outcomes", "report_format", "safe_cell", "write_report"]
 
 FIELDS = ("phone_number", "source", "target", "status", "phone_number_id", "phone_number_arn", "client_token",
           "attempts", "error_code", "error_message", "updated_at")
+#: Temporary files :func:`atomic_write` has open (normally none; one while a report is written).
+PARTIAL_FILES: set[str] = set()
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 
@@ -45,10 +48,39 @@ def report_format(path: Path, explicit: str | None = None) -> str:
     raise ValueError(f"{path}: cannot tell the report format from {suffix!r}; use .csv or .jsonl")
 
 
-def open_private(path: Path) -> IO[str]:
-    """Open ``path`` for writing, created 0600: reports name every number and token of a run."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    return os.fdopen(fd, "w", encoding="utf-8", newline="")
+@contextmanager
+def atomic_write(path: Path) -> Iterator[IO[str]]:
+    """Write ``path`` all at once or not at all: a private (0600, reports name every number and token
+    of a run) temporary file in the same directory is written, fsync'd and renamed over ``path``.
+
+    A signal, a crash or a full disk during the write leaves the earlier file as it was. The
+    temporary file's name is in :data:`PARTIAL_FILES` while it exists, so a process that must quit
+    at once (the CLI's second Ctrl-C) can remove it.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
+    PARTIAL_FILES.add(temporary)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    finally:
+        PARTIAL_FILES.discard(temporary)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_report(outcomes: Iterable[Outcome], handle: IO[str], fmt: str) -> int:
