@@ -408,7 +408,8 @@ def _row_target(fields: Mapping[str, Any], default: Target | None) -> Target:
     if target_arn:
         return Target(target_arn=str(target_arn))
     if default is None:
-        raise ValueError("no target: give an instance id or target ARN, for the run or in the row")
+        raise ValueError("no target: give --instance-id or --target-arn for the run, "
+                         "or an instance_id or target_arn column in the row")
     return default
 
 
