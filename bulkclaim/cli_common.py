@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_USAGE",
     "aws_options",
     "client_settings",
+    "connect_enum",
     "default_journal",
     "fail",
     "option",
@@ -157,3 +158,14 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
             "rate.auto", rate=rate, source="Service Quotas L-21385E28" if quotas.claim_rate else "AWS default")
     return RateSettings(float(rate), opts["burst"], max_in_flight=opts["max_in_flight"],
                         adaptive=not opts["no_adaptive"])
+
+
+def connect_enum(value: str, shape: str, hint: str) -> str:
+    """``value`` (any case) if Connect's model allows it for ``shape``; a usage error otherwise."""
+    import botocore.session  # the model is only needed here: keep it out of every CLI start
+
+    model = botocore.session.get_session().get_service_model("connect")
+    allowed: list[str] = model.shape_for(shape).enum  # type: ignore[attr-defined]  # StringShape, untyped
+    if value.upper() not in allowed:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=hint)
+    return value.upper()
