@@ -41,6 +41,7 @@ from bulkclaim.cli_common import (
 )
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_run import Harness, check_quota, debug_kill_point
+from bulkclaim.cli_search import search_command
 from bulkclaim.demo import demo_command
 from bulkclaim.engine import Options, RunSummary
 from bulkclaim.inputs import FORMATS, InputFileError, check_file, fingerprint, read_inputs
@@ -272,6 +273,7 @@ cli.add_command(acquire_command)
 cli.add_command(release_command)
 cli.add_command(sandbox_command)
 cli.add_command(demo_command)
+cli.add_command(search_command)
 
 
 def main() -> None:
