@@ -30,6 +30,7 @@ __all__ = [
     "connect_enum",
     "default_journal",
     "fail",
+    "number_search_options",
     "option",
     "quota_options",
     "rate_options",
@@ -99,6 +100,13 @@ rate_options = _stack(
     option("burst", type=click.IntRange(min=1), default=5, show_default=True, help="The quota's burst."),
     option("max-in-flight", type=click.IntRange(min=1), help="Concurrent requests [default: burst]."),
     option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
+)
+
+number_search_options = _stack(  # SearchAvailablePhoneNumbers' filters, as search and acquire take them
+    option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US."),
+    option("type", dest="number_type", required=True, metavar="TYPE",
+           help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ..."),
+    option("prefix", help="Only numbers starting with this, e.g. +1206."),
 )
 
 quota_options = _stack(

@@ -24,6 +24,7 @@ from bulkclaim.cli_common import (
     connect_enum,
     default_journal,
     fail,
+    number_search_options,
     option,
     quota_options,
     rate_options,
@@ -59,10 +60,7 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("acquire")
 @target_options
-@option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US.")
-@option("type", dest="number_type", required=True, metavar="TYPE",
-        help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ...")
-@option("prefix", help="Only numbers starting with this, e.g. +1206.")
+@number_search_options
 @option("count", type=click.IntRange(min=1), required=True, help="How many numbers to end up with.")
 @option("name", help="Name of this acquisition in the journal [default: from country, type, prefix, count].")
 @option("description", help="PhoneNumberDescription of every acquired number.")

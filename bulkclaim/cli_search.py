@@ -28,6 +28,7 @@ from bulkclaim.cli_common import (
     aws_options,
     connect_enum,
     fail,
+    number_search_options,
     option,
     rate_options,
     target_of,
@@ -45,10 +46,7 @@ __all__ = ["search_command"]
 
 @click.command("search")
 @target_options
-@option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US.")
-@option("type", dest="number_type", required=True, metavar="TYPE",
-        help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ...")
-@option("prefix", help="Only numbers starting with this, e.g. +1206.")
+@number_search_options
 @option("count", type=click.IntRange(min=1), required=True, help="How many numbers to find.")
 @option("output", type=click.Path(dir_okay=False, path_type=Path), required=True,
         help="Write the numbers here (.csv, .jsonl or .txt), as a `bulkclaim claim` input.")
