@@ -360,11 +360,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[_Line, dict[str, Any]]]:
     header = _csv_header(path, next(records, None))
     for record in records:
         problem = record.problem or record.malformed
+        if problem is None and not any(cell.strip() for cell in record.cells):
+            continue  # blank, or only separators as spreadsheets export trailing rows
         if problem is None and len(record.cells) > len(header):
             problem = f"{len(record.cells)} cells but the header has {len(header)}"
         if problem is not None:
             yield _Line(record.first, record.text, problem), {}
-        elif any(cell.strip() for cell in record.cells):  # else blank, or only separators as spreadsheets export
+        else:
             yield _Line(record.first, record.text, None), dict(zip(header, (c.strip() for c in record.cells),
                                                                    strict=False))
 

@@ -563,6 +563,12 @@ def test_csv_quote_open_for_more_than_the_field_limit_is_found_without_reading_o
         check_file(path)
 
 
+def test_csv_rows_of_only_separators_are_skipped_even_when_wider_than_the_header(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.csv", f"phone_number,description\n,,,\n  ,  \n{number(0)},x\n")
+    (row,) = rows(path)
+    assert request(row).source == f"{path}:4"
+
+
 def test_csv_quote_error_on_one_line_rejects_only_that_row(tmp_path: Path) -> None:
     path = write(tmp_path / "numbers.csv", f'phone_number,description\n{number(0)},"ab"c\n{number(1)},x\n')
     bad, good = rows(path)
