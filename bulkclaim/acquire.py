@@ -24,7 +24,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
-from typing import Any
 
 import anyio
 
@@ -32,12 +31,11 @@ from bulkclaim.calls import Api, CallFailed
 from bulkclaim.engine import Engine, first_cause
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
-from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, Outcome, Status, Target
+from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Status, Target
 from bulkclaim.reconcile import Owned, sweep
+from bulkclaim.search import search_page
 
 __all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
-
-_SEARCH_PAGE = 10  # the API's maximum
 
 
 @dataclass(frozen=True)
@@ -80,23 +78,13 @@ class CandidatePool:
             return self._queue.popleft()
 
     async def _search_page(self) -> bool:
-        params: dict[str, Any] = {**self._target.request_params(), "PhoneNumberCountryCode": self._spec.country,
-                                  "PhoneNumberType": self._spec.number_type, "MaxResults": _SEARCH_PAGE}
-        if self._spec.prefix:
-            params["PhoneNumberPrefix"] = self._spec.prefix
-        if self._next_token:
-            params["NextToken"] = self._next_token
-        try:
-            page = await self._api.call("SearchAvailablePhoneNumbers", "search_available_phone_numbers", **params)
-        except CallFailed as failed:
-            raise FatalServiceError(failed.classified.code, f"SearchAvailablePhoneNumbers failed: "
-                                    f"{failed.classified.message}") from None
-        fresh = [row["PhoneNumber"] for row in page.get("AvailableNumbersList", [])
-                 if row["PhoneNumber"] not in self._offered]
+        page, self._next_token = await search_page(self._api, self._target, self._spec.country,
+                                                   self._spec.number_type, self._spec.prefix,
+                                                   next_token=self._next_token)
+        fresh = [number for number in page if number not in self._offered]
         self._offered.update(fresh)
         self._queue.extend(fresh)
         self._fresh_in_pass += len(fresh)
-        self._next_token = page.get("NextToken")
         if self._next_token is None:  # end of a pass: start over, unless this pass found nothing new
             found, self._fresh_in_pass = self._fresh_in_pass, 0
             return found > 0 or bool(fresh)

@@ -36,6 +36,7 @@ from bulkclaim.cli_common import (
     target_options,
 )
 from bulkclaim.cli_quota import acquire_command, release_command
+from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
 from bulkclaim.inputs import FORMATS
@@ -317,6 +318,7 @@ cli.add_command(acquire_command)
 cli.add_command(release_command)
 cli.add_command(sandbox_command)
 cli.add_command(demo_command)
+cli.add_command(search_command)
 
 
 def main() -> None:

@@ -27,8 +27,10 @@ __all__ = [
     "EXIT_USAGE",
     "aws_options",
     "client_settings",
+    "connect_enum",
     "default_journal",
     "fail",
+    "number_search_options",
     "option",
     "quota_options",
     "rate_options",
@@ -99,6 +101,13 @@ rate_options = _stack(
     option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
 )
 
+number_search_options = _stack(  # SearchAvailablePhoneNumbers' filters, as search and acquire take them
+    option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US."),
+    option("type", dest="number_type", required=True, metavar="TYPE",
+           help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ..."),
+    option("prefix", help="Only numbers starting with this, e.g. +1206."),
+)
+
 quota_options = _stack(
     option("allow-partial", is_flag=True, help="Claim what the phone-number quota allows instead of refusing."),
     option("phone-number-quota", type=click.IntRange(min=0),
@@ -162,3 +171,14 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
             "rate.auto", rate=rate, source="Service Quotas L-21385E28" if quotas.claim_rate else "AWS default")
     return RateSettings(float(rate), opts["burst"], max_in_flight=opts["max_in_flight"],
                         adaptive=not opts["no_adaptive"])
+
+
+def connect_enum(value: str, shape: str, hint: str) -> str:
+    """``value`` (any case) if Connect's model allows it for ``shape``; a usage error otherwise."""
+    import botocore.session  # the model is only needed here: keep it out of every CLI start
+
+    model = botocore.session.get_session().get_service_model("connect")
+    allowed: list[str] = model.shape_for(shape).enum  # type: ignore[attr-defined]  # StringShape, untyped
+    if value.upper() not in allowed:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=hint)
+    return value.upper()

@@ -19,8 +19,10 @@ from bulkclaim.cli_common import (
     EXIT_USAGE,
     aws_options,
     client_settings,
+    connect_enum,
     default_journal,
     fail,
+    number_search_options,
     option,
     quota_options,
     rate_options,
@@ -53,23 +55,9 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
-def _enum(value: str, shape: str, hint: str) -> str:
-    """``value`` (any case) if Connect's model allows it for ``shape``; a usage error otherwise."""
-    import botocore.session  # the model is only needed here: keep it out of every CLI start
-
-    model = botocore.session.get_session().get_service_model("connect")
-    allowed: list[str] = model.shape_for(shape).enum  # type: ignore[attr-defined]  # StringShape, untyped
-    if value.upper() not in allowed:
-        raise click.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=hint)
-    return value.upper()
-
-
 @click.command("acquire")
 @target_options
-@option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US.")
-@option("type", dest="number_type", required=True, metavar="TYPE",
-        help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ...")
-@option("prefix", help="Only numbers starting with this, e.g. +1206.")
+@number_search_options
 @option("count", type=click.IntRange(min=1), required=True, help="How many numbers to end up with.")
 @option("name", help="Name of this acquisition in the journal [default: from country, type, prefix, count].")
 @option("description", help="PhoneNumberDescription of every acquired number.")
@@ -99,8 +87,8 @@ def acquire_command(**opts: Any) -> None:
             report_format(opts["report"])
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
-    spec = AcquireSpec(_enum(opts["country"], "PhoneNumberCountryCode", "--country"),
-                       _enum(opts["number_type"], "PhoneNumberType", "--type"), opts["count"], opts["prefix"],
+    spec = AcquireSpec(connect_enum(opts["country"], "PhoneNumberCountryCode", "--country"),
+                       connect_enum(opts["number_type"], "PhoneNumberType", "--type"), opts["count"], opts["prefix"],
                        opts["description"], _tags(opts["tags"]))
     journal = opts["journal"] or default_journal(target)
     slots: list[Outcome] = []

@@ -8,6 +8,7 @@ which no spreadsheet executes and which users need to read as they are.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
@@ -20,7 +21,16 @@ from typing import IO, Any
 
 from bulkclaim.model import JournalError, Outcome, Status
 
-__all__ = ["FIELDS", "PARTIAL_FILES", "atomic_write", "journal_outcomes", "report_format", "safe_cell", "write_report"]
+__all__ = [
+    "FIELDS",
+    "PARTIAL_FILES",
+    "atomic_write",
+    "check_writable",
+    "journal_outcomes",
+    "report_format",
+    "safe_cell",
+    "write_report",
+]
 
 FIELDS = ("phone_number", "source", "target", "status", "phone_number_id", "phone_number_arn", "client_token",
           "attempts", "error_code", "error_message", "updated_at")
@@ -72,6 +82,16 @@ def atomic_write(path: Path) -> Iterator[IO[str]]:
         raise
     finally:
         PARTIAL_FILES.discard(temporary)
+
+
+def check_writable(path: Path) -> None:
+    """Raise OSError unless :func:`atomic_write` can write ``path``: its directory exists and takes a
+    new file, and ``path`` is not a directory. Commands check before sending anything."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent or ".")
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -124,19 +124,32 @@ def missing_file(tmp: Path) -> list[Path]:
     return [tmp / "does_not_exist.txt"]
 
 
+def unclosed_quote_after_a_large_csv(tmp: Path) -> list[Path]:
+    path = tmp / "unclosed_quote.csv"
+    rows = "".join(f"+1206201{i:04d},row {i}\n" for i in range(2500))  # 5 plan batches before it
+    path.write_text(f'phone_number,description\n{rows}{n(0)},"opened on line 2502\n{n(1)},x\n', encoding="utf-8")
+    return [path]
+
+
+def unknown_extension(tmp: Path) -> list[Path]:
+    path = tmp / "numbers.xlsx"
+    path.write_text(f"phone_number\n{n(0)}\n", encoding="utf-8")
+    return [path]
+
+
 def empty_csv_after_a_large_file(tmp: Path) -> list[Path]:
     good = tmp / "good.txt"
     good.write_text("".join(f"+1206201{i:04d}\n" for i in range(2500)), encoding="utf-8")  # 5 plan batches
     return [good, CORPUS / "empty.csv"]
 
 
-NOT_INTERNATIONAL = "is not in international format (+country code); give a default region"
+NOT_INTERNATIONAL = ("is not in international format (+country code); give a default region for national numbers: "
+                     "--default-region-for-numbers US")
 BAD_CHARACTERS = "has characters other than digits"
 NOT_VALID = "is not a valid number for its country"
 NOT_A_NUMBER = "is not a phone number"
 NOT_JSON = "not valid JSON"
 NOT_OBJECT = "a JSON line must be an object or a string"
-UNCLOSED = "malformed CSV (unexpected end of data); a quoted cell must close on its line"
 NUL = "line contains NUL bytes"
 TOO_LONG_LINE = "line longer than 65536 bytes"
 RESERVED = "keys starting with 'aws:' are reserved by AWS"
@@ -181,11 +194,22 @@ CASES = [
     ok(Case("missing_phone_number_column.csv", FileError(1, "no phone_number column in the header"))),
     ok(Case("semicolon_delimited.csv", FileError(1, "no phone_number column in the header ['phone_number;"))),
     ok(Case("empty_phone_cells.csv", Rows({3: n(0)}, {2: ("", "empty phone number"), 6: ("", "empty phone number")}))),
-    ok(Case("unterminated_quote.csv", Rows({3: n(1), 4: n(2)}, {
-        2: (f'{n(0)},"unterminated description', UNCLOSED),
-        5: (f'{n(3)},"spans two', UNCLOSED),
-        6: ('lines"', BAD_CHARACTERS),  # the rest of a cell that spans lines is a row of its own
-    }))),
+    # the quote of line 2 runs on to line 4, whose quote closes it but is not followed by a separator: the
+    # rows after it cannot be told apart any more, so nothing is sent (today's spreadsheets agree: rows 3-4
+    # would land inside one description)
+    ok(Case("unterminated_quote.csv", FileError(2, "the quote opened on line 2 is not closed where it should be"))),
+    ok(Case("unclosed quote after 2500 valid rows", FileError(2502, "the quote opened on line 2502 never closes"),
+            make=unclosed_quote_after_a_large_csv)),
+    # as Excel and Google Sheets write them: rows end in CRLF, cells with line breaks are quoted and span
+    # lines, headers as people type them; a row is named by the line it starts on
+    ok(Case("spreadsheet_multiline.csv", Rows({2: n(0), 4: n(1), 7: n(2), 10: n(3)},
+                                              {8: ("not a number", BAD_CHARACTERS)},
+                                              sent={2: ("Front desk\nsecond floor", {"team": "ops"}),
+                                                    4: ('Line with "quotes"\n\nand a blank line', {}),
+                                                    10: ("last", {})}))),
+    ok(Case("headerless.csv", FileError(1, "or pass --format txt for one number per line"))),
+    ok(Case("numbers.xlsx", FileError(None, "name it .csv, .txt or .jsonl, or pass --format csv|txt|jsonl"),
+            make=unknown_extension)),
     ok(Case("more_cells_than_header.csv", Rows({3: n(1), 4: n(2), 5: n(3)}, {
         2: (f"{n(0)},main,extra", "3 cells but the header has 2"),
         6: (f"{n(4)},x,", "3 cells but the header has 2"),
@@ -424,7 +448,8 @@ def test_every_corpus_file_has_a_case_and_the_corpus_stays_small() -> None:
     ("non_utf8_row.txt", b"\xff"), ("non_utf8_description.csv", b"\xe9"), ("utf8_bom.csv", b"\xef\xbb\xbf"),
     ("utf8_bom.txt", b"\xef\xbb\xbf"), ("crlf_line_endings.csv", b"\r\n"), ("crlf_line_endings.txt", b"\r\n"),
     ("cr_only_line_endings.csv", b"\r+"), ("cr_only_line_endings.txt", b"\r+"), ("utf16.txt", b"\xff\xfe+\x00"),
-    ("nul_bytes.txt", b"\x00"),
+    ("nul_bytes.txt", b"\x00"), ("spreadsheet_multiline.csv", b"\"\n\n"), ("spreadsheet_multiline.csv", b"+1\t206"),
+    ("spreadsheet_multiline.csv", b",\r\n"),
 ])
 def test_corpus_bytes_are_intact(name: str, marker: bytes) -> None:
     """Guards against an editor or a git setting (autocrlf) normalizing the very bytes under test."""

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from bulkclaim.inputs import FORMATS, InputFileError, detect_format, normalize_number, read_file, read_inputs
+from bulkclaim.inputs import (
+    FORMATS,
+    InputFileError,
+    check_file,
+    detect_format,
+    normalize_number,
+    read_file,
+    read_inputs,
+)
 from bulkclaim.model import ClaimRequest, Rejected, Target
 
 TARGET = Target(instance_id="11111111-2222-3333-4444-555555555555")
@@ -518,10 +526,94 @@ def test_line_of_exactly_64k_is_not_too_long(tmp_path: Path) -> None:
     assert request(rows(path)[0]).phone_number == number(0)
 
 
-def test_csv_unterminated_quote_is_rejected(tmp_path: Path) -> None:
+def test_csv_quoted_cell_may_span_lines_and_rows_keep_their_first_line(tmp_path: Path) -> None:
     path = write(tmp_path / "numbers.csv",
-                 'phone_number,description\n+12062000000,"first line of a description\nsecond line"\n')
-    assert isinstance(rows(path)[0], Rejected)
+                 "phone_number,description\r\n"
+                 f'{number(0)},"first line of a description\r\nsecond, line ""quoted"""\r\n'  # 2-3
+                 f'{number(1)},"a\n\nb"\n'  # 4-6: an empty line inside a cell is part of it
+                 f"not-a-number,after\n")  # 7
+    got = rows(path)
+    assert request(got[0]).description == 'first line of a description\nsecond, line "quoted"'
+    assert request(got[0]).source == f"{path}:2"
+    assert request(got[1]).description == "a\n\nb"
+    assert request(got[1]).source == f"{path}:4"
+    assert rejected(got[2]).source == f"{path}:7"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    (f'phone_number,description\n{number(0)},ok\n{number(1)},"never closed\n{number(2)},x\n', 3),
+    (f'phone_number,description\n{number(0)},ok\n{number(1)},"last line', 3),
+    # the quote of line 2 is closed by the first quote of line 4, which is not followed by a separator
+    (f'phone_number,description\n{number(0)},"open\n{number(1)},x\n{number(2)},"closed"\n', 2),
+    (f'phone_number,description\n{number(0)},"a\nb"\n{number(1)},x,"y\nz\n', 4),
+])
+def test_csv_quote_that_never_closes_is_an_input_file_error_naming_its_line(tmp_path: Path, text: str,
+                                                                           line: int) -> None:
+    path = write(tmp_path / "numbers.csv", text)
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(path))}:{line}: the quote opened on line {line} "):
+        rows(path)
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(path))}:{line}: "):
+        check_file(path)
+
+
+def test_csv_quote_open_for_more_than_the_field_limit_is_found_without_reading_on(tmp_path: Path) -> None:
+    body = "".join(f"{number(i % 10_000)},row {i}\n" for i in range(20_000))
+    path = write(tmp_path / "numbers.csv", f'phone_number,description\n{number(0)},"open\n{body}')
+    with pytest.raises(InputFileError, match=r":2: the quote opened on line 2 does not close within"):
+        check_file(path)
+
+
+def test_csv_rows_of_only_separators_are_skipped_even_when_wider_than_the_header(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.csv", f"phone_number,description\n,,,\n  ,  \n{number(0)},x\n")
+    (row,) = rows(path)
+    assert request(row).source == f"{path}:4"
+
+
+def test_csv_quote_error_on_one_line_rejects_only_that_row(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.csv", f'phone_number,description\n{number(0)},"ab"c\n{number(1)},x\n')
+    bad, good = rows(path)
+    assert "malformed CSV" in rejected(bad).reason and rejected(bad).source == f"{path}:2"
+    assert request(good).source == f"{path}:3"
+
+
+def test_csv_problem_line_inside_a_quoted_cell_rejects_the_row_at_its_first_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.csv",
+                 f'phone_number,description\n{number(0)},"one\n'.encode() + b"t\xffwo\"\n"
+                 + f"{number(1)},x\n".encode())
+    bad, good = rows(path)
+    assert rejected(bad).source == f"{path}:2"
+    assert rejected(bad).reason == "line 3: not valid UTF-8 (byte 2)"
+    assert request(good).source == f"{path}:4"
+
+
+@pytest.mark.parametrize("name", ["Phone Number", "PHONE_NUMBER", "phone-number", "PhoneNumber", " phone  number "])
+def test_csv_header_names_ignore_case_spaces_hyphens_and_underscores(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "numbers.csv",
+                 f"{name},Description,TAGS,Instance ID\n{number(0)},desk,a=b,{OTHER_INSTANCE}\n")
+    (row,) = rows(path)
+    assert request(row).phone_number == number(0)
+    assert (request(row).description, dict(request(row).tags)) == ("desk", {"a": "b"})
+    assert request(row).target == Target(instance_id=OTHER_INSTANCE)
+
+
+def test_csv_header_naming_a_column_twice_is_an_input_file_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "numbers.csv", f"phone_number,Phone Number\n{number(0)},{number(1)}\n")
+    with pytest.raises(InputFileError, match="names the phone_number column twice"):
+        rows(path)
+
+
+@pytest.mark.parametrize("raw", ["+1\t206 200 0000", "+1 206\t200\t0000", "+1\u00a0206\u00a0200\u00a00000"])
+def test_tabs_and_non_breaking_spaces_in_a_number_separate_like_spaces(raw: str) -> None:
+    assert normalize_number(raw, None) == number(0)
+
+
+def test_messages_name_the_flag_that_fixes_them(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--default-region-for-numbers"):
+        normalize_number("(206) 200-0000", None)
+    with pytest.raises(InputFileError, match="--format"):
+        detect_format(Path("numbers.xlsx"))
+    with pytest.raises(InputFileError, match="--format txt"):
+        rows(write(tmp_path / "numbers.csv", f"{number(0)}\n{number(1)}\n"))
 
 
 # -- whole-file errors ---------------------------------------------------------------------------------

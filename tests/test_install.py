@@ -70,7 +70,7 @@ def test_demo_works_from_a_plain_install_in_any_directory(installed: Path, tmp_p
 
 
 @pytest.mark.parametrize("args", [["--help"], ["claim", "--help"], ["sandbox", "--help"], ["claim"],
-                                  ["claim", "x.csv"], ["report"], ["status", "--bogus"]])
+                                  ["claim", "x.csv"], ["report"], ["status", "--bogus"], ["search", "--help"]])
 def test_help_and_usage_errors_do_not_load_the_aws_sdk(tmp_path: Path, args: list[str]) -> None:
     result = _run([sys.executable, "-X", "importtime", "-m", "bulkclaim", *args], tmp_path, timeout=60)
     assert result.returncode in (0, 2), result.stderr

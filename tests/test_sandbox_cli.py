@@ -33,9 +33,11 @@ def test_sandbox_command_serves_until_sigint() -> None:
         first = proc.stdout.readline()
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
         assert match, first
-        lines = [proc.stdout.readline() for _ in range(8)]
+        lines = [proc.stdout.readline() for _ in range(10)]
         exports = dict(re.findall(r"export (\w+)=(\S+)", "".join(lines)))
         assert exports["AWS_ENDPOINT_URL_CONNECT"] == match.group(1)
+        assert exports["AWS_DEFAULT_REGION"] == exports["AWS_REGION"]  # botocore reads only AWS_DEFAULT_REGION
+        assert exports["INSTANCE_ID"] == INSTANCE_ID  # the README's walk-through uses $INSTANCE_ID
         settings = ClientSettings(region=exports["AWS_REGION"], endpoint_url=match.group(1),
                                   aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
                                   aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])

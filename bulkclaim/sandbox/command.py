@@ -130,5 +130,7 @@ async def _serve_until_signal(sandbox: Sandbox, host: str, port: int) -> None:
         click.echo(f"  export AWS_ACCESS_KEY_ID={TEST_CREDENTIALS.access_key_id}")
         click.echo(f"  export AWS_SECRET_ACCESS_KEY={TEST_CREDENTIALS.secret_access_key}")
         click.echo(f"  export AWS_REGION={cfg.region}")
+        click.echo(f"  export AWS_DEFAULT_REGION={cfg.region}")  # botocore and AWS CLI v1 read only this one
+        click.echo(f"  export INSTANCE_ID={cfg.instance_ids[0]}")  # as the README's walk-through uses it
         click.echo(f"Ledger and counters: {running.endpoint_url}/_sandbox/ledger, /_sandbox/stats", nl=True)
         await stop.wait()
