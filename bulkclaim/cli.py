@@ -35,6 +35,7 @@ from bulkclaim.cli_common import (
     target_of,
     target_options,
 )
+from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
@@ -58,22 +59,26 @@ def cli() -> None:
     """Claim Amazon Connect phone numbers in bulk, safely and as fast as the quota allows."""
 
 
-@cli.command("claim")
+@cli.command("claim", cls=GroupedCommand, short_help="Claim the numbers of input files (CSV, text, JSON Lines).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_options
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), help="[default: from the target]")
-@option("report", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here (.csv or .jsonl).")
+@option("journal", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
+        help="The journal file; re-running with it resumes [default: bulkclaim-<target>.journal].")
+@option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
+        help="Write the report of this run's numbers here (.csv or .jsonl), replaced atomically.")
 @rate_options
-@option("no-verify", is_flag=True, help="Do not wait for CLAIMED; leave accepted claims in_progress.")
-@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True)
-@option("retry-failed", is_flag=True, help="Try failed numbers again, with new tokens.")
-@option("default-region-for-numbers", metavar="CC", help="Country for national numbers, e.g. US.")
-@option("format", dest="input_format", type=click.Choice(FORMATS), help="Input format [default: from extension].")
-@option("dry-run", is_flag=True, help="Read, validate, plan and check quotas; claim nothing.")
+@option("no-verify", is_flag=True, group="Claiming", help="Do not wait for CLAIMED; leave accepted claims in_progress.")
+@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, group="Claiming",
+        help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
+@option("retry-failed", is_flag=True, group="Claiming", help="Try failed numbers again, with new tokens.")
+@option("default-region-for-numbers", metavar="CC", group="Input", help="Country for national numbers, e.g. US.")
+@option("format", dest="input_format", type=click.Choice(FORMATS), group="Input",
+        help="Input format [default: from extension].")
+@option("dry-run", is_flag=True, group="Claiming", help="Read, validate, plan and check quotas; claim nothing.")
 @quota_options
 @aws_options
-@option("no-progress", is_flag=True)
-@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@option("no-progress", is_flag=True, group="Output", help="No progress bar, even on a terminal.")
+@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
@@ -267,8 +272,9 @@ async def _ignore(_: Any) -> None:
     return None
 
 
-@cli.command("status")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@cli.command("status", cls=GroupedCommand, short_help="Counts, live state and latest errors of a journal.")
+@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True,
+        help="The journal to read (read-only; safe during a run).")
 @option("json", dest="as_json", is_flag=True, help="Machine-readable output.")
 def status_command(journal: Path, as_json: bool) -> None:
     """Counts by status, claim rate, ETA and the latest errors of a journal (safe during a run)."""
@@ -290,13 +296,17 @@ def status_command(journal: Path, as_json: bool) -> None:
         click.echo(f"  error {error['phone_number']}: {error['error_code']} ({error['result']})")
 
 
-@cli.command("report")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@option("format", dest="fmt", type=click.Choice(["csv", "jsonl"]), help="[default: from --output, else jsonl]")
-@option("output", type=click.Path(dir_okay=False, path_type=Path), help="[default: stdout]")
+@cli.command("report", cls=GroupedCommand, short_help="Write a journal's report rows (CSV or JSON Lines).")
+@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True,
+        help="The journal to read (read-only; safe during a run).")
+@option("format", dest="fmt", type=click.Choice(["csv", "jsonl"]),
+        help="Report format [default: from --output, else jsonl].")
+@option("output", type=click.Path(dir_okay=False, path_type=Path),
+        help="Write here, replaced atomically [default: stdout].")
 @option("status", dest="statuses", help="Only these statuses, comma-separated (e.g. failed,invalid).")
 def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
-    """Write the report rows (DESIGN §4) of every number in a journal."""
+    """Write one report row per number of a journal: phone_number, source, target, status, phone_number_id,
+    phone_number_arn, client_token, attempts, error_code, error_message, updated_at (see the README)."""
     from bulkclaim.report import atomic_write, journal_outcomes, report_format, write_report
 
     wanted = frozenset(s.strip() for s in statuses.split(",")) if statuses else None

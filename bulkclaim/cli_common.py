@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from bulkclaim.cli_help import GroupedOption
 from bulkclaim.cli_signals import EXIT_SIGNAL
 from bulkclaim.model import Target
 from bulkclaim.settings import ClientSettings, RateSettings
@@ -44,11 +45,13 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None,
+def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None, group: str = "Options",
            **kwargs: Any) -> Callable[[_F], _F]:
-    """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...)."""
+    """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...),
+    shown in the help section ``group`` (see ``cli_help.SECTIONS``)."""
     env_names = [env or f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
-    return click.option(f"--{name}", *([dest] if dest else []), envvar=env_names, show_envvar=True, **kwargs)
+    return click.option(f"--{name}", *([dest] if dest else []), envvar=env_names, show_envvar=True,
+                        cls=GroupedOption, group=group, **kwargs)
 
 
 def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
@@ -76,43 +79,51 @@ class _Rate(click.ParamType[float | str, Any]):
         return rate
 
 
+_TARGET = "Target (give exactly one)"
 target_options = _stack(
-    option("instance-id", help="Connect instance id or ARN."),
-    option("target-arn", help="Instance or traffic distribution group ARN."),
+    option("instance-id", group=_TARGET, help="Connect instance id or ARN."),
+    option("target-arn", group=_TARGET, help="Instance or traffic distribution group ARN."),
 )
 
 aws_options = _stack(
-    option("region", "AWS_REGION", "AWS_DEFAULT_REGION"),
-    option("profile", "AWS_PROFILE"),
-    option("endpoint-url", "AWS_ENDPOINT_URL_CONNECT"),
-    option("quotas-endpoint-url", "AWS_ENDPOINT_URL_SERVICE_QUOTAS",
+    option("region", "AWS_REGION", "AWS_DEFAULT_REGION", group="AWS", help="AWS Region of the target."),
+    option("profile", "AWS_PROFILE", group="AWS", help="Named profile for credentials and Region."),
+    option("endpoint-url", "AWS_ENDPOINT_URL_CONNECT", group="AWS",
+           help="Connect endpoint (a VPC endpoint, or the sandbox) [default: AWS's]."),
+    option("quotas-endpoint-url", "AWS_ENDPOINT_URL_SERVICE_QUOTAS", group="AWS",
            help="Service Quotas endpoint [default: --endpoint-url if it is on loopback (the sandbox), else AWS's]."),
-    option("log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True),
-    option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True),
-    option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
+    option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True, group="AWS",
+           help="Seconds to wait for a connection."),
+    option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True, group="AWS",
            help="Seconds to wait for an answer before retrying with the same token."),
+    option("log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
+           group="Output", help="Logs on stderr: console on a terminal, JSON lines otherwise (auto)."),
 )
 
 rate_options = _stack(
-    option("rate", type=_Rate(), default="2", show_default=True,
+    option("rate", type=_Rate(), default="2", show_default=True, group="Rate",
            help="Requests per second, or 'auto' for the ClaimPhoneNumber rate quota (Service Quotas)."),
-    option("burst", type=click.IntRange(min=1), default=5, show_default=True, help="The quota's burst."),
-    option("max-in-flight", type=click.IntRange(min=1), help="Concurrent requests [default: burst]."),
-    option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
+    option("burst", type=click.IntRange(min=1), default=5, show_default=True, group="Rate",
+           help="The quota's burst."),
+    option("max-in-flight", type=click.IntRange(min=1), group="Rate", help="Concurrent requests [default: burst]."),
+    option("no-adaptive", is_flag=True, group="Rate", help="Keep the rate fixed even when throttled."),
 )
 
 number_search_options = _stack(  # SearchAvailablePhoneNumbers' filters, as search and acquire take them
-    option("country", required=True, metavar="CC", help="ISO country code of the numbers, e.g. US."),
-    option("type", dest="number_type", required=True, metavar="TYPE",
+    option("country", required=True, metavar="CC", group="Numbers to find",
+           help="ISO country code of the numbers, e.g. US."),
+    option("type", dest="number_type", required=True, metavar="TYPE", group="Numbers to find",
            help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ..."),
-    option("prefix", help="Only numbers starting with this, e.g. +1206."),
+    option("prefix", group="Numbers to find", help="Only numbers starting with this, e.g. +1206."),
 )
 
 quota_options = _stack(
-    option("allow-partial", is_flag=True, help="Claim what the phone-number quota allows instead of refusing."),
-    option("phone-number-quota", type=click.IntRange(min=0),
+    option("allow-partial", is_flag=True, group="Quotas",
+           help="Claim what the phone-number quota allows instead of refusing."),
+    option("phone-number-quota", type=click.IntRange(min=0), group="Quotas",
            help="Numbers per instance when Service Quotas cannot be read [default: not checked then]."),
-    option("no-preflight", is_flag=True, help="Skip the quota preflight (the service still enforces quotas)."),
+    option("no-preflight", is_flag=True, group="Quotas",
+           help="Skip the quota preflight (the service still enforces quotas)."),
 )
 
 

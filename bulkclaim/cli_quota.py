@@ -31,6 +31,7 @@ from bulkclaim.cli_common import (
     target_of,
     target_options,
 )
+from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
 
@@ -55,21 +56,28 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
-@click.command("acquire")
+@click.command("acquire", cls=GroupedCommand, short_help="Claim exactly COUNT new numbers found by a search.")
 @target_options
 @number_search_options
-@option("count", type=click.IntRange(min=1), required=True, help="How many numbers to end up with.")
-@option("name", help="Name of this acquisition in the journal [default: from country, type, prefix, count].")
-@option("description", help="PhoneNumberDescription of every acquired number.")
-@option("tag", dest="tags", multiple=True, metavar="KEY=VALUE", help="Tag of every acquired number (repeatable).")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), help="[default: from the target]")
-@option("report", type=click.Path(dir_okay=False, path_type=Path), help="Write the slots' report (.csv or .jsonl).")
+@option("count", type=click.IntRange(min=1), required=True, group="Numbers to find",
+        help="How many numbers to end up with.")
+@option("name", group="Journal and report",
+        help="Name of this acquisition in the journal [default: from country, type, prefix, count].")
+@option("description", group="Claiming", help="PhoneNumberDescription of every acquired number.")
+@option("tag", dest="tags", multiple=True, metavar="KEY=VALUE", group="Claiming",
+        help="Tag of every acquired number (repeatable).")
+@option("journal", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
+        help="The journal file; re-running with it resumes [default: bulkclaim-<target>.journal].")
+@option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
+        help="Write the slots' report (.csv or .jsonl), replaced atomically.")
 @rate_options
-@option("no-verify", is_flag=True, help="Do not wait for CLAIMED.")
-@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True)
+@option("no-verify", is_flag=True, group="Claiming", help="Do not wait for CLAIMED.")
+@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, group="Claiming",
+        help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
 @quota_options
 @aws_options
-@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
+        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def acquire_command(**opts: Any) -> None:
     """Claim exactly COUNT new numbers found with SearchAvailablePhoneNumbers.
 
@@ -167,19 +175,21 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
     return (found.allowed if found.over else None), owned
 
 
-@click.command("release")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path, exists=True), required=True)
+@click.command("release", cls=GroupedCommand, short_help="Release the numbers a journal claimed, after asking.")
+@option("journal", type=click.Path(dir_okay=False, path_type=Path, exists=True), required=True,
+        group="Journal and report", help="The journal whose claimed numbers to release.")
 @option("status", dest="statuses", env="BULKCLAIM_RELEASE_STATUS", type=click.Choice(["claimed"]), default="claimed",
         show_default=True, help="Which numbers: claimed ones (an in_progress claim is verified by `claim` first).")
 @option("run", type=click.IntRange(min=1), help="Only the numbers of this run [default: every run].")
 @option("include-adopted", is_flag=True,
         help="Also release numbers the target held before bulkclaim asked (no claim of ours was accepted).")
 @option("yes", is_flag=True, help="Do not ask for confirmation.")
-@option("phone-number-quota", type=click.IntRange(min=0),
+@option("phone-number-quota", type=click.IntRange(min=0), group="Quotas",
         help="For the churn estimate if Service Quotas is unreadable.")
 @rate_options
 @aws_options
-@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
+        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def release_command(**opts: Any) -> None:
     """Release the numbers a journal claimed (ReleasePhoneNumber, journaled tokens), after confirmation."""
     import anyio

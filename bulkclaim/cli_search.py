@@ -29,6 +29,7 @@ from bulkclaim.cli_common import (
     target_of,
     target_options,
 )
+from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.inputs import FORMATS, InputFileError, detect_format
 from bulkclaim.logs import configure_logging
 from bulkclaim.report import atomic_write, check_writable
@@ -40,13 +41,14 @@ if TYPE_CHECKING:
 __all__ = ["search_command"]
 
 
-@click.command("search")
+@click.command("search", cls=GroupedCommand, short_help="Find available numbers and write them as a claim input.")
 @target_options
 @number_search_options
-@option("count", type=click.IntRange(min=1), required=True, help="How many numbers to find.")
+@option("count", type=click.IntRange(min=1), required=True, group="Numbers to find", help="How many numbers to find.")
 @option("output", type=click.Path(dir_okay=False, path_type=Path), required=True,
         help="Write the numbers here (.csv, .jsonl or .txt), as a `bulkclaim claim` input.")
-@option("format", dest="output_format", type=click.Choice(FORMATS), help="[default: from --output's extension]")
+@option("format", dest="output_format", type=click.Choice(FORMATS),
+        help="Output format [default: from --output's extension].")
 @rate_options
 @aws_options
 def search_command(**opts: Any) -> None:

@@ -19,7 +19,7 @@ _SAMPLE = Path(__file__).parent / "sample_inputs" / "numbers.csv"
 _RATE, _BURST = 10.0, 5  # the demo's sandbox quota: 5x Connect's default, so the demo takes seconds
 
 
-@click.command("demo")
+@click.command("demo", short_help="Claim sample numbers against an in-process sandbox.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=_SAMPLE, show_default="the bundled sample_inputs/numbers.csv",
               help="Numbers to claim (CSV, text or JSON Lines).")

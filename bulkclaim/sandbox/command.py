@@ -49,11 +49,11 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(f"--{name}", envvar=_env(name), show_default=True, **kwargs)
 
 
-@click.command("sandbox")
+@click.command("sandbox", short_help="Serve a local Connect phone-number API for rehearsals.")
 @_option("host", default="127.0.0.1", help="Address to bind; loopback unless you mean otherwise.")
 @_option("port", default=8421, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
-@_option("region", default="us-east-1")
-@_option("account-id", default="123456789012")
+@_option("region", default="us-east-1", help="The Region requests must be signed for.")
+@_option("account-id", default="123456789012", help="The account in every ARN.")
 @_option("instance-id", multiple=True, help="Instance ids that exist (repeatable).")
 @_option("tdg-id", multiple=True, help="Traffic distribution group ids that exist (repeatable).")
 @_option("inventory", multiple=True, help="Available numbers COUNTRY:TYPE:PREFIX:COUNT (repeatable).")
@@ -68,7 +68,7 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("error-rate", type=float, default=0.0, help="Share of requests answered 500 before any effect.")
 @_option("lost-response-rate", type=float, default=0.0, help="Share executed, then the connection dropped.")
 @_option("stall-rate", type=float, default=0.0, help="Share of requests that stall before executing.")
-@_option("stall-seconds", type=float, default=30.0)
+@_option("stall-seconds", type=float, default=30.0, help="How long a stalled request sits before executing.")
 @_option("latency", default="0", help="Added latency LOW[:HIGH] seconds.")
 @_option("phone-number-quota", type=click.IntRange(min=0), default=SandboxConfig.phone_number_quota,
          help="Numbers one instance may hold (the real default is 5).")
