@@ -31,6 +31,7 @@ from bulkclaim.cli_common import (
     client_settings,
     default_journal,
     fail,
+    group_verbosity_options,
     option,
     quota_options,
     rate_options,
@@ -38,6 +39,8 @@ from bulkclaim.cli_common import (
     read_run_quotas,
     target_of,
     target_options,
+    verbosity,
+    verbosity_options,
 )
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_run import Harness, check_quota, debug_kill_point
@@ -59,7 +62,8 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bulkclaim")
-def cli() -> None:
+@group_verbosity_options
+def cli(verbose: bool, quiet: bool) -> None:
     """Claim Amazon Connect phone numbers in bulk, safely and as fast as the quota allows."""
 
 
@@ -78,11 +82,13 @@ def cli() -> None:
 @quota_options
 @aws_options
 @option("no-progress", is_flag=True)
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
-    configure_logging(opts["log_format"])
+    opts["verbosity"] = verbosity(opts)
+    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
     target = target_of(opts)
     journal = opts["journal"] or default_journal(target)
     try:
@@ -182,7 +188,7 @@ class _Run:
                            fatal_cooldown=None) as claimer:
             with anyio.CancelScope() as scope:
                 self.harness.install_signals(claimer.engine.request_stop, scope)
-                tty = sys.stderr.isatty() and not opts["no_progress"]
+                tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
                 self.summary = claimer.engine.summary
                 digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                     opts["inputs"], target=self.target, fmt=opts["input_format"],

@@ -16,6 +16,7 @@ import structlog
 
 from bulkclaim.claimer import RateSettings
 from bulkclaim.connect import ClientSettings
+from bulkclaim.logs import Verbosity
 from bulkclaim.model import Target
 from bulkclaim.quotas import Quotas, read_quotas
 
@@ -29,6 +30,7 @@ __all__ = [
     "client_settings",
     "default_journal",
     "fail",
+    "group_verbosity_options",
     "option",
     "quota_options",
     "rate_options",
@@ -36,6 +38,8 @@ __all__ = [
     "read_run_quotas",
     "target_of",
     "target_options",
+    "verbosity",
+    "verbosity_options",
 ]
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
@@ -43,11 +47,13 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None,
+def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None, short: str | None = None,
            **kwargs: Any) -> Callable[[_F], _F]:
-    """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...)."""
+    """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...);
+    ``short``: a one-letter spelling too (``-v``)."""
     env_names = [env or f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
-    return click.option(f"--{name}", *([dest] if dest else []), envvar=env_names, show_envvar=True, **kwargs)
+    return click.option(*([short] if short else []), f"--{name}", *([dest] if dest else []), envvar=env_names,
+                        show_envvar=True, **kwargs)
 
 
 def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
@@ -99,6 +105,42 @@ rate_options = _stack(
     option("max-in-flight", type=click.IntRange(min=1), help="Concurrent requests [default: burst]."),
     option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
 )
+
+_VERBOSE_HELP = ("Also show each number's events: on a terminal above the progress bar (default there: "
+                 "warnings and errors only); in JSON logs, DEBUG events too (default there: INFO).")
+_QUIET_HELP = ("Less output: on a terminal only errors and the summary, no progress bar; in JSON logs "
+               "warnings and errors only.")
+
+#: ``-v``/``-q`` of a command; the group takes them too (``bulkclaim -v claim ...``), see :func:`verbosity`.
+verbosity_options = _stack(
+    option("verbose", short="-v", is_flag=True, help=_VERBOSE_HELP),
+    option("quiet", short="-q", is_flag=True, help=_QUIET_HELP),
+)
+
+group_verbosity_options = _stack(
+    click.option("-v", "--verbose", is_flag=True, help=_VERBOSE_HELP),
+    click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP),
+)
+
+
+def verbosity(opts: dict[str, Any]) -> Verbosity:
+    """1 for ``-v``, -1 for ``-q``, else 0, given before or after the command's name. A flag on the
+    command line beats the opposite one from the environment; both on the command line is a usage error."""
+    ctx = click.get_current_context()
+    root = ctx.find_root().params
+    verbose, quiet = bool(opts.get("verbose") or root.get("verbose")), bool(opts.get("quiet") or root.get("quiet"))
+    if verbose and quiet:
+        from_env = {name for name in ("verbose", "quiet")
+                    if opts.get(name) and not root.get(name)
+                    and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT}
+        if from_env == {"verbose"}:
+            verbose = False
+        elif from_env == {"quiet"}:
+            quiet = False
+        else:
+            raise click.UsageError("-v/--verbose and -q/--quiet contradict each other; give one")
+    return 1 if verbose else -1 if quiet else 0
+
 
 quota_options = _stack(
     option("allow-partial", is_flag=True, help="Claim what the phone-number quota allows instead of refusing."),

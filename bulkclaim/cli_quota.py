@@ -30,6 +30,8 @@ from bulkclaim.cli_common import (
     read_run_quotas,
     target_of,
     target_options,
+    verbosity,
+    verbosity_options,
 )
 from bulkclaim.cli_run import Harness, judge_preflight
 from bulkclaim.engine import Options
@@ -84,13 +86,14 @@ def _enum(value: str, shape: str, hint: str) -> str:
 @option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True)
 @quota_options
 @aws_options
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
 def acquire_command(**opts: Any) -> None:
     """Claim exactly COUNT new numbers found with SearchAvailablePhoneNumbers.
 
     Each slot's candidate and token are journaled before its claim: re-running the same command
     resumes (never more than COUNT numbers); a candidate taken by someone else is replaced."""
-    configure_logging(opts["log_format"])
+    configure_logging(opts["log_format"], verbosity=verbosity(opts))
     target = target_of(opts)
     if opts["report"]:
         try:
@@ -168,10 +171,11 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
         help="For the churn estimate if Service Quotas is unreadable.")
 @rate_options
 @aws_options
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True)
 def release_command(**opts: Any) -> None:
     """Release the numbers a journal claimed (ReleasePhoneNumber, journaled tokens), after confirmation."""
-    configure_logging(opts["log_format"])
+    configure_logging(opts["log_format"], verbosity=verbosity(opts))
     journal_path: Path = opts["journal"]
     try:
         with read_only(journal_path) as conn:
