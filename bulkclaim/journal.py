@@ -330,7 +330,7 @@ class SqliteJournal:
         def query(conn: sqlite3.Connection) -> tuple[list[Outcome], int]:
             rows = conn.execute(
                 "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
+                "attempts, error_code, error_message, updated_at, seen_run FROM numbers WHERE seen_run=? AND ord>? "
                 "AND status IN ('claimed', 'failed', 'released') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
             outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
             return outcomes, (rows[-1][0] if rows else after)
