@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ from bulkclaim.cli_run import Harness, check_quota, debug_kill_point
 from bulkclaim.demo import demo_command
 from bulkclaim.engine import Options, RunSummary
 from bulkclaim.inputs import FORMATS, InputFileError, check_file, fingerprint, read_inputs
-from bulkclaim.journal_views import dry_run_plan, journal_churn, journal_status, run_counts
+from bulkclaim.journal_views import JournalStatus, dry_run_plan, journal_churn, journal_status, run_counts
 from bulkclaim.logs import configure_logging
-from bulkclaim.model import BulkclaimError, JournalError, Target
+from bulkclaim.model import BulkclaimError, JournalError, Status, Target
 from bulkclaim.preflight import Preflight
 from bulkclaim.progress import run_with_progress
 from bulkclaim.quotas import Quotas
@@ -237,7 +238,8 @@ async def _ignore(_: Any) -> None:
 @option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("json", dest="as_json", is_flag=True, help="Machine-readable output.")
 def status_command(journal: Path, as_json: bool) -> None:
-    """Counts by status, claim rate, ETA and the latest errors of a journal (safe during a run)."""
+    """Whether a run is live, counts by status and by run, the claim rate and ETA of a live run, and the
+    numbers that currently have an error (safe during a run: reads only, takes no lock)."""
     try:
         status = journal_status(journal)
     except JournalError as exc:
@@ -245,23 +247,54 @@ def status_command(journal: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.as_dict()))
         return
-    click.echo(f"journal {status.journal} — {status.runs} run(s)")
+    click.echo(f"journal {status.journal}")
+    click.echo(f"  {'state':<12} {_state_line(status)}")
+    if status.latest_run is not None:
+        started = "" if status.last_run_started_at is None else datetime.fromtimestamp(
+            status.last_run_started_at, UTC).strftime(", started %Y-%m-%d %H:%M:%S UTC")
+        took_over = ("" if status.latest_run_numbers == status.latest_run
+                     else f", same inputs as run {status.latest_run_numbers}")
+        click.echo(f"  {'runs':<12} {status.runs} (latest: run {status.latest_run}{started}{took_over})")
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
-    eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"
-    click.echo(f"  rate {status.claims_per_second:.2f} claims/s (last minute) · ETA {eta}")
+    if status.live:
+        speed = "-" if status.claims_per_second is None else f"{status.claims_per_second:.2f}"
+        eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"
+        click.echo(f"  rate {speed} claims/s (last minute) · ETA {eta}")
+    if status.run_counts:
+        click.echo("  by run (the run that last acted on each number; `release --run N`, report column `run`):")
+        for run, counts in list(status.run_counts.items())[-10:]:
+            click.echo(f"    run {run}: " + " · ".join(f"{name} {n}" for name, n in counts.items()))
+    if status.last_errors:
+        click.echo(f"  {status.error_count} number(s) with an error now; the latest:")
     for error in status.last_errors:
-        click.echo(f"  error {error['phone_number']}: {error['error_code']} ({error['result']})")
+        click.echo(f"    {error['phone_number']}: {error['status']} {error['error_code']} (run {error['run']})"
+                   + (f" — {error['error_message']}" if error["error_message"] else ""))
+
+
+def _state_line(status: JournalStatus) -> str:
+    if status.live:
+        pid = f" (pid {status.pid})" if status.pid else ""
+        if status.live_run is not None:
+            return f"live — run {status.live_run} is going on{pid}"
+        return f"live — a bulkclaim process{pid} has the journal open"
+    if status.live is None:
+        return "unknown — this system cannot tell whether a bulkclaim process has the journal open"
+    return "idle — no bulkclaim process has the journal open"
 
 
 @cli.command("report")
 @option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("format", dest="fmt", type=click.Choice(["csv", "jsonl"]), help="[default: from --output, else jsonl]")
 @option("output", type=click.Path(dir_okay=False, path_type=Path), help="[default: stdout]")
-@option("status", dest="statuses", help="Only these statuses, comma-separated (e.g. failed,invalid).")
+@option("status", dest="statuses",
+        help=f"Only these statuses, comma-separated (e.g. failed,invalid): {', '.join(s.value for s in Status)}.")
 def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
     """Write the report rows (DESIGN §4) of every number in a journal."""
     wanted = frozenset(s.strip() for s in statuses.split(",")) if statuses else None
+    if wanted is not None and (unknown := sorted(wanted - {s.value for s in Status})):
+        fail(f"--status: unknown status {', '.join(map(repr, unknown))}; valid statuses are "
+             f"{', '.join(s.value for s in Status)}", EXIT_USAGE)
     try:
         chosen = fmt or (report_format(output) if output else "jsonl")
         rows = journal_outcomes(journal, statuses=wanted)
