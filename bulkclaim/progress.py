@@ -158,14 +158,20 @@ async def _rich_display(meter: ProgressMeter) -> None:
     columns = (TextColumn("[bold]claiming"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"))
     with Progress(*columns, console=stderr_console(), transient=False) as display:
         task = display.add_task("claim", total=None, detail="planning…")
-        while True:
-            snap = meter.snapshot()
+
+        def show(snap: Snapshot) -> None:
             eta = "-" if snap.eta_seconds is None else _duration(snap.eta_seconds)
             speed = "    -" if snap.claims_per_second is None else f"{snap.claims_per_second:5.1f}"
             detail = (f"{speed} claims/s · limit {snap.rate_limit:.2f}/s · "
                       f"throttled {snap.throttled} · ETA {eta}")
             display.update(task, completed=snap.done, total=snap.total or None, detail=detail)
-            await anyio.sleep(0.25)
+
+        try:
+            while True:
+                show(meter.snapshot())
+                await anyio.sleep(0.25)
+        finally:  # cancelled when the work ends: the bar's last drawing shows the final counts
+            show(meter.snapshot())
 
 
 def _duration(seconds: float) -> str:
