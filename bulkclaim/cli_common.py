@@ -106,10 +106,10 @@ rate_options = _stack(
     option("no-adaptive", is_flag=True, help="Keep the rate fixed even when throttled."),
 )
 
-_VERBOSE_HELP = ("Also show each number's events: on a terminal above the progress bar (default there: "
-                 "warnings and errors only); in JSON logs, DEBUG events too (default there: INFO).")
-_QUIET_HELP = ("Less output: on a terminal only errors and the summary, no progress bar; in JSON logs "
-               "warnings and errors only.")
+_VERBOSE_HELP = ("Show each number's events: on a terminal they print above the progress bar, which otherwise "
+                 "shows only warnings and errors. Without a terminal (JSON logs, INFO by default) DEBUG is added.")
+_QUIET_HELP = ("On a terminal only errors and the summary (no progress bar). Without a terminal (JSON logs) "
+               "only warnings and errors.")
 
 #: ``-v``/``-q`` of a command; the group takes them too (``bulkclaim -v claim ...``), see :func:`verbosity`.
 verbosity_options = _stack(

@@ -7,7 +7,8 @@ Logs go to stderr, so stdout stays free for reports and summaries:
   The default level is WARNING there (the bar says how the run goes); ``-v`` adds the per-number
   events (INFO and below), ``-q`` keeps only errors (and no bar).
 - otherwise (cron, CI, Kubernetes), JSON lines, INFO by default; ``-v`` adds DEBUG, ``-q`` keeps
-  warnings and errors (a machine reading the log still wants to know what went wrong).
+  warnings and errors (a machine reading the log still wants to know what went wrong). The same
+  levels apply to JSON asked for on a terminal and to console lines written to a file.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def uses_json(log_format: LogFormat) -> bool:
 
 
 def log_level(log_format: LogFormat, verbosity: Verbosity) -> int:
-    """The lowest level logged for this format and ``-v``/``-q`` (see the module's docstring)."""
-    return (_JSON_LEVELS if uses_json(log_format) else _CONSOLE_LEVELS)[verbosity]
+    """The lowest level logged for this format and ``-v``/``-q`` (see the module's docstring): the
+    terminal's levels only for console lines on a terminal (where the bar tells how the run goes);
+    console lines into a file keep INFO, like JSON."""
+    terminal = not uses_json(log_format) and sys.stderr.isatty()
+    return (_CONSOLE_LEVELS if terminal else _JSON_LEVELS)[verbosity]
 
 
 @functools.cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -13,6 +14,7 @@ import select
 import sqlite3
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections import Counter
@@ -24,6 +26,7 @@ import anyio
 import pytest
 
 from bulkclaim.journal import SqliteJournal, lock_holder
+from bulkclaim.logs import LogFormat, log_level
 from bulkclaim.model import RunSummary
 from bulkclaim.progress import ProgressMeter, RateMeter
 from bulkclaim.sandbox import API_NAMES, SandboxConfig, ThrottleConfig
@@ -242,6 +245,19 @@ async def test_json_logs_keep_info_by_default_and_quiet_keeps_warnings(env: Sand
     assert events(verbose)["claim.claimed"] == 5
     quiet = await run_cli(env, tmp_path, *args, "--journal", "q.journal", "-q")
     assert set(events(quiet)) == {"input.invalid"} and quiet.stdout.startswith("claimed 5")
+
+
+@pytest.mark.parametrize(("terminal", "log_format", "levels"), [
+    (True, "auto", (logging.ERROR, logging.WARNING, logging.DEBUG)),
+    (True, "console", (logging.ERROR, logging.WARNING, logging.DEBUG)),
+    (True, "json", (logging.WARNING, logging.INFO, logging.DEBUG)),
+    (False, "auto", (logging.WARNING, logging.INFO, logging.DEBUG)),
+    (False, "console", (logging.WARNING, logging.INFO, logging.DEBUG)),  # console lines into a file
+])
+def test_log_levels_for_quiet_default_and_verbose(monkeypatch: pytest.MonkeyPatch, terminal: bool,
+                                                  log_format: LogFormat, levels: tuple[int, int, int]) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert (log_level(log_format, -1), log_level(log_format, 0), log_level(log_format, 1)) == levels
 
 
 # -- the progress meter on a fake clock -----------------------------------------------------------------
