@@ -228,7 +228,7 @@ def slot_outcomes(conn: sqlite3.Connection, name: str) -> list[Outcome]:
     """Each slot's current number and status (``pending`` with no number: not filled)."""
     rows = conn.execute(
         "SELECT s.slot, s.phone_number, n.source, a.target, n.status, n.phone_number_id, n.phone_number_arn, "
-        "n.client_token, n.attempts, n.error_code, n.error_message, n.updated_at FROM slots s "
+        "n.client_token, n.attempts, n.error_code, n.error_message, n.updated_at, n.seen_run FROM slots s "
         "JOIN acquisitions a ON a.name=s.acquisition LEFT JOIN numbers n ON n.target=a.target "
         "AND n.phone_number=s.phone_number WHERE s.acquisition=? ORDER BY s.slot", (name,)).fetchall()
     outcomes = []

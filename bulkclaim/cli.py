@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from bulkclaim.cli_common import (
     client_settings,
     default_journal,
     fail,
+    group_verbosity_options,
     option,
     quota_options,
     rate_options,
@@ -34,6 +36,8 @@ from bulkclaim.cli_common import (
     read_run_quotas,
     target_of,
     target_options,
+    verbosity,
+    verbosity_options,
 )
 from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_quota import acquire_command, release_command
@@ -41,13 +45,14 @@ from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
 from bulkclaim.inputs import FORMATS
-from bulkclaim.model import BulkclaimError, JournalError, Target
+from bulkclaim.model import BulkclaimError, JournalError, Status, Target
 from bulkclaim.sandbox.command import sandbox_command
 
 # What a command needs to run (the AWS SDK, the engine) is imported in its body: ``--help`` and
 # usage errors answer without loading it.
 if TYPE_CHECKING:
     from bulkclaim.engine import RunSummary
+    from bulkclaim.journal_views import JournalStatus
     from bulkclaim.quotas import Quotas
 
 __all__ = ["cli", "main"]
@@ -55,7 +60,8 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bulkclaim")
-def cli() -> None:
+@group_verbosity_options
+def cli(verbose: bool, quiet: bool) -> None:
     """Claim Amazon Connect phone numbers in bulk, safely and as fast as the quota allows."""
 
 
@@ -78,6 +84,7 @@ def cli() -> None:
 @quota_options
 @aws_options
 @option("no-progress", is_flag=True, group="Output", help="No progress bar, even on a terminal.")
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
@@ -86,7 +93,8 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     from bulkclaim.logs import configure_logging
     from bulkclaim.report import report_format
 
-    configure_logging(opts["log_format"])
+    opts["verbosity"] = verbosity(opts)
+    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
     target = target_of(opts)
     journal = opts["journal"] or default_journal(target)
     try:
@@ -210,7 +218,7 @@ class _Run:
                            fatal_cooldown=None) as claimer:
             with anyio.CancelScope() as scope:
                 self.harness.install_signals(claimer.engine.request_stop, scope)
-                tty = sys.stderr.isatty() and not opts["no_progress"]
+                tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
                 self.summary = claimer.engine.summary
                 digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                     opts["inputs"], target=self.target, fmt=opts["input_format"],
@@ -277,7 +285,8 @@ async def _ignore(_: Any) -> None:
         help="The journal to read (read-only; safe during a run).")
 @option("json", dest="as_json", is_flag=True, help="Machine-readable output.")
 def status_command(journal: Path, as_json: bool) -> None:
-    """Counts by status, claim rate, ETA and the latest errors of a journal (safe during a run)."""
+    """Whether a run is live, counts by status and by run, the claim rate and ETA of a live run, and the
+    numbers that currently have an error (safe during a run: reads only, takes no lock)."""
     from bulkclaim.journal_views import journal_status
 
     try:
@@ -287,13 +296,40 @@ def status_command(journal: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.as_dict()))
         return
-    click.echo(f"journal {status.journal} — {status.runs} run(s)")
+    click.echo(f"journal {status.journal}")
+    click.echo(f"  {'state':<12} {_state_line(status)}")
+    if status.latest_run is not None:
+        started = "" if status.last_run_started_at is None else datetime.fromtimestamp(
+            status.last_run_started_at, UTC).strftime(", started %Y-%m-%d %H:%M:%S UTC")
+        took_over = ("" if status.latest_run_numbers == status.latest_run
+                     else f", same inputs as run {status.latest_run_numbers}")
+        click.echo(f"  {'runs':<12} {status.runs} (latest: run {status.latest_run}{started}{took_over})")
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
-    eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"
-    click.echo(f"  rate {status.claims_per_second:.2f} claims/s (last minute) · ETA {eta}")
+    if status.live:
+        speed = "-" if status.claims_per_second is None else f"{status.claims_per_second:.2f}"
+        eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"
+        click.echo(f"  rate {speed} claims/s (last minute) · ETA {eta}")
+    if status.run_counts:
+        click.echo("  by run (the run that last acted on each number; `release --run N`, report column `run`):")
+        for run, counts in list(status.run_counts.items())[-10:]:
+            click.echo(f"    run {run}: " + " · ".join(f"{name} {n}" for name, n in counts.items()))
+    if status.last_errors:
+        click.echo(f"  {status.error_count} number(s) with an error now; the latest:")
     for error in status.last_errors:
-        click.echo(f"  error {error['phone_number']}: {error['error_code']} ({error['result']})")
+        click.echo(f"    {error['phone_number']}: {error['status']} {error['error_code']} (run {error['run']})"
+                   + (f" — {error['error_message']}" if error["error_message"] else ""))
+
+
+def _state_line(status: JournalStatus) -> str:
+    if status.live:
+        pid = f" (pid {status.pid})" if status.pid else ""
+        if status.live_run is not None:
+            return f"live — run {status.live_run} is going on{pid}"
+        return f"live — a bulkclaim process{pid} has the journal open"
+    if status.live is None:
+        return "unknown — this system cannot tell whether a bulkclaim process has the journal open"
+    return "idle — no bulkclaim process has the journal open"
 
 
 @cli.command("report", cls=GroupedCommand, short_help="Write a journal's report rows (CSV or JSON Lines).")
@@ -303,13 +339,17 @@ def status_command(journal: Path, as_json: bool) -> None:
         help="Report format [default: from --output, else jsonl].")
 @option("output", type=click.Path(dir_okay=False, path_type=Path),
         help="Write here, replaced atomically [default: stdout].")
-@option("status", dest="statuses", help="Only these statuses, comma-separated (e.g. failed,invalid).")
+@option("status", dest="statuses",
+        help=f"Only these statuses, comma-separated (e.g. failed,invalid): {', '.join(s.value for s in Status)}.")
 def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
     """Write one report row per number of a journal: phone_number, source, target, status, phone_number_id,
     phone_number_arn, client_token, attempts, error_code, error_message, updated_at (see the README)."""
     from bulkclaim.report import atomic_write, journal_outcomes, report_format, write_report
 
     wanted = frozenset(s.strip() for s in statuses.split(",")) if statuses else None
+    if wanted is not None and (unknown := sorted(wanted - {s.value for s in Status})):
+        fail(f"--status: unknown status {', '.join(map(repr, unknown))}; valid statuses are "
+             f"{', '.join(s.value for s in Status)}", EXIT_USAGE)
     try:
         chosen = fmt or (report_format(output) if output else "jsonl")
         rows = journal_outcomes(journal, statuses=wanted)

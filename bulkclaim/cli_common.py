@@ -18,6 +18,7 @@ from bulkclaim.model import Target
 from bulkclaim.settings import ClientSettings, RateSettings
 
 if TYPE_CHECKING:
+    from bulkclaim.logs import Verbosity
     from bulkclaim.quotas import Quotas
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "connect_enum",
     "default_journal",
     "fail",
+    "group_verbosity_options",
     "number_search_options",
     "option",
     "quota_options",
@@ -39,6 +41,8 @@ __all__ = [
     "read_run_quotas",
     "target_of",
     "target_options",
+    "verbosity",
+    "verbosity_options",
 ]
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
@@ -46,12 +50,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def option(name: str, *extra_env: str, dest: str | None = None, env: str | None = None, group: str = "Options",
-           **kwargs: Any) -> Callable[[_F], _F]:
+           short: str | None = None, **kwargs: Any) -> Callable[[_F], _F]:
     """An option also read from BULKCLAIM_<NAME> (or ``env``), then from ``extra_env`` (AWS_REGION ...),
-    shown in the help section ``group`` (see ``cli_help.SECTIONS``)."""
+    shown in the help section ``group`` (see ``cli_help.SECTIONS``); ``short``: a one-letter spelling
+    too (``-v``)."""
     env_names = [env or f"BULKCLAIM_{name.upper().replace('-', '_')}", *extra_env]
-    return click.option(f"--{name}", *([dest] if dest else []), envvar=env_names, show_envvar=True,
-                        cls=GroupedOption, group=group, **kwargs)
+    return click.option(*([short] if short else []), f"--{name}", *([dest] if dest else []), envvar=env_names,
+                        show_envvar=True, cls=GroupedOption, group=group, **kwargs)
 
 
 def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
@@ -116,6 +121,42 @@ number_search_options = _stack(  # SearchAvailablePhoneNumbers' filters, as sear
            help="DID, TOLL_FREE, UIFN, SHARED, THIRD_PARTY_DID, ..."),
     option("prefix", group="Numbers to find", help="Only numbers starting with this, e.g. +1206."),
 )
+
+_VERBOSE_HELP = ("Show each number's events: on a terminal they print above the progress bar, which otherwise "
+                 "shows only warnings and errors. Without a terminal (JSON logs, INFO by default) DEBUG is added.")
+_QUIET_HELP = ("On a terminal only errors and the summary (no progress bar). Without a terminal (JSON logs) "
+               "only warnings and errors.")
+
+#: ``-v``/``-q`` of a command; the group takes them too (``bulkclaim -v claim ...``), see :func:`verbosity`.
+verbosity_options = _stack(
+    option("verbose", short="-v", is_flag=True, group="Output", help=_VERBOSE_HELP),
+    option("quiet", short="-q", is_flag=True, group="Output", help=_QUIET_HELP),
+)
+
+group_verbosity_options = _stack(
+    click.option("-v", "--verbose", is_flag=True, help=_VERBOSE_HELP),
+    click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP),
+)
+
+
+def verbosity(opts: dict[str, Any]) -> Verbosity:
+    """1 for ``-v``, -1 for ``-q``, else 0, given before or after the command's name. A flag on the
+    command line beats the opposite one from the environment; both on the command line is a usage error."""
+    ctx = click.get_current_context()
+    root = ctx.find_root().params
+    verbose, quiet = bool(opts.get("verbose") or root.get("verbose")), bool(opts.get("quiet") or root.get("quiet"))
+    if verbose and quiet:
+        from_env = {name for name in ("verbose", "quiet")
+                    if opts.get(name) and not root.get(name)
+                    and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT}
+        if from_env == {"verbose"}:
+            verbose = False
+        elif from_env == {"quiet"}:
+            quiet = False
+        else:
+            raise click.UsageError("-v/--verbose and -q/--quiet contradict each other; give one")
+    return 1 if verbose else -1 if quiet else 0
+
 
 quota_options = _stack(
     option("allow-partial", is_flag=True, group="Quotas",

@@ -30,6 +30,8 @@ from bulkclaim.cli_common import (
     read_run_quotas,
     target_of,
     target_options,
+    verbosity,
+    verbosity_options,
 )
 from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
@@ -76,6 +78,7 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
         help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
 @quota_options
 @aws_options
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def acquire_command(**opts: Any) -> None:
@@ -88,7 +91,7 @@ def acquire_command(**opts: Any) -> None:
     from bulkclaim.logs import configure_logging
     from bulkclaim.report import atomic_write, report_format, write_report
 
-    configure_logging(opts["log_format"])
+    configure_logging(opts["log_format"], verbosity=verbosity(opts))
     target = target_of(opts)
     if opts["report"]:
         try:
@@ -188,6 +191,7 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
         help="For the churn estimate if Service Quotas is unreadable.")
 @rate_options
 @aws_options
+@verbosity_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def release_command(**opts: Any) -> None:
@@ -199,7 +203,7 @@ def release_command(**opts: Any) -> None:
     from bulkclaim.logs import configure_logging
     from bulkclaim.release import numbers_to_release
 
-    configure_logging(opts["log_format"])
+    configure_logging(opts["log_format"], verbosity=verbosity(opts))
     journal_path: Path = opts["journal"]
     try:
         with read_only(journal_path) as conn:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
 from bulkclaim.cli_signals import install_quit_handlers, quit_now, set_aside_report
 from bulkclaim.inputs import InputFileError
 from bulkclaim.journal import SqliteJournal
+from bulkclaim.logs import stderr_console
 from bulkclaim.model import (
     BulkclaimError,
     ConfigurationError,
@@ -93,8 +95,8 @@ class Harness:
                 return
             self.signal_received = received
             with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
-                click.echo(f"\nbulkclaim: {received.name}: finishing requests in flight (up to "
-                           f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…", err=True)
+                _tell(f"bulkclaim: {received.name}: finishing requests in flight (up to "
+                      f"{self.opts['grace_period']:.0f}s; Ctrl-C again to quit now)…")
             stop()
             loop.call_later(self.opts["grace_period"], scope.cancel)
 
@@ -134,6 +136,16 @@ def judge_preflight(found: Preflight, opts: dict[str, Any]) -> None:
     if found.over:
         log.warning("preflight.partial", claiming=found.allowed, left_out=found.over,
                     error_code="PhoneNumberQuotaExceeded")
+
+
+def _tell(message: str) -> None:
+    """A line on stderr; on a terminal through the console the progress bar shares, so it shows above the bar."""
+    if sys.stderr.isatty():
+        from rich.text import Text
+
+        stderr_console().print(Text(message), soft_wrap=True)
+    else:
+        click.echo(f"\n{message}", err=True)
 
 
 def debug_kill_point() -> None:

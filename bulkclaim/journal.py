@@ -30,7 +30,7 @@ from bulkclaim.journal_plan import Planned, PlanResult, PlanReuse, plan_batch, p
 from bulkclaim.journal_schema import migrate, refuse_foreign
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
-__all__ = ["Journal", "SqliteJournal"]
+__all__ = ["Journal", "LockHolder", "SqliteJournal", "lock_holder"]
 
 _T = TypeVar("_T")
 _MAX_GROUP = 2000
@@ -53,6 +53,51 @@ class Journal(Protocol):
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]: ...
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
+
+
+def _lock_path(journal: Path) -> Path:
+    return Path(f"{journal}.lock")
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Whether a process has the journal open (holds its lock): ``held`` is None where this system
+    cannot tell; ``pid`` is the holder's, when known."""
+
+    held: bool | None
+    pid: int | None = None
+
+
+def lock_holder(journal: str | os.PathLike[str], *, expected_pid: int | None = None,
+                proc_locks: str | os.PathLike[str] = "/proc/locks") -> LockHolder:
+    """Who holds ``journal``'s lock, found *without* taking it (a ``status`` that took the lock even
+    for a moment could make a claim starting at that moment refuse the journal).
+
+    Linux lists every ``flock`` in /proc/locks as ``FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode>``.
+    Under overlayfs (containers) the device there can differ from ``stat``'s, so an inode-only match
+    counts when its pid is ``expected_pid`` (the pid the journal recorded for its latest run).
+    Elsewhere (no /proc/locks) the answer is unknown.
+    """
+    try:
+        found = os.stat(_lock_path(Path(journal)))
+    except FileNotFoundError:
+        return LockHolder(False)
+    except OSError:
+        return LockHolder(None)
+    try:
+        with open(proc_locks, encoding="ascii", errors="replace") as handle:
+            table = handle.read()
+    except OSError:
+        return LockHolder(None)
+    exact = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or "->" in fields:  # "->": a waiter, not the holder
+            continue
+        pid, where = int(fields[4]), fields[5]
+        if where == exact or (where.rsplit(":", 1)[-1] == str(found.st_ino) and pid == expected_pid):
+            return LockHolder(True, pid)
+    return LockHolder(False)
 
 
 @dataclass
@@ -86,7 +131,7 @@ class SqliteJournal:
         """Open or create the journal at ``path`` (mode 0600), refusing if another process has it."""
         journal_path = Path(path)
         try:
-            lock_fd = os.open(f"{journal_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(_lock_path(journal_path), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise JournalError(f"cannot create the journal lock {journal_path}.lock: {exc.strerror}") from None
         try:
@@ -344,7 +389,7 @@ class SqliteJournal:
         def query(conn: sqlite3.Connection) -> tuple[list[Outcome], int]:
             rows = conn.execute(
                 "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
+                "attempts, error_code, error_message, updated_at, seen_run FROM numbers WHERE seen_run=? AND ord>? "
                 "AND status IN ('claimed', 'failed', 'released') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
             outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
             return outcomes, (rows[-1][0] if rows else after)

@@ -126,7 +126,7 @@ def plan_batch(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: 
             else:
                 result.done.append(Outcome(number, request.source, target, row.status, row.phone_number_id,
                                            row.phone_number_arn, row.client_token, row.attempts, row.error_code,
-                                           row.error_message, row.updated_at))
+                                           row.error_message, row.updated_at, run if dedupe else row.seen_run))
         next_ord += 1
     conn.executemany(
         "INSERT OR REPLACE INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "

@@ -1,7 +1,7 @@
 """Read-only views of a journal for the command line: ``status`` and the ``--dry-run`` plan.
 
 Both open the journal read-only (SQLite WAL lets them run beside a claim that is writing) and never
-take its lock, create it, or reserve anything.
+take its lock (``status`` only looks whether someone holds it), create it, or reserve anything.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkclaim.inputs import check
+from bulkclaim.journal import lock_holder
 from bulkclaim.model import ClaimRequest, JournalError, Rejected, Status
 from bulkclaim.preflight import churn_in_journal
 
@@ -41,40 +42,73 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
 @dataclass
 class JournalStatus:
     journal: str
+    #: a bulkclaim process holds the journal's lock (a run is going on); None: cannot tell here
+    live: bool | None
+    pid: int | None  # the process holding it, when known
     counts: dict[str, int]
     runs: int
+    latest_run: int | None
+    #: the run whose numbers the latest run works on: itself, or an earlier run whose plan of identical
+    #: inputs it took over (the ``run`` column of those numbers, what ``release --run`` takes)
+    latest_run_numbers: int | None
     last_run_started_at: float | None
-    claims_per_second: float
+    claims_per_second: float | None  # None unless live
     eta_seconds: float | None
+    #: per run (the run that last acted on each number), counts by status, invalid rows included
+    run_counts: dict[int, dict[str, int]]
+    #: numbers whose *current* state carries an error (failed, or left pending / in_progress after
+    #: an error), latest first; a throttled retry of a number that then succeeded is not one
     last_errors: list[dict[str, Any]]
+    error_count: int
+    #: the run the live process is doing (the latest run, if that process started it)
+    live_run: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        fields = dict(self.__dict__)
+        fields["run_counts"] = {str(run): counts for run, counts in self.run_counts.items()}
+        return fields
 
 
 def journal_status(path: Path, *, now: float | None = None, errors: int = 5) -> JournalStatus:
-    """Counts by status, the recent claim rate, an ETA for what is pending, the latest errors."""
+    """Whether a run is live, counts by status (overall and per run), while live the recent claim
+    rate and an ETA for what is pending, and the numbers that currently have an error."""
     with read_only(path) as conn:
         if conn is None:
             raise JournalError(f"no journal at {path}")
         counts = {s.value: 0 for s in Status if s not in (Status.INVALID, Status.RELEASED)}
         counts.update(dict(conn.execute("SELECT status, count(*) FROM numbers GROUP BY status").fetchall()))
-        runs, started = conn.execute("SELECT count(*), MAX(started_at) FROM runs").fetchone()
+        runs, latest = conn.execute("SELECT count(*), MAX(id) FROM runs").fetchone()
+        started, run_pid = conn.execute("SELECT started_at, pid FROM runs WHERE id=?", (latest,)).fetchone() or (
+            None, None)
+        plan = conn.execute("SELECT members_run FROM plans WHERE run=?", (latest,)).fetchone()
         counts[Status.INVALID.value] = conn.execute(
             "SELECT count(*) FROM rejected WHERE run=(SELECT MAX(id) FROM runs)").fetchone()[0]
-        since = (now or time.time()) - _RATE_WINDOW
-        accepted = conn.execute("SELECT count(*) FROM attempts WHERE result='accepted' AND at>=?",
-                                (since,)).fetchone()[0]
-        rate = accepted / _RATE_WINDOW
+        per_run: dict[int, dict[str, int]] = {}
+        for run, status, count in conn.execute(
+                "SELECT seen_run, status, count(*) FROM numbers GROUP BY seen_run, status "
+                "UNION ALL SELECT run, 'invalid', count(*) FROM rejected GROUP BY run ORDER BY 1, 2"):
+            per_run.setdefault(run, {})[status] = count
+        holder = lock_holder(path, expected_pid=run_pid)
+        rate: float | None = None
+        if holder.held:
+            clock = time.time() if now is None else now
+            since = max(clock - _RATE_WINDOW, started or 0.0)
+            accepted = conn.execute("SELECT count(*) FROM attempts WHERE result='accepted' AND at>=?",
+                                    (since,)).fetchone()[0]
+            rate = accepted / (clock - since) if clock - since >= 1.0 else None
+        with_error = "FROM numbers WHERE error_code IS NOT NULL AND status IN ('failed', 'pending', 'in_progress')"
+        (error_count,) = conn.execute(f"SELECT count(*) {with_error}").fetchone()
         last_errors = [
-            {"phone_number": n, "error_code": c, "result": r, "at": at}
-            for n, c, r, at in conn.execute(
-                "SELECT phone_number, error_code, result, at FROM attempts WHERE error_code IS NOT NULL "
-                "ORDER BY id DESC LIMIT ?", (errors,))
+            {"phone_number": n, "status": st, "error_code": c, "error_message": m, "run": r, "at": at}
+            for n, st, c, m, r, at in conn.execute(
+                f"SELECT phone_number, status, error_code, error_message, seen_run, updated_at {with_error} "
+                "ORDER BY updated_at DESC LIMIT ?", (errors,))
         ]
     pending = counts.get(Status.PENDING.value, 0)
-    eta = pending / rate if rate > 0 and pending else None
-    return JournalStatus(str(path), counts, runs, started, rate, eta, last_errors)
+    eta = pending / rate if rate and pending else None
+    return JournalStatus(str(path), holder.held, holder.pid, counts, runs, latest,
+                         plan[0] if plan else latest, started, rate, eta, per_run, last_errors, error_count,
+                         latest if holder.held and holder.pid is not None and holder.pid == run_pid else None)
 
 
 def run_counts(path: Path, run: int) -> dict[str, int]:

@@ -154,6 +154,8 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     updated_at: float | None = None
+    #: the run that last acted on the number (the journal's ``seen_run``; ``release --run`` takes it)
+    run: int | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The report row, field order as in DESIGN §4."""
@@ -164,6 +166,7 @@ class Outcome:
             "attempts": self.attempts, "error_code": self.error_code, "error_message": self.error_message,
             "updated_at": None if self.updated_at is None else
             datetime.fromtimestamp(self.updated_at, UTC).isoformat(timespec="milliseconds"),
+            "run": self.run,
         }
 
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FIELDS = ("phone_number", "source", "target", "status", "phone_number_id", "phone_number_arn", "client_token",
-          "attempts", "error_code", "error_message", "updated_at")
+          "attempts", "error_code", "error_message", "updated_at", "run")
 #: Temporary files :func:`atomic_write` has open (normally none; one while a report is written).
 PARTIAL_FILES: set[str] = set()
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -134,20 +134,20 @@ def journal_outcomes(journal: Path, *, run: int | None = None, statuses: frozens
             where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
             for row in conn.execute(
                     "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                    f"attempts, error_code, error_message, updated_at FROM numbers {where} "
+                    f"attempts, error_code, error_message, updated_at, seen_run FROM numbers {where} "
                     "ORDER BY seen_run, ord", args):
-                number, source, target, status, number_id, arn, token, attempts, code, message, updated = row
+                number, source, target, status, number_id, arn, token, attempts, code, message, updated, seen = row
                 outcome = Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts,
-                                  code, message, updated)
+                                  code, message, updated, seen)
                 if statuses is None or outcome.status.value in statuses:
                     yield outcome
             if statuses is not None and Status.INVALID.value not in statuses:
                 return
-            for raw, source, target, reason, at in conn.execute(
-                    "SELECT raw, source, target, reason, at FROM rejected WHERE run=? ORDER BY id",
+            for raw, source, target, reason, at, rejected_in in conn.execute(
+                    "SELECT raw, source, target, reason, at, run FROM rejected WHERE run=? ORDER BY id",
                     (run if run is not None else _last_run(conn),)):
                 yield Outcome(raw, source, target or "", Status.INVALID, error_code="InvalidInput",
-                              error_message=reason, updated_at=at)
+                              error_message=reason, updated_at=at, run=rejected_in)
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"cannot read journal {journal}: {exc}") from None
 

@@ -232,7 +232,7 @@ async def test_claimed_number_is_done_in_a_later_run(tmp_path: Path) -> None:
     assert result.work == [] and result.duplicates == [] and result.changed == []
     assert result.done == [Outcome(request.phone_number, "again.txt:7", TARGET.key, Status.CLAIMED, "pn-0",
                                    "arn:aws:connect:us-east-1:1:phone-number/pn-0", planned.client_token, 2,
-                                   None, None, 1234.5)]
+                                   None, None, 1234.5, run=2)]  # run 2 named it: the run that last acted on it
 
 
 async def test_outcome_with_another_token_does_not_overwrite(tmp_path: Path) -> None:
@@ -284,7 +284,8 @@ async def test_failed_number_is_done_unless_retry_failed(tmp_path: Path) -> None
         kept = await plan(journal, [request], await journal.begin_run(), retry_failed=False)
         assert kept.work == []
         assert kept.done == [Outcome(request.phone_number, request.source, TARGET.key, Status.FAILED, None, None,
-                                     planned.client_token, 3, "InvalidParameterException", "not available", 99.0)]
+                                     planned.client_token, 3, "InvalidParameterException", "not available", 99.0,
+                                     run=2)]
         run = await journal.begin_run()
         retried = await plan(journal, [request], run, retry_failed=True)
         assert retried.done == []
