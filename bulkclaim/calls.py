@@ -2,7 +2,9 @@
 
 ``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
 reads (Describe, List) with jittered backoff. Either way every request, retries included, passes the
-in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller.
+in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller. Before
+that, every request passes the endpoint's gate (outage.py): while the endpoint cannot be reached no
+request spends an attempt, and one probe at a time finds out when it is back.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from botocore.exceptions import ClientError
 from bulkclaim.backoff import Backoff
 from bulkclaim.connect import Classified, Verdict, classify
 from bulkclaim.model import FatalServiceError
+from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["Api", "CallFailed"]
+__all__ = ["Api", "CallFailed", "Withdrawn"]
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -34,11 +37,19 @@ class CallFailed(Exception):
 
 
 class Api:
-    """A Connect client seen through per-API limiters and one retry policy."""
+    """A Connect client seen through per-API limiters, one endpoint gate and one retry policy.
+
+    ``answer_timeout`` bounds a whole call, answer included (botocore's read timeout bounds each
+    socket read, so an answer dribbled byte by byte could hold a claim for minutes): past it the
+    call is abandoned as a retryable timeout, an unknown outcome re-sent with the same token.
+    ``outage_timeout``: see :class:`bulkclaim.outage.Gate`.
+    """
 
     def __init__(self, client: Any, limiters: Mapping[str, Limiter], *, backoff: Backoff = Backoff(),
                  sleep: Sleep = anyio.sleep, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, fatal_cooldown: float | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, fatal_cooldown: float | None = None,
+                 endpoint: str | None = None, outage_timeout: float = OUTAGE_TIMEOUT,
+                 answer_timeout: float | None = None) -> None:
         self.client = client
         self.limiters = limiters
         self.backoff = backoff
@@ -48,31 +59,41 @@ class Api:
         self.fatal: FatalServiceError | None = None  # the circuit breaker: while set, nothing is sent
         self.fatal_cooldown = fatal_cooldown
         self._fatal_at = 0.0
-        # Until the service has answered one request without refusing the caller, requests go one at a
-        # time: a bad credential or unknown target then costs one request, not one per in-flight slot.
-        self._trusted = False
-        self._probing = False
-        self._probed = anyio.Event()  # set (and replaced) whenever a probe ends, however it ended
+        self.answer_timeout = answer_timeout
+        # One gate per endpoint, shared by every API: while it cannot be reached, or until the service
+        # has accepted the caller once, requests go one at a time (see outage.py).
+        self.gate = Gate(endpoint or _endpoint_of(client), outage_timeout=outage_timeout, sleep=sleep, clock=clock,
+                         rng=self.rng)
 
-    async def send(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
-        """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError."""
+    async def send(self, operation: str, method: str, *, withdraw_if: Callable[[], bool] | None = None,
+                   **params: Any) -> dict[str, Any]:
+        """One attempt. Raises CallFailed (retry / unavailable / terminal) or FatalServiceError
+        (EndpointUnreachableError when the endpoint stays unreachable past its bound).
+
+        ``withdraw_if`` is asked when the request's turn comes (after the gate and the limiter): if
+        true, nothing is sent and Withdrawn is raised. A stop then sends no new request, even one
+        that was already waiting for its turn.
+
+        While the endpoint cannot be reached, this waits (the attempt is not spent) and sends the same
+        parameters again, same token, once the gate lets it: it never reached the service."""
         if (self.fatal is not None and self.fatal_cooldown is not None
                 and self.clock() - self._fatal_at >= self.fatal_cooldown):
-            self.fatal, self._trusted = None, False  # half-open: the next request probes alone
-        while not self._trusted:
-            if self._probing:  # wait for the probe; once it succeeds every waiter goes at once
-                await self._probed.wait()
-                continue
-            self._probing = True
+            self.fatal = None  # half-open: the next request probes alone
+            self.gate.reset()
+        while True:
+            if self.fatal is not None:
+                raise self.fatal
+            probe = await self.gate.enter()
             try:
-                return await self._attempt(operation, method, params)
+                return await self._attempt(operation, method, params, withdraw_if)
+            except _NotReached:
+                continue
             finally:
-                self._probing = False
-                probed, self._probed = self._probed, anyio.Event()
-                probed.set()
-        return await self._attempt(operation, method, params)
+                if probe:
+                    self.gate.leave()
 
-    async def _attempt(self, operation: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _attempt(self, operation: str, method: str, params: dict[str, Any],
+                       withdraw_if: Callable[[], bool] | None) -> dict[str, Any]:
         if self.fatal is not None:
             raise self.fatal
         limiter = self.limiters[operation]
@@ -80,24 +101,39 @@ class Api:
             await limiter.bucket.acquire()
             if self.fatal is not None:  # tripped while we waited for our turn
                 raise self.fatal
+            if withdraw_if is not None and withdraw_if():
+                raise Withdrawn
             limiter.sent += 1
             try:
-                answer: dict[str, Any] = await getattr(self.client, method)(**params)
+                with anyio.fail_after(self.answer_timeout):
+                    answer: dict[str, Any] = await getattr(self.client, method)(**params)
+            except TimeoutError as exc:  # the whole answer took too long: unknown outcome, same token again
+                raise CallFailed(Classified(Verdict.RETRY, "ReadTimeoutError",
+                                            f"no complete answer within {self.answer_timeout:g}s")) from exc
             except Exception as exc:
                 classified = classify(exc, operation)
+                if classified.unreachable:
+                    if (failure := self.gate.unreachable(classified.message)) is not None:
+                        self._trip(failure)
+                        raise failure from exc
+                    raise _NotReached from exc
+                if isinstance(exc, ClientError):  # an answer: the endpoint is there
+                    self.gate.reached(trusted=classified.verdict != Verdict.FATAL)
                 if classified.throttled:
                     limiter.on_throttle()
                 if classified.verdict == Verdict.FATAL:
-                    if self.fatal is None:
-                        self.fatal = FatalServiceError(classified.code, classified.message)
-                        self._fatal_at = self.clock()
+                    self._trip(FatalServiceError(classified.code, classified.message))
+                    assert self.fatal is not None
                     raise self.fatal from exc
-                # The service answered (even if not for this number): the caller itself is accepted.
-                self._trusted = self._trusted or isinstance(exc, ClientError)
                 raise CallFailed(classified) from exc
-        self._trusted = True
+        self.gate.reached(trusted=True)
         limiter.on_success()
         return answer
+
+    def _trip(self, error: FatalServiceError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            self._fatal_at = self.clock()
 
     async def call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         """Retry ``send`` on retryable errors with jittered backoff; raise on anything else."""
@@ -110,3 +146,17 @@ class Api:
                 if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
                     raise
             await self.sleep(self.backoff.delay(attempt, self.rng))
+
+
+class Withdrawn(Exception):
+    """The request was not sent: its ``withdraw_if`` said so when its turn came (a stop was requested)."""
+
+
+class _NotReached(Exception):
+    """The request could not open a connection: send it again once the gate lets it through."""
+
+
+def _endpoint_of(client: Any) -> str:
+    """The client's endpoint URL, for messages; a stand-in name for clients that do not say."""
+    url = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    return url if isinstance(url, str) else "the Connect endpoint"

@@ -48,6 +48,7 @@ from bulkclaim.model import (
     Status,
     Target,
 )
+from bulkclaim.outage import OUTAGE_TIMEOUT
 from bulkclaim.ratelimit import Limiter
 from bulkclaim.settings import ClientSettings, RateSettings
 
@@ -63,6 +64,11 @@ class Claimer:
     After a fatal answer (403, unknown instance) nothing is sent for ``fatal_cooldown`` seconds;
     then one request probes again, so a long-running service recovers once permissions are fixed.
     ``None`` keeps the breaker open for good (the CLI's choice: its run stops anyway).
+
+    While the endpoint cannot be reached, claims wait instead of spending their attempts (one probe
+    at a time checks whether it is back); after ``outage_timeout`` seconds of outage (20 s if it has
+    never answered) they raise :class:`EndpointUnreachableError`, with every token kept in the
+    journal. ``client_settings.read_timeout`` (+ ``connect_timeout``) bounds each whole call.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class Claimer:
         backoff: Backoff = Backoff(),
         default_region_for_numbers: str | None = None,
         fatal_cooldown: float | None = 60.0,
+        outage_timeout: float = OUTAGE_TIMEOUT,
         log: Any = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -97,6 +104,7 @@ class Claimer:
         self._backoff = backoff
         self._default_region = default_region_for_numbers
         self._fatal_cooldown = fatal_cooldown
+        self._outage_timeout = outage_timeout
         self.log = log if log is not None else structlog.get_logger("bulkclaim")
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
         self._stack: AsyncExitStack | None = None
@@ -127,7 +135,8 @@ class Claimer:
             else:  # an injected clock (tests, simulations) gets limiters of its own
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
             self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng,
-                           clock=self._clock, fatal_cooldown=self._fatal_cooldown)
+                           clock=self._clock, fatal_cooldown=self._fatal_cooldown,
+                           outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings))
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
@@ -253,11 +262,18 @@ class Claimer:
 
 
 @contextlib.asynccontextmanager
-async def connect_api(settings: ClientSettings, rates: RateSettings | None = None) -> AsyncIterator[Api]:
+async def connect_api(settings: ClientSettings, rates: RateSettings | None = None, *,
+                      outage_timeout: float = OUTAGE_TIMEOUT) -> AsyncIterator[Api]:
     """A Connect client behind this process's shared limiters, without a journal or an engine:
     for listings (the dry run's preflight). Fatal answers stop it for good."""
     async with connect_client(settings) as client:
-        yield Api(client, _shared_limiters(settings, rates or RateSettings()))
+        yield Api(client, _shared_limiters(settings, rates or RateSettings()), outage_timeout=outage_timeout,
+                  answer_timeout=_answer_timeout(settings))
+
+
+def _answer_timeout(settings: ClientSettings) -> float:
+    """The bound of one whole call: a connection, then the whole answer within the read timeout."""
+    return settings.connect_timeout + settings.read_timeout
 
 
 # The account's bucket is per Region and API: every Claimer of this process (on this event loop) that

@@ -45,7 +45,7 @@ from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
 from bulkclaim.inputs import FORMATS
-from bulkclaim.model import BulkclaimError, JournalError, Status, Target
+from bulkclaim.model import BulkclaimError, ConfigurationError, FatalServiceError, JournalError, Status, Target
 from bulkclaim.sandbox.command import sandbox_command
 
 # What a command needs to run (the AWS SDK, the engine) is imported in its body: ``--help`` and
@@ -89,19 +89,21 @@ def cli(verbose: bool, quiet: bool) -> None:
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
+    target = target_of(opts)  # a usage error first: it needs nothing more loaded
+
     from bulkclaim.inputs import InputFileError, check_file, read_inputs
     from bulkclaim.logs import configure_logging
-    from bulkclaim.report import report_format
+    from bulkclaim.report import check_writable, report_format
 
     opts["verbosity"] = verbosity(opts)
     configure_logging(opts["log_format"], verbosity=opts["verbosity"])
-    target = target_of(opts)
     journal = opts["journal"] or default_journal(target)
     try:
         for path in inputs:
             check_file(path, opts["input_format"])
         if opts["report"]:
             report_format(opts["report"])
+            check_writable(opts["report"])
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
                            default_region=opts["default_region_for_numbers"])
         if opts["dry_run"]:
@@ -118,11 +120,16 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
 
     from bulkclaim.journal_views import dry_run_plan, journal_churn
     from bulkclaim.preflight import Preflight
+    from bulkclaim.quotas import Quotas
 
     owned: dict[str, Any] | None = None
     quota_check: Preflight | None = None
+    quotas = Quotas()
     if not opts["no_preflight"]:
-        owned, quotas = anyio.run(_read_target, target, opts)
+        try:
+            owned, quotas = anyio.run(_read_target, target, opts)
+        except FatalServiceError as exc:  # what would stop the run stops the dry run, before any claim
+            fail(f"dry run: the run would stop here (nothing was sent): {exc}", EXIT_FATAL)
     try:
         plan = dry_run_plan(rows, journal, retry_failed=opts["retry_failed"], owned=owned or ())
         if not opts["no_preflight"]:
@@ -144,6 +151,10 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
     click.echo(f"  invalid:           {plan.invalid_count}")
     for row in plan.invalid[:20]:
         click.echo(f"    {row.source}: {row.reason}")
+    rates = rate_settings(opts, quotas)
+    click.echo(f"  rate:              {rates.rate:g} claims/s, burst {rates.burst}")
+    click.echo(f"  expected duration: {_duration(max(0, plan.to_claim - rates.burst) / rates.rate)} for "
+               f"{plan.to_claim} claim(s) at best ((N - burst) / rate), plus waiting for CLAIMED")
     if quota_check is not None:
         for line in quota_check.lines():
             click.echo(f"  quota: {line}")
@@ -163,21 +174,41 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
 
 
 async def _read_target(target: Target, opts: dict[str, Any]) -> tuple[dict[str, Any] | None, Quotas]:
-    """For the dry run's preflight: the quotas and the numbers the target holds (None if unreadable)."""
+    """For the dry run's preflight: the numbers the target holds (None if unreadable) and the quotas.
+
+    Listing the target is the check a dry run can make without side effects: an unknown target, bad
+    credentials or an unreachable endpoint raise FatalServiceError, as they would stop the run."""
     import structlog
 
     from bulkclaim.calls import CallFailed
     from bulkclaim.claimer import connect_api
     from bulkclaim.reconcile import sweep
 
-    quotas = await read_run_quotas(opts)
     log = structlog.get_logger("bulkclaim")
+    owned: dict[str, Any] | None = None
     try:
-        async with connect_api(client_settings(opts)) as api:
-            return dict(await sweep(api, target)), quotas
-    except (CallFailed, BulkclaimError) as exc:
+        async with connect_api(client_settings(opts), outage_timeout=opts["outage_timeout"]) as api:
+            owned = dict(await sweep(api, target))
+    except FatalServiceError as exc:
+        if exc.code not in _NOT_CONFIGURED:
+            raise
         log.warning("preflight.incomplete", problem=f"cannot list the numbers of {target.key}: {exc}")
-        return None, quotas
+    except (CallFailed, ConfigurationError) as exc:  # no AWS configuration at all: an offline check of the file
+        log.warning("preflight.incomplete", problem=f"cannot list the numbers of {target.key}: {exc}")
+    return owned, await read_run_quotas(opts)
+
+
+# No credentials at all is a dry run used offline, to check a file: it plans with a warning. Wrong
+# credentials, an unknown target or an unreachable endpoint would stop the run: so they stop the dry run.
+_NOT_CONFIGURED = frozenset({"NoCredentialsError", "PartialCredentialsError"})
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
 
 
 @dataclass
@@ -215,7 +246,7 @@ class _Run:
         async with Claimer(journal=self.journal, instance_id=self.target.instance_id,
                            target_arn=self.target.target_arn, client_settings=client_settings(opts),
                            rates=rate_settings(opts, quotas or Quotas()), options=options,
-                           fatal_cooldown=None) as claimer:
+                           fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
             with anyio.CancelScope() as scope:
                 self.harness.install_signals(claimer.engine.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0

@@ -15,7 +15,7 @@ import click
 from bulkclaim.cli_help import GroupedOption
 from bulkclaim.cli_signals import EXIT_SIGNAL
 from bulkclaim.model import Target
-from bulkclaim.settings import ClientSettings, RateSettings
+from bulkclaim.settings import OUTAGE_TIMEOUT, ClientSettings, RateSettings
 
 if TYPE_CHECKING:
     from bulkclaim.logs import Verbosity
@@ -100,7 +100,10 @@ aws_options = _stack(
     option("connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True, group="AWS",
            help="Seconds to wait for a connection."),
     option("read-timeout", type=click.FloatRange(min=0.01), default=15.0, show_default=True, group="AWS",
-           help="Seconds to wait for an answer before retrying with the same token."),
+           help="Seconds to wait for the whole answer (once connected) before retrying with the same token."),
+    option("outage-timeout", type=click.FloatRange(min=0), default=OUTAGE_TIMEOUT, show_default=True, group="AWS",
+           help="Seconds to wait for an endpoint that stopped answering before stopping the run (exit 3; "
+                "the same command resumes). One that never answered is given up after 20 s."),
     option("log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
            group="Output", help="Logs on stderr: console on a terminal, JSON lines otherwise (auto)."),
 )

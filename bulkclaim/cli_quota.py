@@ -89,13 +89,14 @@ def acquire_command(**opts: Any) -> None:
     from bulkclaim.acquire import AcquireSpec
     from bulkclaim.cli_run import Harness
     from bulkclaim.logs import configure_logging
-    from bulkclaim.report import atomic_write, report_format, write_report
+    from bulkclaim.report import atomic_write, check_writable, report_format, write_report
 
     configure_logging(opts["log_format"], verbosity=verbosity(opts))
     target = target_of(opts)
     if opts["report"]:
         try:
             report_format(opts["report"])
+            check_writable(opts["report"])
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
     spec = AcquireSpec(connect_enum(opts["country"], "PhoneNumberCountryCode", "--country"),
@@ -143,7 +144,7 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
     options = Options(verify=not opts["no_verify"], verify_timeout=opts["verify_timeout"])
     async with Claimer(journal=harness.journal, instance_id=target.instance_id, target_arn=target.target_arn,
                        client_settings=client_settings(opts), rates=rate_settings(opts, quotas), options=options,
-                       fatal_cooldown=None) as claimer:
+                       fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
         assert isinstance(claimer.journal, SqliteJournal)
         acquirer = Acquirer(claimer.engine, claimer.journal, target, spec, name)
         with anyio.CancelScope() as scope:
@@ -280,7 +281,8 @@ async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, c
             target = Target.from_key(key)
             async with Claimer(journal=harness.journal, instance_id=target.instance_id,
                                target_arn=target.target_arn, client_settings=client_settings(opts),
-                               rates=rate_settings(opts, quotas), fatal_cooldown=None) as claimer:
+                               rates=rate_settings(opts, quotas), fatal_cooldown=None,
+                               outage_timeout=opts["outage_timeout"]) as claimer:
                 assert isinstance(claimer.journal, SqliteJournal)
                 try:
                     counts.update(await release_all(

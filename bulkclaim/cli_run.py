@@ -26,6 +26,7 @@ from bulkclaim.logs import stderr_console
 from bulkclaim.model import (
     BulkclaimError,
     ConfigurationError,
+    EndpointUnreachableError,
     FatalServiceError,
     JournalError,
     ParametersChangedError,
@@ -61,6 +62,12 @@ class Harness:
         except QuotaExceededError as exc:
             log.error("run.refused", error_code=exc.code, error_message=exc.message)
             self._abort(f"refused: {exc.message}")
+        except EndpointUnreachableError as exc:
+            log.error("run.aborted", error_code=exc.code, error_message=exc.message, endpoint=exc.endpoint)
+            how_long = f"{'unreachable for' if exc.ever_answered else 'no answer in'} {exc.seconds:.0f}s"
+            self._abort(f"aborted: cannot reach {exc.endpoint}: {exc.cause} ({how_long}). Nothing was marked "
+                        f"failed: the journal {self.journal} keeps every unfinished number with its token; run "
+                        "the same command again to resume once the endpoint answers.")
         except FatalServiceError as exc:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message)
             self._abort(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "

@@ -31,7 +31,6 @@ from bulkclaim.cli_common import (
 )
 from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.inputs import FORMATS, InputFileError, detect_format
-from bulkclaim.logs import configure_logging
 from bulkclaim.report import atomic_write, check_writable
 
 if TYPE_CHECKING:
@@ -57,6 +56,8 @@ def search_command(**opts: Any) -> None:
     Claims nothing: `bulkclaim claim OUTPUT` does. Exits 1 if the inventory had fewer than COUNT
     (the file then holds those found). Numbers found are not reserved: someone else may claim one
     before you do (`bulkclaim acquire` claims exactly COUNT, replacing numbers taken meanwhile)."""
+    from bulkclaim.logs import configure_logging
+
     configure_logging(opts["log_format"])
     target = target_of(opts)
     country = connect_enum(opts["country"], "PhoneNumberCountryCode", "--country")
@@ -67,9 +68,9 @@ def search_command(**opts: Any) -> None:
     except InputFileError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
-        check_writable(output)  # before any request
-    except OSError as exc:
-        fail(f"{output}: cannot write here: {exc.strerror or exc}", EXIT_USAGE)
+        check_writable(output, "output")  # before any request
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
     found = _run_search(target, country, number_type, opts)
     try:
         with atomic_write(output) as handle:

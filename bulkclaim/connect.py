@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class Classified:
     code: str
     message: str
     throttled: bool = False
+    #: No connection to the service could be opened (refused, DNS, connect timeout): the request
+    #: certainly did not reach it, and the endpoint, not this request, is the problem (see outage.py).
+    unreachable: bool = False
 
 
 class SingleAttemptSession(AIOHTTPSession):
@@ -146,7 +150,9 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
                   | botocore_errors.TokenRetrievalError | botocore_errors.SSOError):
         return Classified(Verdict.FATAL, type(error).__name__, str(error))
     if isinstance(error, botocore_errors.ConnectTimeoutError | botocore_errors.EndpointConnectionError):
-        return Classified(Verdict.RETRY, type(error).__name__, str(error))  # never reached the service
+        return Classified(Verdict.RETRY, type(error).__name__, _with_reason(error), unreachable=not _dropped(error))
+    if isinstance(error, ConnectionRefusedError | socket.gaierror):
+        return Classified(Verdict.RETRY, type(error).__name__, str(error), unreachable=True)
     if isinstance(error, botocore_errors.HTTPClientError | botocore_errors.ReadTimeoutError
                   | aiohttp.ClientError | asyncio.TimeoutError | ConnectionError):
         return Classified(Verdict.RETRY, type(error).__name__, str(error))
@@ -157,3 +163,23 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
         # number: stop the run with the journal intact rather than fail numbers one by one.
         return Classified(Verdict.FATAL, type(error).__name__, str(error))
     raise error
+
+
+def _dropped(error: botocore_errors.BotoCoreError) -> bool:
+    """An EndpointConnectionError that aiobotocore raised for a connection reset *after* it was open
+    (aiohttp's ClientOSError other than a failed connect): the request may have reached the service."""
+    cause = error.kwargs.get("error")
+    return isinstance(cause, aiohttp.ClientOSError) and not isinstance(cause, aiohttp.ClientConnectorError)
+
+
+def _with_reason(error: botocore_errors.BotoCoreError) -> str:
+    """botocore's message plus the operating system's reason ("Connection refused", a DNS error),
+    which botocore leaves out: it is what a user needs to tell a wrong port from a wrong name."""
+    cause = error.kwargs.get("error")
+    reason = getattr(cause, "os_error", None) or cause
+    errno = getattr(reason, "errno", None)
+    if isinstance(errno, int) and errno > 0 and not isinstance(reason, socket.gaierror):
+        text = os.strerror(errno)  # asyncio's own strerror ("Connect call failed ...") leaves out the why
+    else:
+        text = getattr(reason, "strerror", None) or (str(reason) if isinstance(reason, BaseException) else "")
+    return f"{error} ({text})" if text and text not in str(error) else str(error)

@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from bulkclaim.calls import Api, CallFailed
+from bulkclaim.calls import Api, CallFailed, Withdrawn
 from bulkclaim.connect import Verdict
 from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
@@ -303,7 +303,10 @@ class Engine:
             attempts += 1
             log.debug("claim.sent", attempt=attempts)
             try:
-                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", **params)
+                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", withdraw_if=self._stop.is_set,
+                                             **params)
+            except Withdrawn:  # stopped while it waited for its turn: never sent
+                return _outcome(planned, Status.PENDING, attempts - 1)
             except CallFailed as failed:
                 error = failed.classified
                 self.journal.record_attempt(planned, error.verdict.value, error.code)

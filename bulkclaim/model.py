@@ -18,6 +18,7 @@ __all__ = [
     "BulkclaimError",
     "ClaimRequest",
     "ConfigurationError",
+    "EndpointUnreachableError",
     "FatalServiceError",
     "JournalError",
     "Options",
@@ -185,6 +186,20 @@ class FatalServiceError(BulkclaimError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class EndpointUnreachableError(FatalServiceError):
+    """The endpoint could not be reached: never (a wrong URL, no network), or for longer than the
+    outage timeout. Numbers not finished keep their tokens; nothing was marked failed because of it."""
+
+    def __init__(self, endpoint: str, cause: str, seconds: float, *, ever_answered: bool) -> None:
+        when = (f"unreachable for {seconds:.0f}s" if ever_answered
+                else f"never reached (gave up after {seconds:.0f}s)")
+        super().__init__("EndpointUnreachable", f"{endpoint} {when}: {cause}")
+        self.endpoint = endpoint
+        self.cause = cause
+        self.seconds = seconds
+        self.ever_answered = ever_answered
 
 
 class QuotaExceededError(FatalServiceError):

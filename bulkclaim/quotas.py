@@ -65,9 +65,12 @@ async def read_quotas(settings: ClientSettings) -> Quotas:
 async def read_quotas_with(client: Any) -> Quotas:
     """Read both quotas with an existing Service Quotas client; never raises for service errors."""
     quotas = Quotas()
-    numbers = await _value(client, PHONE_NUMBER_QUOTA, quotas.problems)
-    quotas.phone_numbers = None if numbers is None else int(numbers)
-    quotas.claim_rate = await _value(client, CLAIM_RATE_QUOTA, quotas.problems)
+    try:
+        numbers = await _value(client, PHONE_NUMBER_QUOTA, quotas.problems)
+        quotas.phone_numbers = None if numbers is None else int(numbers)
+        quotas.claim_rate = await _value(client, CLAIM_RATE_QUOTA, quotas.problems)
+    except _Unreachable:  # not asked again, nor twice: the run's own requests will say why, and wait for it
+        pass
     return quotas
 
 
@@ -84,8 +87,14 @@ async def _value(client: Any, code: str, problems: list[str]) -> float | None:
             if verdict.code == "NoSuchResourceException" and operation == "get_service_quota":
                 operation, attempt = "get_aws_default_service_quota", 0  # never adjusted: the default applies
                 continue
-            if verdict.verdict == Verdict.RETRY and attempt < _ATTEMPTS:
+            if verdict.verdict == Verdict.RETRY and attempt < _ATTEMPTS and not verdict.unreachable:
                 await anyio.sleep(0.2 * 2 ** attempt)
                 continue
             problems.append(f"cannot read quota connect/{code}: {verdict.code}: {verdict.message}")
+            if verdict.unreachable:
+                raise _Unreachable from exc
             return None
+
+
+class _Unreachable(Exception):
+    """No connection to Service Quotas could be opened."""

@@ -8,7 +8,6 @@ which no spreadsheet executes and which users need to read as they are.
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import re
@@ -84,16 +83,6 @@ def atomic_write(path: Path) -> Iterator[IO[str]]:
         PARTIAL_FILES.discard(temporary)
 
 
-def check_writable(path: Path) -> None:
-    """Raise OSError unless :func:`atomic_write` can write ``path``: its directory exists and takes a
-    new file, and ``path`` is not a directory. Commands check before sending anything."""
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
-    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent or ".")
-    os.close(fd)
-    os.unlink(probe)
-
-
 def _fsync_directory(directory: Path) -> None:
     """Make the rename itself durable."""
     fd = os.open(directory or ".", os.O_RDONLY)
@@ -101,6 +90,24 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable(path: Path, what: str = "report") -> None:
+    """Raise ValueError, naming the path, unless :func:`atomic_write` can write ``path``: checked before
+    a command sends anything, so a typo in the path costs nothing. A file is created (and removed)
+    next to it, where the atomic write puts its temporary file."""
+    if path.is_dir():
+        raise ValueError(f"{what} {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        reason = "is not a directory" if parent.exists() else "no such directory"
+        raise ValueError(f"{what} {path}: {parent}: {reason}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=parent)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot create files in {parent}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_report(outcomes: Iterable[Outcome], handle: IO[str], fmt: str) -> int:

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["ClientSettings", "RateSettings"]
+__all__ = ["OUTAGE_TIMEOUT", "ClientSettings", "RateSettings"]
+
+#: How long a run rides out an endpoint that answered before and then became unreachable (seconds).
+OUTAGE_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)

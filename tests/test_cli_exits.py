@@ -52,6 +52,15 @@ async def _until(condition: Callable[[], bool], limit: float = 30) -> None:
             await anyio.sleep(0.01)
 
 
+async def _said(process: Process, text: bytes) -> None:
+    """Wait until the process has written ``text`` on stderr (what it wrote is then consumed)."""
+    assert process.stderr is not None
+    seen = b""
+    with anyio.fail_after(30):
+        while text not in seen:
+            seen += await process.stderr.receive()
+
+
 def _jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -114,11 +123,7 @@ async def test_the_second_ctrl_c_says_one_line_and_sets_the_earlier_report_aside
     async with process:
         await _until(lambda: len(env.sandbox.ledger) > 3)
         process.send_signal(signal.SIGINT)
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(30):
-            while b"finishing requests in flight" not in seen:
-                seen += await process.stderr.receive()
+        await _said(process, b"finishing requests in flight")
         process.send_signal(signal.SIGINT)
         code, _, err = await _finish(process)
     assert code == 130
@@ -221,14 +226,28 @@ async def test_ctrl_c_at_the_release_question_exits_130_and_sends_nothing(env: S
     process = await anyio.open_process([*BULKCLAIM, "release", "--journal", "j.journal"], cwd=tmp_path,
                                        env=cli_env(env))
     async with process:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(30):
-            while b"Release 2 number(s)?" not in seen:
-                seen += await process.stderr.receive()
-
+        await _said(process, b"Release 2 number(s)?")
         process.send_signal(signal.SIGINT)
         code, _, err = await _finish(process)
     assert code == 130
     assert "Traceback" not in err and "Aborted!" not in err
     assert [e.action for e in env.sandbox.ledger].count("release") == 0
+
+
+async def test_after_the_first_ctrl_c_no_new_number_is_sent(env: SandboxEnv, tmp_path: Path) -> None:
+    """At 0.5 claims/s, numbers queue for their turn at the limiter; the stop must reach them there
+    (it used to let up to five of them go out during the grace period)."""
+    path = write_numbers(tmp_path / "numbers.txt", NUMBERS[:30])
+    process = await _start(env, tmp_path, *claim_args(path, rate=0.5, burst=5), "--grace-period", "20")
+
+    def claims_received() -> int:
+        return sum(env.sandbox.stats().get("ClaimPhoneNumber", {}).values())
+
+    async with process:
+        await _until(lambda: claims_received() >= 4)  # the burst went out; the rest wait for their turn
+        process.send_signal(signal.SIGINT)
+        at_signal = claims_received()
+        code, _, err = await _finish(process)
+    assert code == 130, err[-2000:]
+    assert claims_received() - at_signal <= 1  # at most one that was already on the wire
+    assert "Traceback" not in err

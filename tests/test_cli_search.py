@@ -83,7 +83,7 @@ async def test_search_short_of_count_writes_what_it_found_and_exits_1(env: Sandb
 async def test_search_refuses_an_output_it_cannot_write_before_any_request(env: SandboxEnv, tmp_path: Path) -> None:
     missing = await run_cli(env, tmp_path, *search_args("no/such/dir/numbers.csv", count=5))
     assert missing.returncode == 2, missing.stderr
-    assert "no/such/dir/numbers.csv: cannot write here: No such file or directory" in missing.stderr
+    assert "no/such/dir/numbers.csv: no/such/dir: no such directory" in missing.stderr
     unknown = await run_cli(env, tmp_path, *search_args("numbers.xlsx", count=5))
     assert unknown.returncode == 2 and "--format" in unknown.stderr, unknown.stderr
     (tmp_path / "a-directory.csv").mkdir()

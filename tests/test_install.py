@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("botocore", "aiobotocore", "aiohttp")
+HEAVY = ("botocore", "aiobotocore", "aiohttp", "structlog", "rich")
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

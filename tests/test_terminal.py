@@ -18,7 +18,6 @@ import sys
 import termios
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,14 @@ from bulkclaim.journal import SqliteJournal, lock_holder
 from bulkclaim.logs import LogFormat, log_level
 from bulkclaim.model import RunSummary
 from bulkclaim.progress import ProgressMeter, RateMeter
-from bulkclaim.sandbox import API_NAMES, SandboxConfig, ThrottleConfig
-from tests.support import FakeClock, SandboxEnv, sandbox_env
-from tests.test_cli import BULKCLAIM, DENIED, NUMBERS, assert_once, claim_args, cli_env, run_cli, write_numbers
+from bulkclaim.sandbox import ThrottleConfig
+from tests.support import FakeClock, SandboxEnv
+from tests.test_cli import BULKCLAIM, DENIED, NUMBERS, assert_once, claim_args, cli_env, env, run_cli, write_numbers
 
 pytestmark = pytest.mark.anyio
+__all__ = ["env"]  # the sandbox fixture, shared with test_cli
 
 COLUMNS, ROWS = 160, 50
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[SandboxEnv]:
-    fast = {api: ThrottleConfig(rate=200.0, burst=20) for api in API_NAMES}
-    async with sandbox_env(throttle=fast, claim_delay=0.0, foreign_claims=(NUMBERS[-1],),
-                           credentials=(*SandboxConfig().credentials, DENIED)) as running:
-        yield running
 
 
 # -- a terminal ---------------------------------------------------------------------------------------
