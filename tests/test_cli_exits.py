@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,3 +253,21 @@ async def test_after_the_first_ctrl_c_no_new_number_is_sent(env: SandboxEnv, tmp
     assert code == 130, err[-2000:]
     assert claims_received() - at_signal <= 1  # at most one that was already on the wire
     assert "Traceback" not in err
+
+
+async def test_a_full_disk_while_a_report_is_written_exits_2_and_keeps_the_earlier_report(
+        big_journal: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.csv"
+    await anyio.Path(report).write_text("phone_number\n+12065550100\n")
+
+    def small_disk() -> None:  # writes beyond 1 MiB fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [*BULKCLAIM, "report", "--journal", str(big_journal), "--output", str(report)], cwd=tmp_path,
+        capture_output=True, text=True, preexec_fn=small_disk, timeout=120, check=False))
+    assert done.returncode == 2, done.stderr
+    assert "cannot write" in done.stderr and str(report) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert await anyio.Path(report).read_text() == "phone_number\n+12065550100\n"
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".r.csv")] == []
