@@ -295,6 +295,20 @@ async def test_claimers_of_one_process_share_one_limiter_per_region_and_api(tmp_
             assert third.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
 
 
+async def test_a_claimer_with_other_rates_gets_its_own_limiters_not_the_first_ones(tmp_path: Path) -> None:
+    async with sandbox_env() as env, claimer(env, tmp_path / "a", rate=50.0, burst=5) as first, \
+            claimer(env, tmp_path / "b", rate=7.0, burst=3) as second, \
+            claimer(env, tmp_path / "c", rate=50.0, burst=5) as same_as_first:
+        assert (second.limiters["ClaimPhoneNumber"].rate, second.limiters["ClaimPhoneNumber"].max_in_flight) == (7.0, 3)
+        assert second.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+        assert same_as_first.limiters["ClaimPhoneNumber"] is first.limiters["ClaimPhoneNumber"]
+        capped = RateSettings(50.0, 5, max_in_flight=2)
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "d", client_settings=env.settings,
+                           rates=capped) as fourth:
+            assert fourth.limiters["ClaimPhoneNumber"].max_in_flight == 2
+            assert fourth.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+
+
 async def test_every_token_is_durable_before_its_request_arrives(tmp_path: Path) -> None:
     journal = tmp_path / "j"
     numbers = NUMBERS[:20]
