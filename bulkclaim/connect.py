@@ -40,7 +40,7 @@ _THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", 
 
 class Verdict(StrEnum):
     RETRY = "retry"  # send again, same token
-    UNAVAILABLE = "unavailable"  # "not available": someone else's, or ours if our token was used before
+    UNAVAILABLE = "unavailable"  # "not available" or 409: someone else's, or ours if our token was used before
     TERMINAL = "terminal"  # this number fails; the run goes on
     FATAL = "fatal"  # the run stops: credentials, permissions, unknown target, quota
 
@@ -137,6 +137,10 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
             fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2")
             return Classified(Verdict.FATAL if fatal else Verdict.TERMINAL, code, message)
         if code == "InvalidParameterException" and "not available" in message.lower():
+            return Classified(Verdict.UNAVAILABLE, code, message)
+        if code == "IdempotencyException" and operation == "ClaimPhoneNumber":
+            # Our token was used before (with other parameters, or by an attempt whose answer was
+            # lost): the number may be ours already. Ask, exactly as after "not available".
             return Classified(Verdict.UNAVAILABLE, code, message)
         if status >= 500:
             return Classified(Verdict.RETRY, code, message)

@@ -26,6 +26,8 @@ from bulkclaim import (
     Status,
 )
 from bulkclaim.inputs import read_inputs
+from bulkclaim.journal import SqliteJournal
+from bulkclaim.model import Target
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -155,6 +157,47 @@ async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path
     assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
     assert env.sandbox.stats()["ClaimPhoneNumber"].get("InvalidParameterException") == 1
     assert_exactly_once(env, NUMBERS[:1])
+
+
+async def _plan_token(journal: Path, number: str) -> str:
+    """Reserve ``number``'s token in the journal without sending anything (as a killed run leaves it)."""
+    store = await anyio.to_thread.run_sync(SqliteJournal.open, journal)
+    try:
+        request = ClaimRequest(number, Target(instance_id=INSTANCE_ID), source="test")
+        planned = await store.plan([request], await store.begin_run(), retry_failed=False)
+        return planned.work[0].client_token
+    finally:
+        await store.close()
+
+
+async def test_idempotency_conflict_is_checked_for_ownership_like_not_available(tmp_path: Path) -> None:
+    # Our token reached the service earlier with other parameters (another description): the 409 says
+    # the token was used before, so the number may be ours. It is: adopted, not failed.
+    journal = tmp_path / "j"
+    token = await _plan_token(journal, NUMBERS[0])
+    async with sandbox_env(claim_delay=0.0) as env:
+        async with env.client() as client:
+            await client.claim_phone_number(PhoneNumber=NUMBERS[0], InstanceId=INSTANCE_ID, ClientToken=token,
+                                            PhoneNumberDescription="an earlier attempt")
+        async with claimer(env, journal) as c:
+            outcome = await c.claim(NUMBERS[0])
+    assert env.sandbox.stats()["ClaimPhoneNumber"].get("IdempotencyException") == 1
+    assert outcome.status == Status.CLAIMED, outcome
+    assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
+    assert_exactly_once(env, NUMBERS[:1])
+
+
+async def test_idempotency_conflict_on_a_number_not_ours_fails_after_the_check(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    token = await _plan_token(journal, NUMBERS[0])
+    async with sandbox_env(claim_delay=0.0) as env:
+        async with env.client() as client:  # the token was spent on another number
+            await client.claim_phone_number(PhoneNumber=NUMBERS[1], InstanceId=INSTANCE_ID, ClientToken=token)
+        async with claimer(env, journal) as c:
+            outcome = await c.claim(NUMBERS[0])
+    assert (outcome.status, outcome.error_code) == (Status.FAILED, "IdempotencyException")
+    assert env.sandbox.stats()["ListPhoneNumbersV2"].get("ok") == 1  # asked before failing
+    assert env.sandbox.state.executions(NUMBERS[0]) == 0
 
 
 async def test_number_held_by_someone_else_fails_with_the_service_error(tmp_path: Path) -> None:
