@@ -16,7 +16,7 @@ import anyio
 from botocore.exceptions import ClientError
 
 from bulkclaim.backoff import Backoff
-from bulkclaim.connect import Classified, Verdict, classify
+from bulkclaim.connect import Classified, Verdict, check_answer, classify
 from bulkclaim.model import FatalServiceError
 from bulkclaim.ratelimit import Limiter
 
@@ -83,6 +83,7 @@ class Api:
             limiter.sent += 1
             try:
                 answer: dict[str, Any] = await getattr(self.client, method)(**params)
+                check_answer(operation, answer)  # a 200 without the answer is an unknown outcome
             except Exception as exc:
                 classified = classify(exc, operation)
                 if classified.throttled:
