@@ -137,15 +137,17 @@ def check_answer(operation: str, answer: dict[str, Any]) -> None:
     may leave out an empty list, so one is accepted without it only if the service's request id shows
     the service itself answered."""
     missing = [key for key in _ANSWER_KEYS.get(operation, ()) if key not in answer]
-    if operation == "ListPhoneNumbersV2" and "ListPhoneNumbersSummaryList" not in answer and not answer.get(
-            "ResponseMetadata", {}).get("RequestId"):
-        missing.append("ListPhoneNumbersSummaryList")
+    listed = _LIST_KEYS.get(operation)
+    if listed and listed not in answer and not answer.get("ResponseMetadata", {}).get("RequestId"):
+        missing.append(listed)
     if missing:
         raise IncompleteAnswer(operation, ", ".join(missing))
 
 
 _ANSWER_KEYS = {"ClaimPhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
                 "DescribePhoneNumber": ("ClaimedPhoneNumberSummary",)}
+_LIST_KEYS = {"ListPhoneNumbersV2": "ListPhoneNumbersSummaryList",
+              "SearchAvailablePhoneNumbers": "AvailableNumbersList"}
 
 
 def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Classified:
