@@ -116,8 +116,12 @@ class Claimer:
         await stack.__aenter__()
         try:
             if isinstance(self._journal_spec, str | Path):
-                self.journal: Journal = SqliteJournal.open(self._journal_spec)
-                stack.push_async_callback(self.journal.close)
+                # Opened in a worker thread (it migrates and fsyncs: the event loop must not wait), and
+                # shielded: a journal that is open reaches the exit stack, so a cancelled owner closes it.
+                with anyio.CancelScope(shield=True):
+                    opened = await anyio.to_thread.run_sync(SqliteJournal.open, self._journal_spec)
+                self.journal: Journal = opened
+                stack.push_async_callback(opened.close)  # shielded: always finishes
             else:
                 self.journal = self._journal_spec
             client = self._client

@@ -352,6 +352,18 @@ async def test_a_claimer_with_other_rates_gets_its_own_limiters_not_the_first_on
             assert fourth.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
 
 
+async def test_a_lone_claims_outcome_reaches_the_disk_without_waiting_for_another_record(tmp_path: Path) -> None:
+    # Lazy outcomes have a maximum age: nothing else is recorded after this claim, yet its outcome is
+    # written (the bound is generous: this waits for a condition, it does not measure a delay).
+    journal = tmp_path / "j"
+    async with sandbox_env(claim_delay=0.0) as env, claimer(env, journal) as c:
+        outcome = await c.claim(NUMBERS[0])
+        assert outcome.status == Status.CLAIMED
+        with anyio.fail_after(10):
+            while journal_rows(journal)[NUMBERS[0]][0] != "claimed":  # noqa: ASYNC110 - a file has no event
+                await anyio.sleep(0.02)
+
+
 async def test_every_token_is_durable_before_its_request_arrives(tmp_path: Path) -> None:
     journal = tmp_path / "j"
     numbers = NUMBERS[:20]
