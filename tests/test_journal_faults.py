@@ -140,6 +140,28 @@ async def test_a_second_process_on_the_same_journal_is_refused(env: SandboxEnv, 
     one_clear_line(second, 2, "in use by another bulkclaim process")
 
 
+async def test_no_path_trick_lets_a_second_process_into_a_journal_in_use(env: SandboxEnv, tmp_path: Path) -> None:
+    # The lock is on the journal itself: deleting a lock file beside it, or coming by a hard link or
+    # a symlink, reaches the same locked file.
+    journal = tmp_path / "j.journal"
+    env.sandbox.set_throttle("ClaimPhoneNumber", ThrottleConfig(rate=20.0, burst=5))
+    first = await anyio.open_process([*BULKCLAIM, *claim(journal, numbers_file(tmp_path, 100), "--rate", "20",
+                                                         "--burst", "5")], cwd=tmp_path, env=cli_env(env))
+    async with first:
+        with anyio.fail_after(30):
+            while not env.sandbox.ledger:  # noqa: ASYNC110 - the first run is under way
+                await anyio.sleep(0.02)
+        Path(f"{journal}.lock").unlink(missing_ok=True)  # noqa: ASYNC240 - a test's own file
+        (tmp_path / "linked.journal").hardlink_to(journal)
+        (tmp_path / "symlinked.journal").symlink_to(journal)
+        refusals = [await run_cli(env, tmp_path, *claim(tmp_path / name, numbers_file(tmp_path, 100)))
+                    for name in ("j.journal", "linked.journal", "symlinked.journal")]
+        first.terminate()
+        await first.wait()
+    for refused in refusals:
+        one_clear_line(refused, 2, "in use by another bulkclaim process")
+
+
 async def test_credentials_never_reach_logs_reports_or_the_journal(env: SandboxEnv, tmp_path: Path) -> None:
     journal = tmp_path / "j.journal"
     secret = env.settings.aws_secret_access_key or "unset"
