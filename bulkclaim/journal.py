@@ -17,7 +17,6 @@ so another backend can be added.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -214,9 +213,8 @@ class SqliteJournal:
         cancellation: a cancelled caller still leaves the journal closed and free for the next open."""
         with anyio.CancelScope(shield=True):
             try:
-                if not self._writer.failed:
-                    with contextlib.suppress(JournalError):  # already closed: nothing left to write
-                        await self.flush()
+                if self._writer.running:  # a failed write raises here, after the finally below
+                    await self.flush()
             finally:
                 self._lazy.cancel_timer()
                 await self._writer.stop()

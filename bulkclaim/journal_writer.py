@@ -53,8 +53,9 @@ class Writer:
             raise self._failure
 
     @property
-    def failed(self) -> bool:
-        return self._failure is not None
+    def running(self) -> bool:
+        """The thread is serving jobs: not stopped and no write has failed."""
+        return self._failure is None and self._thread.is_alive()
 
     async def stop(self) -> None:
         """Let the thread finish what is queued and end; wait for it (in a worker thread)."""
