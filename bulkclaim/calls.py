@@ -18,7 +18,7 @@ import anyio
 from botocore.exceptions import ClientError
 
 from bulkclaim.backoff import Backoff
-from bulkclaim.connect import Classified, Verdict, classify
+from bulkclaim.connect import Classified, Verdict, check_answer, classify
 from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
@@ -107,6 +107,7 @@ class Api:
             try:
                 with anyio.fail_after(self.answer_timeout):
                     answer: dict[str, Any] = await getattr(self.client, method)(**params)
+                check_answer(operation, answer)  # a 200 without the answer is an unknown outcome
             except TimeoutError as exc:  # the whole answer took too long: unknown outcome, same token again
                 raise CallFailed(Classified(Verdict.RETRY, "ReadTimeoutError",
                                             f"no complete answer within {self.answer_timeout:g}s")) from exc

@@ -69,6 +69,11 @@ class Claimer:
     at a time checks whether it is back); after ``outage_timeout`` seconds of outage (20 s if it has
     never answered) they raise :class:`EndpointUnreachableError`, with every token kept in the
     journal. ``client_settings.read_timeout`` (+ ``connect_timeout``) bounds each whole call.
+
+    Claimers of one process talking to the same Region and endpoint with the same ``rates`` share
+    one limiter per API (one rate budget, as the account's bucket is shared). A Claimer with other
+    ``rates`` gets limiters built from its own arguments, which do not share that budget (a
+    ``limiter.not_shared`` warning is logged).
     """
 
     def __init__(
@@ -119,8 +124,12 @@ class Claimer:
         await stack.__aenter__()
         try:
             if isinstance(self._journal_spec, str | Path):
-                self.journal: Journal = SqliteJournal.open(self._journal_spec)
-                stack.push_async_callback(self.journal.close)
+                # Opened in a worker thread (it migrates and fsyncs: the event loop must not wait), and
+                # shielded: a journal that is open reaches the exit stack, so a cancelled owner closes it.
+                with anyio.CancelScope(shield=True):
+                    opened = await anyio.to_thread.run_sync(SqliteJournal.open, self._journal_spec)
+                self.journal: Journal = opened
+                stack.push_async_callback(opened.close)  # shielded: always finishes
             else:
                 self.journal = self._journal_spec
             client = self._client
@@ -277,16 +286,38 @@ def _answer_timeout(settings: ClientSettings) -> float:
 
 
 # The account's bucket is per Region and API: every Claimer of this process (on this event loop) that
-# talks to the same Region and endpoint shares one limiter per API. The first Claimer's rates win.
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], Limiter]] = (
+# talks to the same Region and endpoint *with the same rate settings* shares one limiter per API.
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Limiter]] = (
     weakref.WeakKeyDictionary())
 
 
 def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str, Limiter]:
+    """This process's limiters for ``settings``' Region and endpoint, one per API.
+
+    They are keyed by the rate settings as well as the scope: a Claimer asking for other rates (rate,
+    burst, in-flight cap, adaptive) gets limiters of its own built from *its* arguments, never another
+    Claimer's. Those then do not share one budget with the first Claimer's: together they may send
+    more than either's rate, so a warning says so; give every Claimer of a process the same rates
+    to have them share one budget.
+    """
     registry = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
     scope = (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
              settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
-    return {api: registry.setdefault((*scope, api), rates.limiter(api, time.monotonic, anyio.sleep)) for api in _APIS}
+    limiters: dict[str, Limiter] = {}
+    for api in _APIS:
+        rate, burst = rates.per_api.get(api, (rates.rate, rates.burst))
+        in_flight = rates.max_in_flight if api == "ClaimPhoneNumber" else None
+        key = (*scope, api, rate, burst, in_flight, rates.adaptive)
+        if key not in registry:
+            others = [k[3:] for k in registry if k[:3] == (*scope, api)]
+            if others:
+                structlog.get_logger("bulkclaim").warning(
+                    "limiter.not_shared", api=api, region=scope[0], rate=rate, burst=burst, max_in_flight=in_flight,
+                    adaptive=rates.adaptive, other_settings=others,
+                    hint="Claimers with different rates do not share one rate budget")
+            registry[key] = rates.limiter(api, time.monotonic, anyio.sleep)
+        limiters[api] = registry[key]
+    return limiters
 
 
 async def _next_item(rx: MemoryObjectReceiveStream[Outcome | BaseException]) -> Outcome | BaseException | None:

@@ -27,7 +27,8 @@ from bulkclaim.settings import ClientSettings
 if TYPE_CHECKING:  # stubs are a dev dependency: never imported at run time
     from types_aiobotocore_connect import ConnectClient
 
-__all__ = ["Classified", "ClientSettings", "Verdict", "aws_client", "classify", "client_config", "connect_client"]
+__all__ = ["Classified", "ClientSettings", "IncompleteAnswer", "Verdict", "aws_client", "check_answer", "classify",
+           "client_config", "connect_client"]
 
 # Errors that say the caller, not the number, is wrong: every further request would fail the same way.
 _FATAL_CODES = frozenset({
@@ -41,7 +42,7 @@ _THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", 
 
 class Verdict(StrEnum):
     RETRY = "retry"  # send again, same token
-    UNAVAILABLE = "unavailable"  # "not available": someone else's, or ours if our token was used before
+    UNAVAILABLE = "unavailable"  # "not available" or 409: someone else's, or ours if our token was used before
     TERMINAL = "terminal"  # this number fails; the run goes on
     FATAL = "fatal"  # the run stops: credentials, permissions, unknown target, quota
 
@@ -125,6 +126,34 @@ async def aws_client(service: str, settings: ClientSettings, session: AioSession
         await creator.__aexit__(None, None, None)
 
 
+class IncompleteAnswer(Exception):
+    """A 200 without the answer in it: an empty, truncated or HTML body, as a proxy or load balancer
+    in the way can send. The request may well have taken effect: an unknown outcome, never an answer."""
+
+    def __init__(self, operation: str, missing: str) -> None:
+        super().__init__(f"{operation} answered 200 without {missing} (an empty, truncated or foreign body)")
+
+
+def check_answer(operation: str, answer: dict[str, Any]) -> None:
+    """Raise IncompleteAnswer unless ``answer`` holds what ``operation`` always answers with.
+
+    botocore parses a body that is not JSON (or empty) into an answer with no fields at all. A listing
+    may leave out an empty list, so one is accepted without it only if the service's request id shows
+    the service itself answered."""
+    missing = [key for key in _ANSWER_KEYS.get(operation, ()) if key not in answer]
+    listed = _LIST_KEYS.get(operation)
+    if listed and listed not in answer and not answer.get("ResponseMetadata", {}).get("RequestId"):
+        missing.append(listed)
+    if missing:
+        raise IncompleteAnswer(operation, ", ".join(missing))
+
+
+_ANSWER_KEYS = {"ClaimPhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
+                "DescribePhoneNumber": ("ClaimedPhoneNumberSummary",)}
+_LIST_KEYS = {"ListPhoneNumbersV2": "ListPhoneNumbersSummaryList",
+              "SearchAvailablePhoneNumbers": "AvailableNumbersList"}
+
+
 def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Classified:
     """Sort an exception from a Connect call into retry / unavailable / terminal / fatal (DESIGN §2)."""
     if isinstance(error, botocore_errors.ClientError):
@@ -142,6 +171,10 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
             return Classified(Verdict.FATAL if fatal else Verdict.TERMINAL, code, message)
         if code == "InvalidParameterException" and "not available" in message.lower():
             return Classified(Verdict.UNAVAILABLE, code, message)
+        if code == "IdempotencyException" and operation == "ClaimPhoneNumber":
+            # Our token was used before (with other parameters, or by an attempt whose answer was
+            # lost): the number may be ours already. Ask, exactly as after "not available".
+            return Classified(Verdict.UNAVAILABLE, code, message)
         if status >= 500:
             return Classified(Verdict.RETRY, code, message)
         return Classified(Verdict.TERMINAL, code, message)
@@ -149,6 +182,8 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
                   | botocore_errors.NoRegionError | botocore_errors.ProfileNotFound
                   | botocore_errors.TokenRetrievalError | botocore_errors.SSOError):
         return Classified(Verdict.FATAL, type(error).__name__, str(error))
+    if isinstance(error, IncompleteAnswer):  # may have taken effect: the same token again, then ask
+        return Classified(Verdict.RETRY, "IncompleteAnswer", str(error))
     if isinstance(error, botocore_errors.ConnectTimeoutError | botocore_errors.EndpointConnectionError):
         return Classified(Verdict.RETRY, type(error).__name__, _with_reason(error), unreachable=not _dropped(error))
     if isinstance(error, ConnectionRefusedError | socket.gaierror):

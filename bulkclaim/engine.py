@@ -38,7 +38,6 @@ from bulkclaim.journal import Journal
 from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
     ClaimRequest,
-    FatalServiceError,
     Options,
     Outcome,
     ParametersChangedError,
@@ -46,6 +45,7 @@ from bulkclaim.model import (
     RunSummary,
     Status,
     Target,
+    first_cause,
 )
 from bulkclaim.reconcile import Owned, find_owned, sweep
 from bulkclaim.reconcile import verify as poll_until_settled
@@ -313,15 +313,18 @@ class Engine:
                 if error.verdict == Verdict.RETRY:
                     throttles, failures = (throttles + 1, failures) if error.throttled else (throttles, failures + 1)
                     limit = self.api.backoff.max_attempts
-                    if failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE:
+                    exhausted = failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE
+                    if exhausted and error.code != "IncompleteAnswer":
                         log.warning("claim.unknown", attempts=attempts, error_code=error.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                    log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
-                    await self._pause(self.api.backoff.delay(max(failures, 1), self.rng))
-                    continue
-                if error.verdict == Verdict.UNAVAILABLE:
+                    if not exhausted:
+                        log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
+                        await self._pause(self.api.backoff.delay(max(failures, 1), self.rng))
+                        continue
+                if error.verdict in (Verdict.UNAVAILABLE, Verdict.RETRY):
                     # Unknown is not failed: our own earlier attempt (its answer lost, its token since
                     # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
+                    # (RETRY here: 200s without the answer in them, as many as retries allow.)
                     try:
                         ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
                     except CallFailed as lookup:
@@ -332,6 +335,9 @@ class Engine:
                         self.summary.adopted += 1
                         return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
                                         ours.phone_number_arn)
+                    if error.verdict == Verdict.RETRY:  # not (or no longer) held: still unknown, not failed
+                        log.warning("claim.unknown", attempts=attempts, error_code=error.code)
+                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                 log.warning("claim.failed", error_code=error.code, error_message=error.message)
                 return _outcome(planned, Status.FAILED, attempts, error=(error.code, error.message))
             self.journal.record_attempt(planned, "accepted", None)
@@ -379,20 +385,6 @@ class _Settling:
     def finish(self) -> None:
         if self._done is not None:
             self._done.set()
-
-
-def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        else:
-            leaves.append(error)
-    leaves.sort(key=lambda e: not isinstance(e, FatalServiceError))
-    return leaves[0]
 
 
 def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:

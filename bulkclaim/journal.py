@@ -1,33 +1,37 @@
 """The durable journal: every number's client token is committed here before its first request.
 
-SQLite in WAL mode with ``synchronous=FULL``. One writer thread owns the write connection; callers
-hand it jobs and the thread runs every job waiting in its queue in *one* transaction (group commit),
-so reserving tokens for a batch of numbers costs one fsync, and many concurrent library callers
-share fsyncs too. Outcomes are handed over without waiting: losing the last few outcomes in a crash
-only means the same token is sent again on resume, which the service answers idempotently.
+SQLite in WAL mode with ``synchronous=FULL``. One writer thread owns the write connection (see
+``journal_writer``); callers hand it jobs and it commits every job waiting in its queue in *one*
+transaction (group commit), so reserving tokens for a batch of numbers costs one fsync. Outcomes
+are handed over without waiting: losing the last few outcomes in a crash only means the same token
+is sent again on resume, which the service answers idempotently.
 
-A lock file beside the journal (``flock``, released by the kernel even on ``kill -9``) keeps a second
-process out. The :class:`Journal` protocol is what the engine needs, so another backend can be added.
+An exclusive ``flock`` on the database file itself (released by the kernel even on ``kill -9``) keeps
+a second process out, whatever path it comes by: a hard link or a symlink is the same file, and there
+is no lock file to delete. SQLite's own locks are POSIX ``fcntl`` locks, which are independent of
+``flock`` on Linux and on local filesystems elsewhere, so the two never interfere; readers (``status``,
+``report``) take no ``flock`` and read beside a run. (On NFS, Linux emulates ``flock`` with ``fcntl``
+locks: SQLite on NFS is not supported anyway.) The :class:`Journal` protocol is what the engine needs,
+so another backend can be added.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import errno
 import fcntl
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-from bulkclaim.journal_lazy import lazy_statements, run_statements
+import anyio
+
+from bulkclaim.journal_lazy import LazyWrites, Statement, run_statements
 from bulkclaim.journal_plan import Planned, PlanResult, PlanReuse, plan_batch, planned_from_row
-from bulkclaim.journal_schema import migrate, refuse_foreign
+from bulkclaim.journal_writer import Job, Writer
 from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
 __all__ = ["Journal", "LockHolder", "SqliteJournal", "lock_holder"]
@@ -55,10 +59,6 @@ class Journal(Protocol):
     async def close(self) -> None: ...
 
 
-def _lock_path(journal: Path) -> Path:
-    return Path(f"{journal}.lock")
-
-
 @dataclass(frozen=True)
 class LockHolder:
     """Whether a process has the journal open (holds its lock): ``held`` is None where this system
@@ -79,7 +79,7 @@ def lock_holder(journal: str | os.PathLike[str], *, expected_pid: int | None = N
     Elsewhere (no /proc/locks) the answer is unknown.
     """
     try:
-        found = os.stat(_lock_path(Path(journal)))
+        found = os.stat(journal)  # the lock is on the journal file itself
     except FileNotFoundError:
         return LockHolder(False)
     except OSError:
@@ -100,175 +100,31 @@ def lock_holder(journal: str | os.PathLike[str], *, expected_pid: int | None = N
     return LockHolder(False)
 
 
-@dataclass
-class _Job:
-    run: Callable[[sqlite3.Connection], Any]
-    done: Callable[[Any, BaseException | None], None] | None
-
-
 class SqliteJournal:
     """The SQLite journal. Open it with :meth:`open`; one process at a time."""
 
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self._identity = (0, 0)  # (device, inode) of the file opened: see _check_still_there
-        self._lazy_attempts: list[tuple[Any, ...]] = []
-        self._lazy_outcomes: list[tuple[Any, ...]] = []
-        self._lazy_since = time.monotonic()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._failure: BaseException | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._writer, name="bulkclaim-journal", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
+        self._lazy = LazyWrites(self._put_statements)
+        try:
+            self._writer = Writer(path)
+        except BaseException:
             self._release_lock()
-            raise self._failure
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SqliteJournal:
-        """Open or create the journal at ``path`` (mode 0600), refusing if another process has it."""
+        """Open or create the journal at ``path`` (mode 0600), refusing if another process has it.
+
+        It blocks (the writer thread opens and migrates the database, fsyncs included): from async
+        code, call it in a worker thread (``anyio.to_thread.run_sync``), as :class:`Claimer` does."""
         journal_path = Path(path)
-        try:
-            lock_fd = os.open(_lock_path(journal_path), os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise JournalError(f"cannot create the journal lock {journal_path}.lock: {exc.strerror}") from None
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise JournalError(f"journal {journal_path} is in use by another bulkclaim process; "
-                               "wait for it to finish (or stop it) and run again") from None
-        return cls(journal_path, lock_fd)
-
-    # -- the writer thread ---------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            refuse_foreign(conn, self.path)  # before anything writes to a file that may not be ours
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            migrate(conn, self.path)
-            self._identity = _identity(self.path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _writer(self) -> None:
-        try:
-            conn = self._connect()
-        except JournalError as exc:
-            self._failure = exc
-        except (sqlite3.Error, OSError) as exc:
-            self._failure = _journal_error(self.path, exc)
-        self._ready.set()
-        if self._failure is not None:
-            return
-        try:
-            self._serve(conn)
-        finally:
-            conn.close()
-
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        try:
-            self._serve_groups(conn)
-        except BaseException as exc:  # never leave a waiter behind: fail everything still queued
-            self._failure = self._failure or JournalError(f"journal {self.path} writer stopped: {exc!r}")
-            raise
-        finally:
-            self._fail_queued()
-
-    def _fail_queued(self) -> None:
-        closed = self._failure or JournalError(f"journal {self.path} is closed")
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None and job.done is not None:
-                job.done(None, closed)
-
-    def _serve_groups(self, conn: sqlite3.Connection) -> None:
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < _MAX_GROUP:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._jobs.put(None)  # finish this group, then stop
-                    break
-                group.append(job)
-            self._run_group(conn, group)
-
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        results: list[tuple[Any, BaseException | None]] = []
-        if self._failure is None:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for job in group:
-                    results.append(_run_job(conn, job))
-                self._check_still_there()
-                conn.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                self._failure = _journal_error(self.path, exc)
-                if conn.in_transaction:
-                    conn.rollback()
-        if self._failure is not None:  # a failed journal fails every later job: never lose silently
-            results = [(None, self._failure) for _ in group]
-        for job, (value, error) in zip(group, results, strict=True):
-            if job.done is not None:
-                with contextlib.suppress(RuntimeError):  # the waiter's event loop is gone: nobody to tell
-                    job.done(value, error)
-
-    def _check_still_there(self) -> None:
-        """A journal deleted or replaced under a run would take every later commit with it (SQLite
-        writes on to the unlinked file): stop before a token is promised durable and is not."""
-        try:
-            same = _identity(self.path) == self._identity
-        except FileNotFoundError:
-            same = False
-        if not same:
-            raise OSError("it was deleted or replaced while this run was using it; nothing more is sent. Numbers "
-                          "claimed so far stay on the target: a new run of the same inputs finds and adopts them")
+        return cls(journal_path, _lock(journal_path))
 
     async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
-        self._ship()  # everything recorded before this job is written before it
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_T] = loop.create_future()
-
-        def settle(value: Any, error: BaseException | None) -> None:
-            def apply() -> None:
-                if future.done():
-                    return  # the waiter was cancelled; the work itself is committed regardless
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(value)
-            loop.call_soon_threadsafe(apply)
-
-        self._put(_Job(run, settle))
-        return await future
-
-    def _put(self, job: _Job) -> None:
-        self._raise_if_broken()
-        self._jobs.put(job)
-
-    def _raise_if_broken(self) -> None:
-        """Fail fast once a write failed (a full disk, say): claims must not go on unrecorded."""
-        if self._failure is not None:
-            raise self._failure
-        if not self._thread.is_alive():
-            raise JournalError(f"journal {self.path} is closed")
+        self._lazy.ship()  # everything recorded before this job is written before it
+        return await self._writer.submit(run)
 
     # -- the Journal protocol --------------------------------------------------------------------------
     async def begin_run(self) -> int:
@@ -292,32 +148,23 @@ class SqliteJournal:
             "INSERT INTO rejected (run, source, raw, reason, target, at) VALUES (?, ?, ?, ?, ?, ?)", values))
 
     # Attempts and outcomes are committed lazily (DESIGN §3: a lost outcome only means the same token
-    # is sent again). They are buffered and handed to the writer as one job per batch, or before any
-    # other job so that every later read sees them: one job per claim would cost more than the claim.
+    # is sent again). They are buffered and handed to the writer as one job per batch, before any
+    # other job so that every later read sees them, or when the oldest has waited its maximum age
+    # (see LazyWrites): one job per claim would cost more than the claim.
     def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None:
-        self._lazy_attempts.append((planned.request.target.key, planned.request.phone_number, planned.client_token,
-                                    time.time(), result, error_code))
-        self._ship_if_due()
+        self._writer.raise_if_broken()
+        self._lazy.add_attempt((planned.request.target.key, planned.request.phone_number, planned.client_token,
+                                time.time(), result, error_code))
 
     def record_outcome(self, outcome: Outcome) -> None:
-        self._lazy_outcomes.append((outcome.status.value, outcome.attempts, outcome.phone_number_id,
-                                    outcome.phone_number_arn, outcome.error_code, outcome.error_message,
-                                    outcome.updated_at or time.time(), outcome.target, outcome.phone_number,
-                                    outcome.client_token))
-        self._ship_if_due()
+        self._writer.raise_if_broken()
+        self._lazy.add_outcome((outcome.status.value, outcome.attempts, outcome.phone_number_id,
+                                outcome.phone_number_arn, outcome.error_code, outcome.error_message,
+                                outcome.updated_at or time.time(), outcome.target, outcome.phone_number,
+                                outcome.client_token))
 
-    def _ship_if_due(self) -> None:
-        self._raise_if_broken()
-        waiting = len(self._lazy_attempts) + len(self._lazy_outcomes)
-        if waiting >= _LAZY_BATCH or (waiting and time.monotonic() - self._lazy_since >= _LAZY_MAX_AGE):
-            self._ship()
-
-    def _ship(self) -> None:
-        attempts, outcomes = self._lazy_attempts, self._lazy_outcomes
-        self._lazy_attempts, self._lazy_outcomes, self._lazy_since = [], [], time.monotonic()
-        if attempts or outcomes:
-            statements = lazy_statements(attempts, outcomes)  # here, so the writer only runs them
-            self._put(_Job(lambda conn: run_statements(conn, statements), None))
+    def _put_statements(self, statements: list[Statement]) -> None:
+        self._writer.put(Job(lambda conn: run_statements(conn, statements), None))
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
@@ -389,7 +236,7 @@ class SqliteJournal:
         def query(conn: sqlite3.Connection) -> tuple[list[Outcome], int]:
             rows = conn.execute(
                 "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                "attempts, error_code, error_message, updated_at, seen_run FROM numbers WHERE seen_run=? AND ord>? "
+                "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
                 "AND status IN ('claimed', 'failed', 'released') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
             outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
             return outcomes, (rows[-1][0] if rows else after)
@@ -404,11 +251,16 @@ class SqliteJournal:
         await self._submit(lambda conn: None)
 
     async def close(self) -> None:
-        if self._thread.is_alive():
-            await self.flush() if self._failure is None else None
-            self._jobs.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-        self._release_lock()
+        """Write what is buffered, stop the writer thread and release the lock. Shielded from
+        cancellation: a cancelled caller still leaves the journal closed and free for the next open."""
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._writer.running:  # a failed write raises here, after the finally below
+                    await self.flush()
+            finally:
+                self._lazy.cancel_timer()
+                await self._writer.stop()
+                self._release_lock()
 
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
@@ -416,38 +268,20 @@ class SqliteJournal:
             self._lock_fd = -1
 
 
-_LAZY_BATCH = 512  # records per lazy write: one transaction, a few multi-row statements
-_LAZY_MAX_AGE = 0.5  # seconds a lazy record may wait for company before it is written anyway
-
-
-def _run_job(conn: sqlite3.Connection, job: _Job) -> tuple[Any, BaseException | None]:
-    """Run one job in its own savepoint: a job that fails for its own reasons fails alone, and the
-    rest of the group commits. Database errors still fail the whole group (the journal is broken)."""
-    conn.execute("SAVEPOINT job")
+def _lock(path: Path) -> int:
+    """Open the journal file itself (created 0600 if missing) and take an exclusive ``flock`` on it; the
+    descriptor holds the lock until it is closed. A file we may only read is locked through a read-only
+    descriptor (SQLite then says it is read-only)."""
     try:
-        value = job.run(conn)
-    except (sqlite3.Error, OSError):
-        raise
-    except Exception as exc:
-        conn.execute("ROLLBACK TO job")
-        conn.execute("RELEASE job")
-        return None, exc
-    conn.execute("RELEASE job")
-    return value, None
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino
-
-
-def _journal_error(path: Path, exc: BaseException) -> JournalError:
-    text = str(exc)
-    if "not a database" in text or "malformed" in text:
-        return JournalError(f"journal {path} is corrupt or not a bulkclaim journal ({text}); "
-                            "it was left untouched: move it aside to start over")
-    if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
-        return JournalError(f"journal {path} is read-only ({text})")
-    if "disk is full" in text or "disk I/O" in text:
-        return JournalError(f"journal {path} cannot be written: {text}; free some space and run again")
-    return JournalError(f"journal {path}: {text}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM) or not path.is_file():
+            raise JournalError(f"cannot open the journal {path}: {exc.strerror}") from None
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"journal {path} is in use by another bulkclaim process; "
+                           "wait for it to finish (or stop it) and run again") from None
+    return fd

@@ -9,13 +9,77 @@ make the event loop wait for the journal many times per batch.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Statement", "lazy_statements", "run_statements"]
+from bulkclaim.model import JournalError
+
+__all__ = ["LAZY_BATCH", "LAZY_MAX_AGE", "LazyWrites", "Statement", "lazy_statements", "run_statements"]
 
 Statement = tuple[str, list[Any]]
+
+LAZY_BATCH = 512  # records per lazy write: one transaction, a few multi-row statements
+LAZY_MAX_AGE = 0.5  # seconds a lazy record may wait for company before it is written anyway
+
+
+class LazyWrites:
+    """Attempts and outcomes recorded without waiting, handed over (``hand_over``) as one batch of
+    statements: once ``batch`` records wait, whenever :meth:`ship` is called (before any other job
+    of the journal, so every later read sees them), and at the latest ``max_age`` seconds after the
+    first of them was recorded, by a timer on the event loop, so a lone record is never left
+    unwritten until another one arrives.
+
+    Records are added and shipped on the event loop's thread only (the timer runs there too): the
+    buffers need no lock, and the writer thread only ever sees finished statements.
+    """
+
+    def __init__(self, hand_over: Callable[[list[Statement]], None], *, batch: int = LAZY_BATCH,
+                 max_age: float = LAZY_MAX_AGE) -> None:
+        self._hand_over = hand_over
+        self.batch, self.max_age = batch, max_age
+        self._attempts: list[tuple[Any, ...]] = []
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add_attempt(self, row: tuple[Any, ...]) -> None:
+        self._attempts.append(row)
+        self._after_add()
+
+    def add_outcome(self, row: tuple[Any, ...]) -> None:
+        self._outcomes.append(row)
+        self._after_add()
+
+    def _after_add(self) -> None:
+        if len(self._attempts) + len(self._outcomes) >= self.batch:
+            self.ship()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # recorded outside an event loop: the next job of the journal ships it
+                return
+            self._timer = loop.call_later(self.max_age, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        with contextlib.suppress(JournalError):  # a journal that broke or closed says so at its next call
+            self.ship()
+
+    def ship(self) -> None:
+        """Hand everything recorded so far to the writer (nothing if nothing waits)."""
+        self.cancel_timer()
+        attempts, outcomes = self._attempts, self._outcomes
+        self._attempts, self._outcomes = [], []
+        if attempts or outcomes:
+            self._hand_over(lazy_statements(attempts, outcomes))  # built here, so the writer only runs them
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 _RANK = "(CASE {} WHEN 'pending' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END)"
 _ROWS_PER_STATEMENT = 250  # 2,500 bound values per statement, far under SQLite's limit

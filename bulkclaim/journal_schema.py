@@ -1,5 +1,6 @@
 """The journal's SQLite schema and its versioning. Bump ``SCHEMA_VERSION`` and add a step to
-``_STEPS`` for every change; a journal from a newer bulkclaim is refused, never rewritten."""
+``_STEPS`` for every change; a journal from a newer bulkclaim is refused, never rewritten.
+Readers (``status``, ``report``, the dry run) open it with :func:`connect_read_only`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from bulkclaim.model import JournalError
 
-__all__ = ["SCHEMA_VERSION", "migrate", "refuse_foreign"]
+__all__ = ["SCHEMA_VERSION", "connect_read_only", "migrate", "refuse_foreign"]
 
 SCHEMA_VERSION = 2
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
@@ -101,6 +102,20 @@ CREATE TABLE slots (
 """
 
 _STEPS = {1: _V1, 2: _V2}
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the journal at ``path`` that creates nothing beside it.
+
+    Without a ``-wal`` file beside it no run is writing (a finished run's last close checkpoints and
+    removes it): every commit is in the file itself, which is opened ``immutable`` — no ``-wal`` or
+    ``-shm`` file is created and no lock taken, so a journal on read-only media reads too. With one,
+    a run is writing (or was killed): ``mode=ro`` reads its WAL beside it. (A run that starts while
+    an immutable reader reads only appends to its new WAL, unless it checkpoints: a report that
+    races the start of a run may fail with "malformed"; run it again.)
+    """
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    return sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True)
 
 
 def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:

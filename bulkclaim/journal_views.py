@@ -17,6 +17,7 @@ from typing import Any
 
 from bulkclaim.inputs import check
 from bulkclaim.journal import lock_holder
+from bulkclaim.journal_schema import connect_read_only
 from bulkclaim.model import ClaimRequest, JournalError, Rejected, Status
 from bulkclaim.preflight import churn_in_journal
 
@@ -32,7 +33,7 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
         yield None
         return
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        with closing(connect_read_only(path)) as conn:
             conn.execute("SELECT count(*) FROM numbers").fetchone()
             yield conn
     except sqlite3.DatabaseError as exc:

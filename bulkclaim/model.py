@@ -29,6 +29,7 @@ __all__ = [
     "RunSummary",
     "Status",
     "Target",
+    "first_cause",
     "valid_tag_key",
 ]
 
@@ -260,3 +261,17 @@ class RunSummary:
     invalid: int = 0
     adopted: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    leaves.sort(key=lambda e: not isinstance(e, FatalServiceError))
+    return leaves[0]

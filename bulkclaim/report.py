@@ -18,6 +18,7 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from bulkclaim.journal_schema import connect_read_only
 from bulkclaim.model import JournalError, Outcome, Status
 
 __all__ = [
@@ -137,7 +138,7 @@ def journal_outcomes(journal: Path, *, run: int | None = None, statuses: frozens
     if not journal.exists():
         raise JournalError(f"no journal at {journal}")
     try:
-        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as conn:
+        with closing(connect_read_only(journal)) as conn:
             where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
             for row in conn.execute(
                     "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "

@@ -26,6 +26,8 @@ from bulkclaim import (
     Status,
 )
 from bulkclaim.inputs import read_inputs
+from bulkclaim.journal import SqliteJournal
+from bulkclaim.model import Target
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -155,6 +157,47 @@ async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path
     assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
     assert env.sandbox.stats()["ClaimPhoneNumber"].get("InvalidParameterException") == 1
     assert_exactly_once(env, NUMBERS[:1])
+
+
+async def _plan_token(journal: Path, number: str) -> str:
+    """Reserve ``number``'s token in the journal without sending anything (as a killed run leaves it)."""
+    store = await anyio.to_thread.run_sync(SqliteJournal.open, journal)
+    try:
+        request = ClaimRequest(number, Target(instance_id=INSTANCE_ID), source="test")
+        planned = await store.plan([request], await store.begin_run(), retry_failed=False)
+        return planned.work[0].client_token
+    finally:
+        await store.close()
+
+
+async def test_idempotency_conflict_is_checked_for_ownership_like_not_available(tmp_path: Path) -> None:
+    # Our token reached the service earlier with other parameters (another description): the 409 says
+    # the token was used before, so the number may be ours. It is: adopted, not failed.
+    journal = tmp_path / "j"
+    token = await _plan_token(journal, NUMBERS[0])
+    async with sandbox_env(claim_delay=0.0) as env:
+        async with env.client() as client:
+            await client.claim_phone_number(PhoneNumber=NUMBERS[0], InstanceId=INSTANCE_ID, ClientToken=token,
+                                            PhoneNumberDescription="an earlier attempt")
+        async with claimer(env, journal) as c:
+            outcome = await c.claim(NUMBERS[0])
+    assert env.sandbox.stats()["ClaimPhoneNumber"].get("IdempotencyException") == 1
+    assert outcome.status == Status.CLAIMED, outcome
+    assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
+    assert_exactly_once(env, NUMBERS[:1])
+
+
+async def test_idempotency_conflict_on_a_number_not_ours_fails_after_the_check(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    token = await _plan_token(journal, NUMBERS[0])
+    async with sandbox_env(claim_delay=0.0) as env:
+        async with env.client() as client:  # the token was spent on another number
+            await client.claim_phone_number(PhoneNumber=NUMBERS[1], InstanceId=INSTANCE_ID, ClientToken=token)
+        async with claimer(env, journal) as c:
+            outcome = await c.claim(NUMBERS[0])
+    assert (outcome.status, outcome.error_code) == (Status.FAILED, "IdempotencyException")
+    assert env.sandbox.stats()["ListPhoneNumbersV2"].get("ok") == 1  # asked before failing
+    assert env.sandbox.state.executions(NUMBERS[0]) == 0
 
 
 async def test_number_held_by_someone_else_fails_with_the_service_error(tmp_path: Path) -> None:
@@ -293,6 +336,32 @@ async def test_claimers_of_one_process_share_one_limiter_per_region_and_api(tmp_
         other_region = env.settings.__class__(**{**env.settings.__dict__, "region": "eu-west-2"})
         async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "c", client_settings=other_region) as third:
             assert third.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+
+
+async def test_a_claimer_with_other_rates_gets_its_own_limiters_not_the_first_ones(tmp_path: Path) -> None:
+    async with sandbox_env() as env, claimer(env, tmp_path / "a", rate=50.0, burst=5) as first, \
+            claimer(env, tmp_path / "b", rate=7.0, burst=3) as second, \
+            claimer(env, tmp_path / "c", rate=50.0, burst=5) as same_as_first:
+        assert (second.limiters["ClaimPhoneNumber"].rate, second.limiters["ClaimPhoneNumber"].max_in_flight) == (7.0, 3)
+        assert second.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+        assert same_as_first.limiters["ClaimPhoneNumber"] is first.limiters["ClaimPhoneNumber"]
+        capped = RateSettings(50.0, 5, max_in_flight=2)
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "d", client_settings=env.settings,
+                           rates=capped) as fourth:
+            assert fourth.limiters["ClaimPhoneNumber"].max_in_flight == 2
+            assert fourth.limiters["ClaimPhoneNumber"] is not first.limiters["ClaimPhoneNumber"]
+
+
+async def test_a_lone_claims_outcome_reaches_the_disk_without_waiting_for_another_record(tmp_path: Path) -> None:
+    # Lazy outcomes have a maximum age: nothing else is recorded after this claim, yet its outcome is
+    # written (the bound is generous: this waits for a condition, it does not measure a delay).
+    journal = tmp_path / "j"
+    async with sandbox_env(claim_delay=0.0) as env, claimer(env, journal) as c:
+        outcome = await c.claim(NUMBERS[0])
+        assert outcome.status == Status.CLAIMED
+        with anyio.fail_after(10):
+            while journal_rows(journal)[NUMBERS[0]][0] != "claimed":  # noqa: ASYNC110 - a file has no event
+                await anyio.sleep(0.02)
 
 
 async def test_every_token_is_durable_before_its_request_arrives(tmp_path: Path) -> None:

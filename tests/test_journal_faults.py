@@ -140,6 +140,72 @@ async def test_a_second_process_on_the_same_journal_is_refused(env: SandboxEnv, 
     one_clear_line(second, 2, "in use by another bulkclaim process")
 
 
+async def test_no_path_trick_lets_a_second_process_into_a_journal_in_use(env: SandboxEnv, tmp_path: Path) -> None:
+    # The lock is on the journal itself: deleting a lock file beside it, or coming by a hard link or
+    # a symlink, reaches the same locked file.
+    journal = tmp_path / "j.journal"
+    env.sandbox.set_throttle("ClaimPhoneNumber", ThrottleConfig(rate=20.0, burst=5))
+    first = await anyio.open_process([*BULKCLAIM, *claim(journal, numbers_file(tmp_path, 100), "--rate", "20",
+                                                         "--burst", "5")], cwd=tmp_path, env=cli_env(env))
+    async with first:
+        with anyio.fail_after(30):
+            while not env.sandbox.ledger:  # noqa: ASYNC110 - the first run is under way
+                await anyio.sleep(0.02)
+        Path(f"{journal}.lock").unlink(missing_ok=True)  # noqa: ASYNC240 - a test's own file
+        (tmp_path / "linked.journal").hardlink_to(journal)
+        (tmp_path / "symlinked.journal").symlink_to(journal)
+        refusals = [await run_cli(env, tmp_path, *claim(tmp_path / name, numbers_file(tmp_path, 100)))
+                    for name in ("j.journal", "linked.journal", "symlinked.journal")]
+        first.terminate()
+        await first.wait()
+    for refused in refusals:
+        one_clear_line(refused, 2, "in use by another bulkclaim process")
+
+
+async def _finished_journal(env: SandboxEnv, tmp_path: Path) -> Path:
+    journal = tmp_path / "journal" / "j.journal"
+    journal.parent.mkdir()
+    result = await run_cli(env, tmp_path, *claim(journal, numbers_file(tmp_path)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["j.journal"]
+    return journal
+
+
+async def test_status_and_report_create_nothing_beside_a_finished_journal(env: SandboxEnv, tmp_path: Path) -> None:
+    journal = await _finished_journal(env, tmp_path)
+    status = await run_cli(env, tmp_path, "status", "--journal", str(journal), "--json")
+    report = await run_cli(env, tmp_path, "report", "--journal", str(journal))
+    assert (status.returncode, report.returncode) == (0, 0), status.stderr + report.stderr
+    assert '"claimed": 5' in status.stdout
+    assert report.stdout.count('"status": "claimed"') == 5
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["j.journal"]
+
+
+def _read_only_mount_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="needs unshare -m (root in a mount namespace)")
+async def test_status_and_report_read_a_finished_journal_on_read_only_media(env: SandboxEnv, tmp_path: Path) -> None:
+    journal = await _finished_journal(env, tmp_path)
+    media = tmp_path / "media"
+    media.mkdir()
+    # In a private mount namespace: the journal's directory mounted read-only (root ignores modes).
+    script = (f"mount --bind {journal.parent} {media} && mount -o remount,bind,ro {media} && "
+              f"touch {media}/probe 2>/dev/null && exit 99; "
+              f'"$0" -m bulkclaim status --journal {media}/j.journal --json && '
+              f'"$0" -m bulkclaim report --journal {media}/j.journal')
+    done = await anyio.run_process(["unshare", "-m", "sh", "-c", script, BULKCLAIM[0]], cwd=tmp_path,
+                                   env=cli_env(env), check=False)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err[-2000:]
+    assert '"claimed": 5' in out
+    assert out.count('"status": "claimed"') == 5
+
+
 async def test_credentials_never_reach_logs_reports_or_the_journal(env: SandboxEnv, tmp_path: Path) -> None:
     journal = tmp_path / "j.journal"
     secret = env.settings.aws_secret_access_key or "unset"

@@ -340,7 +340,7 @@ def test_planning_time_does_not_count_as_slow_claiming() -> None:
 
 def test_lock_holder_sees_the_journal_lock_without_taking_it(tmp_path: Path) -> None:
     path = tmp_path / "j.journal"
-    assert lock_holder(path).held is False  # no journal, no lock file
+    assert lock_holder(path).held is False  # no journal, no lock
     journal = SqliteJournal.open(path)
     try:
         assert lock_holder(path) == lock_holder(path)
@@ -350,13 +350,13 @@ def test_lock_holder_sees_the_journal_lock_without_taking_it(tmp_path: Path) -> 
     finally:
         anyio.run(journal.close)
     assert lock_holder(path).held is False
-    SqliteJournal.open(path)  # looking never left a lock behind
+    anyio.run(SqliteJournal.open(path).close)  # looking never left a lock behind
 
 
 def test_lock_holder_matches_the_inode_when_overlayfs_shows_another_device(tmp_path: Path) -> None:
-    lock = tmp_path / "j.journal.lock"
-    lock.touch()
-    inode = lock.stat().st_ino
+    journal = tmp_path / "j.journal"  # the lock is on the journal file itself
+    journal.touch()
+    inode = journal.stat().st_ino
     table = tmp_path / "locks"
     table.write_text(f"1: POSIX  ADVISORY  READ 11 fe:00:{inode} 128 128\n"
                      f"2: FLOCK  ADVISORY  WRITE 4242 00:2a:{inode} 0 EOF\n")

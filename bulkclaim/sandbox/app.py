@@ -28,6 +28,13 @@ from bulkclaim.sandbox.throttle import ServerBucket
 __all__ = ["Sandbox"]
 
 _Operation = Callable[[web.Request, dict[str, Any]], dict[str, Any]]
+# 200 answers that are not the operation's answer (FaultConfig.garbage_rate): what a proxy or load
+# balancer in the way can send after the request took effect.
+_GARBAGE: tuple[tuple[bytes, str], ...] = (
+    (b"", "application/json"),
+    (b'{"PhoneNumberId": "', "application/json"),
+    (b"<html><body><h1>200 OK</h1>upstream answered</body></html>", "text/html"),
+)
 
 
 class Sandbox:
@@ -136,6 +143,11 @@ class Sandbox:
             self.state.count(api, "lost")
             _drop_connection(request)
             return web.Response(status=500)  # never reaches the client: the connection is gone
+        # Drawn only when the fault is on, so seeded runs without it keep their sequence of faults.
+        if faults is not None and faults.garbage_rate and self._fault_rng.random() < faults.garbage_rate:
+            self.state.count(api, "garbage")
+            body, content_type = _GARBAGE[self._fault_rng.randrange(len(_GARBAGE))]
+            return web.Response(status=200, body=body, content_type=content_type)
         self.state.count(api, "ok")
         return web.json_response(result, headers={"x-amzn-RequestId": str(uuid.uuid4())})
 

@@ -67,6 +67,8 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("token-lifetime", type=float, default=8 * 3600.0, help="Seconds a ClientToken is remembered.")
 @_option("error-rate", type=float, default=0.0, help="Share of requests answered 500 before any effect.")
 @_option("lost-response-rate", type=float, default=0.0, help="Share executed, then the connection dropped.")
+@_option("garbage-rate", type=float, default=0.0,
+         help="Share executed, then answered 200 with a body that is not the answer (empty, truncated, HTML).")
 @_option("stall-rate", type=float, default=0.0, help="Share of requests that stall before executing.")
 @_option("stall-seconds", type=float, default=30.0, help="How long a stalled request sits before executing.")
 @_option("latency", default="0", help="Added latency LOW[:HIGH] seconds.")
@@ -93,6 +95,7 @@ def sandbox_command(**opts: Any) -> None:
         claim_delay=opts["claim_delay"], claim_failure_rate=opts["claim_failure_rate"],
         token_lifetime=opts["token_lifetime"], throttle=dict.fromkeys(API_NAMES, throttle),
         faults=FaultConfig(error_rate=opts["error_rate"], lost_response_rate=opts["lost_response_rate"],
+                           garbage_rate=opts["garbage_rate"],
                            stall_rate=opts["stall_rate"], stall_seconds=opts["stall_seconds"],
                            latency=_latency(opts["latency"]), seed=opts["seed"]),
         phone_number_quota=opts["phone_number_quota"], competition_rate=opts["competition_rate"],

@@ -74,6 +74,8 @@ class FaultConfig:
     - ``stall_rate``/``stall_seconds``: the request sits for ``stall_seconds`` (longer than a client's
       read timeout) and is then executed anyway, as a slow real backend would.
     - ``latency``: added to every request, uniformly drawn from ``(low, high)`` seconds.
+    - ``garbage_rate``: the operation takes effect, then a 200 arrives whose body is not the answer
+      (empty, truncated JSON or an HTML page), as a proxy or load balancer in the way can send.
     """
 
     error_rate: float = 0.0
@@ -81,6 +83,7 @@ class FaultConfig:
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
     latency: tuple[float, float] = (0.0, 0.0)
+    garbage_rate: float = 0.0
     operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber"})
     seed: int = 0
 
