@@ -110,6 +110,7 @@ class Claimer:
         self._stack: AsyncExitStack | None = None
         self._inflight: dict[tuple[str, str], _Shared] = {}
         self._producers: set[anyio.CancelScope] = set()
+        self._acquisitions: dict[str, anyio.Lock] = {}  # one run at a time per acquisition name
         self.last_summary: RunSummary | None = None  # the counts of the latest finished claim_many run
         self._run: int | None = None
 
@@ -205,8 +206,11 @@ class Claimer:
         resumes the same acquisition. ``limit``: fill at most this many open slots now."""
         if not isinstance(self.journal, SqliteJournal):
             raise BulkclaimError("acquire needs the SQLite journal")
-        acquirer = Acquirer(self.engine, self.journal, self.target, spec, name or spec.default_name())
-        return await acquirer.run(limit)
+        name = name or spec.default_name()
+        # Exclusive per name: a second call waits, then finds the slots filled (never 2N numbers).
+        async with self._acquisitions.setdefault(name, anyio.Lock()):
+            acquirer = Acquirer(self.engine, self.journal, self.target, spec, name)
+            return await acquirer.run(limit)
 
     # -- many numbers ----------------------------------------------------------------------------------
     async def claim_many(self, rows: Iterable[ClaimRequest | Rejected | str]) -> AsyncIterator[Outcome]:
