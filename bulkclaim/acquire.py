@@ -37,6 +37,7 @@ from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
 from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Status, Target
 from bulkclaim.reconcile import Owned, sweep
+from bulkclaim.run import RunState
 from bulkclaim.search import search_page
 
 __all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
@@ -99,8 +100,9 @@ class Acquirer:
     """Fills the slots of one named acquisition, using the engine's claim and verify steps."""
 
     def __init__(self, engine: Engine, journal: SqliteJournal, target: Target, spec: AcquireSpec, name: str, *,
-                 max_candidates_per_slot: int = 25) -> None:
+                 max_candidates_per_slot: int = 25, state: RunState | None = None) -> None:
         self.engine, self.journal, self.target, self.spec, self.name = engine, journal, target, spec, name
+        self.state = state or RunState()  # this acquisition's stop (``state.request_stop()``)
         self.max_candidates = max_candidates_per_slot
         self.pool = CandidatePool(engine.api, target, spec)
         self._owned: dict[str, Owned] = {}
@@ -175,7 +177,7 @@ class Acquirer:
         return await self.journal.execute(lambda conn: slot_outcomes(conn, self.name))
 
     async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:
-        while queue and not self.engine.stopping:
+        while queue and not self.state.stopping:
             slot, planned = queue.popleft()
             await self._fill(slot, planned)
 
@@ -183,7 +185,7 @@ class Acquirer:
         log = self.engine.log.bind(acquisition=self.name, slot=slot)
         replacing = planned is None or _needs_candidate(planned)
         for _ in range(self.max_candidates):
-            if self.engine.stopping:
+            if self.state.stopping:
                 return
             if replacing or planned is None:
                 planned = await self._assign(slot, planned)
@@ -193,9 +195,10 @@ class Acquirer:
                     return
                 log.info("acquire.candidate", phone_number=planned.request.phone_number,
                          client_token=planned.client_token)
-            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number))
+            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number),
+                                               state=self.state)
             if outcome.status == Status.IN_PROGRESS and self.engine.options.verify:
-                outcome = await self.engine.verify(outcome)
+                outcome = await self.engine.verify(outcome, state=self.state)
             if outcome.status != Status.FAILED:
                 return  # claimed, in_progress, or unknown (pending): the slot keeps this number
             log.info("acquire.replaced", phone_number=planned.request.phone_number, error_code=outcome.error_code)

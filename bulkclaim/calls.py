@@ -23,9 +23,24 @@ from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["Api", "CallFailed", "Withdrawn"]
+__all__ = ["Api", "CallFailed", "Sleep", "Withdrawn", "sleep_unless_stopped"]
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+async def sleep_unless_stopped(sleep: Sleep, seconds: float, stop: anyio.Event) -> bool:
+    """Sleep ``seconds`` with ``sleep`` unless ``stop`` is set first (or already); True if stopped."""
+    if stop.is_set():
+        return True
+    async with anyio.create_task_group() as tg:
+        async def wake_on_stop() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wake_on_stop)
+        await sleep(seconds)
+        tg.cancel_scope.cancel()
+    return stop.is_set()
 
 
 class CallFailed(Exception):
