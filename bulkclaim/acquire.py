@@ -38,7 +38,7 @@ from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
 from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Status, Target
 from bulkclaim.reconcile import Owned, sweep
 from bulkclaim.run import RunState
-from bulkclaim.search import search_page
+from bulkclaim.search import SearchInterrupted, search_page
 
 __all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
 
@@ -73,13 +73,22 @@ class CandidatePool:
         self._next_token: str | None = None
         self._fresh_in_pass = 0
         self._lock = anyio.Lock()
+        self._interrupted: SearchInterrupted | None = None
 
     async def take(self) -> str | None:
-        """A number not offered before, or ``None`` when a whole search pass finds nothing new."""
+        """A number not offered before, or ``None`` when a whole search pass finds nothing new.
+        Raises SearchInterrupted when searching cannot go on for now (then at once on every later call:
+        the other slots do not each wait out the same throttling)."""
         async with self._lock:
             while not self._queue:
-                if not await self._search_page():
-                    return None
+                if self._interrupted is not None:
+                    raise self._interrupted
+                try:
+                    if not await self._search_page():
+                        return None
+                except SearchInterrupted as interrupted:
+                    self._interrupted = interrupted
+                    raise
             return self._queue.popleft()
 
     async def _search_page(self) -> bool:
@@ -188,7 +197,12 @@ class Acquirer:
             if self.state.stopping:
                 return
             if replacing or planned is None:
-                planned = await self._assign(slot, planned)
+                try:
+                    planned = await self._assign(slot, planned)
+                except SearchInterrupted as interrupted:  # not a refusal: the slot stays open for the next run
+                    log.warning("acquire.search_interrupted", error_code=interrupted.classified.code,
+                                error_message=str(interrupted))
+                    return
                 if planned is None:
                     log.warning("acquire.no_candidates", country=self.spec.country, type=self.spec.number_type,
                                 prefix=self.spec.prefix)

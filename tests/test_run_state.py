@@ -1,4 +1,5 @@
-"""A run's own state (issue 12 case 6)."""
+"""A run's own state (issue 12 case 6) and calls that a stop, throttling or a narrower IAM policy
+must not turn into waits or fatal errors (case 10)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bulkclaim import ClaimRequest, Outcome, RunState, Status, Target
-from bulkclaim.sandbox import InventorySpec
+from bulkclaim import AcquireSpec, Backoff, ClaimRequest, Outcome, RateSettings, RunState, Status, Target
+from bulkclaim.calls import Api
+from bulkclaim.sandbox import API_NAMES, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
-from tests.support import sandbox_env
+from bulkclaim.search import search_numbers
+from tests.support import INSTANCE_ID, sandbox_env
 from tests.test_claimer import claimer
+from tests.test_cli import no_traceback, run_cli
 
 pytestmark = pytest.mark.anyio
 
 NUMBERS = [s.phone_number for s in generate(InventorySpec(count=20))]
+ALWAYS_THROTTLED = ThrottleConfig(rate=1e-9, burst=0)
 
 
 def requests(target: Target, numbers: list[str]) -> list[ClaimRequest]:
@@ -67,3 +72,40 @@ async def test_claim_many_runs_each_have_their_own_state(tmp_path: Path) -> None
     assert [o.status for o in claimed] == [Status.CLAIMED] * 5
     assert c.last_summary is second.summary and first.summary.statuses == {}
     assert sorted(e.phone_number for e in env.sandbox.ledger) == NUMBERS[5:10]
+
+
+# -- case 10: throttled searches, stops in a backoff, a narrower IAM policy ------------------------------
+
+async def test_a_search_throttled_through_every_retry_is_not_fatal() -> None:
+    throttle = {api: ThrottleConfig(rate=None) for api in API_NAMES}
+    async with sandbox_env(throttle={**throttle, "SearchAvailablePhoneNumbers": ALWAYS_THROTTLED}) as env, \
+            env.client() as client:
+        limiters = {api: RateSettings(1000.0, 50).limiter(api, anyio.current_time, anyio.sleep) for api in API_NAMES}
+        api = Api(client, limiters, backoff=Backoff(base=0.001, floor=0.001, cap=0.002, max_attempts=4))
+        found = await search_numbers(api, Target(instance_id=INSTANCE_ID), "US", "DID", None, 5)
+    assert found.numbers == [] and not found.exhausted
+    assert found.interrupted is not None and "ThrottlingException" in found.interrupted
+    assert env.sandbox.stats()["SearchAvailablePhoneNumbers"] == {"ThrottlingException": 4}
+    assert api.fatal is None
+
+
+async def test_acquire_under_a_throttled_search_leaves_its_slots_open(tmp_path: Path) -> None:
+    throttle = {api: ThrottleConfig(rate=None) for api in API_NAMES}
+    async with sandbox_env(throttle={**throttle, "SearchAvailablePhoneNumbers": ALWAYS_THROTTLED},
+                           claim_delay=0.0) as env, claimer(env, tmp_path / "j", backoff=Backoff(
+                               base=0.001, floor=0.001, cap=0.002, max_attempts=3)) as c:
+        slots = await c.acquire(AcquireSpec("US", "DID", 3), "throttled")
+    assert [(s.status, s.error_code) for s in slots] == [(Status.PENDING, "NotFilled")] * 3
+    assert env.sandbox.stats()["SearchAvailablePhoneNumbers"] == {"ThrottlingException": 3}, "searched once"
+
+
+@pytest.mark.slow  # the CLI's own backoff (about 25 s of retries) runs in real time
+async def test_search_command_throttled_through_every_retry_exits_1_not_3(tmp_path: Path) -> None:
+    throttle = {api: ThrottleConfig(rate=None) for api in API_NAMES}
+    async with sandbox_env(throttle={**throttle, "SearchAvailablePhoneNumbers": ALWAYS_THROTTLED}) as env:
+        result = await run_cli(env, tmp_path, "search", "--instance-id", INSTANCE_ID, "--country", "US", "--type",
+                               "DID", "--count", "5", "--output", "found.txt", "--log-format", "json")
+    assert result.returncode == 1, result.stderr
+    no_traceback(result)
+    assert "found only 0 of 5" in result.stdout and "searching stopped early" in result.stdout
+    assert "ThrottlingException" in result.stdout and (tmp_path / "found.txt").read_text() == ""
