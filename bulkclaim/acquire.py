@@ -144,7 +144,7 @@ class Acquirer:
     async def holdings(self) -> dict[str, Owned] | None:
         """What the target holds now (one listing), or ``None`` if it cannot be listed."""
         try:
-            return await sweep(self.engine.api, self.target)
+            return await sweep(self.engine.api, self.target, stop=self.state.stop)
         except CallFailed as failed:
             self.engine.log.warning("acquire.listing_failed", target=self.target.key,
                                     error_code=failed.classified.code, error_message=failed.classified.message)

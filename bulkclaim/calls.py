@@ -1,10 +1,11 @@
 """Connect calls as the engine makes them: each attempt through its API's limiter, classified.
 
 ``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
-reads (Describe, List) with jittered backoff. Either way every request, retries included, passes the
-in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller. Before
-that, every request passes the endpoint's gate (outage.py): while the endpoint cannot be reached no
-request spends an attempt, and one probe at a time finds out when it is back.
+reads (Describe, List, Search) with jittered backoff, and a stop ends its backoff at once. Either
+way every request, retries included, passes the in-flight cap and the token bucket of its API, and
+every 429 feeds the adaptive controller. Before that, every request passes the endpoint's gate
+(outage.py): while the endpoint cannot be reached no request spends an attempt, and one probe at a
+time finds out when it is back.
 """
 
 from __future__ import annotations
@@ -150,8 +151,12 @@ class Api:
             self.fatal = error
             self._fatal_at = self.clock()
 
-    async def call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
-        """Retry ``send`` on retryable errors with jittered backoff; raise on anything else."""
+    async def call(self, operation: str, method: str, *, stop: anyio.Event | None = None,
+                   **params: Any) -> dict[str, Any]:
+        """Retry ``send`` on retryable errors with jittered backoff; raise on anything else.
+
+        ``stop`` (a run's stop): once it is set no retry is made; a backoff in progress ends at once
+        and the last failure is raised, so a stopped run never waits out a backoff."""
         attempt = 0
         while True:
             attempt += 1
@@ -160,7 +165,12 @@ class Api:
             except CallFailed as failed:
                 if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
                     raise
-            await self.sleep(self.backoff.delay(attempt, self.rng))
+                last = failed
+            delay = self.backoff.delay(attempt, self.rng)
+            if stop is None:
+                await self.sleep(delay)
+            elif await sleep_unless_stopped(self.sleep, delay, stop):
+                raise last
 
 
 class Withdrawn(Exception):

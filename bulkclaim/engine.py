@@ -316,7 +316,8 @@ class Engine:
                     # Unknown is not failed: our own earlier attempt (its answer lost, its token since
                     # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
                     try:
-                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
+                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number,
+                                                stop=state.stop)
                     except CallFailed as lookup:
                         log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
@@ -337,7 +338,7 @@ class Engine:
         result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
                               first_poll=self.options.verify_first_poll,
                               sleep=lambda seconds: state.pause(self.api.sleep, seconds), clock=self.clock,
-                              stopping=lambda: state.stopping)
+                              stopping=lambda: state.stopping, stop=state.stop)
         status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}.get(
             result.status, Status.IN_PROGRESS)
         code = "ResourceNotFoundException" if result.status == "NOT_FOUND" else "PhoneNumberClaimFailed"

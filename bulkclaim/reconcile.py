@@ -7,6 +7,8 @@
 - ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
   the bounded wait ends (the number is then left ``in_progress``, honestly).
 
+``stop`` (a run's stop event) ends a call's backoff at once (see ``Api.call``).
+
 Every request goes through the same limiters as the claims (their own API buckets).
 """
 
@@ -16,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.model import Target
@@ -36,11 +40,11 @@ class VerifyResult:
     describes: int
 
 
-async def _list_pages(api: Api, target: Target, **filters: Any) -> dict[str, Owned]:
+async def _list_pages(api: Api, target: Target, stop: anyio.Event | None = None, **filters: Any) -> dict[str, Owned]:
     owned: dict[str, Owned] = {}
     next_token: str | None = None
     while True:
-        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", MaxResults=1000,
+        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", stop=stop, MaxResults=1000,
                               **target.request_params(), **filters, **({"NextToken": next_token} if next_token else {}))
         for row in page.get("ListPhoneNumbersSummaryList", []):
             owned[row["PhoneNumber"]] = Owned(row["PhoneNumberId"], row["PhoneNumberArn"])
@@ -49,22 +53,23 @@ async def _list_pages(api: Api, target: Target, **filters: Any) -> dict[str, Own
             return owned
 
 
-async def sweep(api: Api, target: Target) -> dict[str, Owned]:
+async def sweep(api: Api, target: Target, *, stop: anyio.Event | None = None) -> dict[str, Owned]:
     """Every number the target holds (IN_PROGRESS or CLAIMED), in one listing pass; bounded by the
     instance's phone-number quota, not by the size of the run."""
-    return await _list_pages(api, target)
+    return await _list_pages(api, target, stop)
 
 
-async def find_owned(api: Api, target: Target, phone_number: str) -> Owned | None:
+async def find_owned(api: Api, target: Target, phone_number: str, *, stop: anyio.Event | None = None
+                     ) -> Owned | None:
     """Is ``phone_number`` ours on ``target``? One filtered listing (the prefix is the whole number)."""
-    listed = await _list_pages(api, target, PhoneNumberPrefix=phone_number)
+    listed = await _list_pages(api, target, stop, PhoneNumberPrefix=phone_number)
     return listed.get(phone_number)
 
 
 async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
                  max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
                  clock: Callable[[], float] = time.monotonic,
-                 stopping: Callable[[], bool] = lambda: False) -> VerifyResult:
+                 stopping: Callable[[], bool] = lambda: False, stop: anyio.Event | None = None) -> VerifyResult:
     """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
     deadline = clock() + wait_limit
     wait = first_poll
@@ -74,7 +79,8 @@ async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_pol
         if stopping():
             return VerifyResult("IN_PROGRESS", "stopped before the claim settled", describes)
         try:
-            answer = await api.call("DescribePhoneNumber", "describe_phone_number", PhoneNumberId=phone_number_id)
+            answer = await api.call("DescribePhoneNumber", "describe_phone_number", stop=stop,
+                                    PhoneNumberId=phone_number_id)
         except CallFailed as failed:
             if failed.classified.code == "ResourceNotFoundException":  # the id is not (or no longer) ours
                 return VerifyResult("NOT_FOUND", failed.classified.message, describes)

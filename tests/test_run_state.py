@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from botocore.exceptions import ClientError
 
 from bulkclaim import AcquireSpec, Backoff, ClaimRequest, Outcome, RateSettings, RunState, Status, Target
-from bulkclaim.calls import Api
+from bulkclaim.calls import Api, CallFailed
 from bulkclaim.sandbox import API_NAMES, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from bulkclaim.search import search_numbers
-from tests.support import INSTANCE_ID, sandbox_env
+from tests.support import INSTANCE_ID, FakeClock, sandbox_env
 from tests.test_claimer import claimer
 from tests.test_cli import no_traceback, run_cli
 
@@ -75,6 +77,47 @@ async def test_claim_many_runs_each_have_their_own_state(tmp_path: Path) -> None
 
 
 # -- case 10: throttled searches, stops in a backoff, a narrower IAM policy ------------------------------
+
+class _AlwaysThrottled:
+    """A Connect client whose every answer is a 429 (no network: the retry loop alone is under test)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def describe_phone_number(self, **_: Any) -> dict[str, Any]:
+        self.calls += 1
+        response: Any = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                         "ResponseMetadata": {"HTTPStatusCode": 429}}
+        raise ClientError(response, "DescribePhoneNumber")
+
+
+async def test_a_stop_ends_a_read_calls_backoff_at_once() -> None:
+    clock, client = FakeClock(), _AlwaysThrottled()
+    in_backoff = anyio.Event()
+    waits: list[float] = []
+
+    async def backoff_sleep(seconds: float) -> None:  # a backoff that never ends by itself
+        waits.append(seconds)
+        in_backoff.set()
+        await anyio.sleep_forever()
+
+    limiters = {api: RateSettings(1000.0, 50).limiter(api, clock, backoff_sleep) for api in API_NAMES}
+    api = Api(client, limiters, backoff=Backoff(), sleep=backoff_sleep, clock=clock, endpoint="test")
+    stop = anyio.Event()
+
+    async def stop_during_backoff() -> None:
+        await in_backoff.wait()
+        stop.set()
+
+    with anyio.fail_after(10):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_during_backoff)
+            with pytest.raises(CallFailed) as raised:
+                await api.call("DescribePhoneNumber", "describe_phone_number", stop=stop, PhoneNumberId="x")
+    assert raised.value.classified.throttled
+    assert client.calls == 1 and len(waits) == 1, "no retry after the stop"
+    assert api.fatal is None
+
 
 async def test_a_search_throttled_through_every_retry_is_not_fatal() -> None:
     throttle = {api: ThrottleConfig(rate=None) for api in API_NAMES}
