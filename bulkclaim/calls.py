@@ -6,6 +6,11 @@ way every request, retries included, passes the in-flight cap and the token buck
 every 429 feeds the adaptive controller. Before that, every request passes the endpoint's gate
 (outage.py): while the endpoint cannot be reached no request spends an attempt, and one probe at a
 time finds out when it is back.
+
+A fatal answer (403, unknown target) opens the circuit breaker: nothing more is sent. One deliberate
+exception: AccessDenied on DescribePhoneNumber, a read-only check that a narrower IAM policy may leave
+out. It concerns verification only, so it is raised as a CallFailed (FATAL verdict) to its caller and
+claims go on; the engine then stops verifying for that run (``RunState.verify_denied``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from bulkclaim.ratelimit import Limiter
 __all__ = ["Api", "CallFailed", "Sleep", "Withdrawn", "sleep_unless_stopped"]
 
 Sleep = Callable[[float], Awaitable[None]]
+# Denials that concern one read-only operation, not the caller: they do not open the breaker.
+_DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
 
 
 async def sleep_unless_stopped(sleep: Sleep, seconds: float, stop: anyio.Event) -> bool:
@@ -137,7 +144,7 @@ class Api:
                     self.gate.reached(trusted=classified.verdict != Verdict.FATAL)
                 if classified.throttled:
                     limiter.on_throttle()
-                if classified.verdict == Verdict.FATAL:
+                if classified.verdict == Verdict.FATAL and (operation, classified.code) not in _DENIALS_OF_READS_ONLY:
                     self._trip(FatalServiceError(classified.code, classified.message))
                     assert self.fatal is not None
                     raise self.fatal from exc

@@ -333,12 +333,25 @@ class Engine:
             return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"], answer["PhoneNumberArn"])
 
     async def verify(self, accepted: Outcome, *, state: RunState) -> Outcome:
-        """Wait (bounded) for an accepted claim to settle; record and return the result."""
+        """Wait (bounded) for an accepted claim to settle; record and return the result.
+
+        A principal denied DescribePhoneNumber (a narrower IAM policy) does not stop the claims: the
+        first denial turns verification off for ``state``'s run, with one warning, and its accepted
+        claims stay ``in_progress`` (the same run again, under a principal allowed to describe,
+        verifies them)."""
         assert accepted.phone_number_id is not None
+        if state.verify_denied:
+            return accepted
         result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
                               first_poll=self.options.verify_first_poll,
                               sleep=lambda seconds: state.pause(self.api.sleep, seconds), clock=self.clock,
                               stopping=lambda: state.stopping, stop=state.stop)
+        if result.status == "DENIED":
+            if not state.verify_denied:
+                state.verify_denied = True
+                self.log.warning("verify.denied", error_message=result.message,
+                                 consequence="not verifying this run's claims: accepted numbers stay in_progress")
+            return accepted
         status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}.get(
             result.status, Status.IN_PROGRESS)
         code = "ResourceNotFoundException" if result.status == "NOT_FOUND" else "PhoneNumberClaimFailed"

@@ -5,7 +5,8 @@
 - ``find_owned``: after "Phone number not available" for a number whose token may have been used
   before, ask whether the number is ours before recording a failure.
 - ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
-  the bounded wait ends (the number is then left ``in_progress``, honestly).
+  the bounded wait ends (the number is then left ``in_progress``, honestly). A principal not allowed
+  to call DescribePhoneNumber gets ``DENIED``: the claim stays ``in_progress``, unverified.
 
 ``stop`` (a run's stop event) ends a call's backoff at once (see ``Api.call``).
 
@@ -22,6 +23,7 @@ from typing import Any
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
+from bulkclaim.connect import Verdict
 from bulkclaim.model import Target
 
 __all__ = ["Owned", "VerifyResult", "find_owned", "sweep", "verify"]
@@ -35,7 +37,7 @@ class Owned:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    status: str  # CLAIMED, FAILED, NOT_FOUND, or IN_PROGRESS (the wait ended first)
+    status: str  # CLAIMED, FAILED, NOT_FOUND, DENIED (no DescribePhoneNumber), or IN_PROGRESS (the wait ended)
     message: str
     describes: int
 
@@ -84,6 +86,8 @@ async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_pol
         except CallFailed as failed:
             if failed.classified.code == "ResourceNotFoundException":  # the id is not (or no longer) ours
                 return VerifyResult("NOT_FOUND", failed.classified.message, describes)
+            if failed.classified.verdict == Verdict.FATAL:  # not allowed to describe: no use asking again
+                return VerifyResult("DENIED", failed.classified.message, describes)
             return VerifyResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
         describes += 1
         status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})

@@ -6,7 +6,8 @@ here, so one run's stop or counts never leak into another's:
 
 - ``summary``: the run's counts, live (a progress display reads them while the run goes on);
 - the stop: ``request_stop()`` ends this run only. A stop requested before the run starts is kept:
-  make the RunState first, hand it to the run, and the run sends nothing.
+  make the RunState first, hand it to the run, and the run sends nothing;
+- ``verify_denied``: the principal may not call DescribePhoneNumber; this run stops verifying.
 
 What runs share lives on the engine; :class:`Settling` is its one claim in flight per number, which
 a second run (or ``claim()``) asking for the same number waits for. The ``emit`` callback of a run
@@ -25,11 +26,14 @@ __all__ = ["RunState", "Settling", "first_cause"]
 
 
 class RunState:
-    """The stop and the live counts of one run."""
+    """The stop, the live counts and the verification switch of one run."""
 
     def __init__(self) -> None:
         self.summary = RunSummary()
         self.stop = anyio.Event()
+        #: Set (with one warning) when DescribePhoneNumber answered AccessDenied: accepted claims of
+        #: this run are then left ``in_progress`` instead of polled.
+        self.verify_denied = False
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.

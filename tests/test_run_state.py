@@ -3,7 +3,9 @@ must not turn into waits or fatal errors (case 10)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +13,25 @@ import anyio
 import pytest
 from botocore.exceptions import ClientError
 
-from bulkclaim import AcquireSpec, Backoff, ClaimRequest, Outcome, RateSettings, RunState, Status, Target
+from bulkclaim import (
+    AcquireSpec,
+    Backoff,
+    Claimer,
+    ClaimRequest,
+    Options,
+    Outcome,
+    RateSettings,
+    RunState,
+    Status,
+    Target,
+)
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.sandbox import API_NAMES, InventorySpec, ThrottleConfig
+from bulkclaim.sandbox import API_NAMES, Credentials, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from bulkclaim.search import search_numbers
 from tests.support import INSTANCE_ID, FakeClock, sandbox_env
 from tests.test_claimer import claimer
-from tests.test_cli import no_traceback, run_cli
+from tests.test_cli import claim_args, no_traceback, run_cli, write_numbers
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +153,41 @@ async def test_acquire_under_a_throttled_search_leaves_its_slots_open(tmp_path: 
         slots = await c.acquire(AcquireSpec("US", "DID", 3), "throttled")
     assert [(s.status, s.error_code) for s in slots] == [(Status.PENDING, "NotFilled")] * 3
     assert env.sandbox.stats()["SearchAvailablePhoneNumbers"] == {"ThrottlingException": 3}, "searched once"
+
+
+async def test_a_principal_denied_only_describe_still_claims(tmp_path: Path) -> None:
+    narrow = Credentials("AKIANARROWPRINCIPAL1", "narrow-secret", denied_operations=frozenset({"DescribePhoneNumber"}))
+    async with sandbox_env(credentials=(*SandboxConfig().credentials, narrow), claim_delay=0.0) as env:
+        path = write_numbers(tmp_path / "numbers.txt", NUMBERS)
+        result = await run_cli(env, tmp_path, *claim_args(path), "--report", "report.jsonl",
+                               AWS_ACCESS_KEY_ID=narrow.access_key_id, AWS_SECRET_ACCESS_KEY=narrow.secret_access_key)
+        assert result.returncode == 1, result.stderr  # finished with numbers in_progress: not aborted (3)
+        no_traceback(result)
+        assert sorted(e.phone_number for e in env.sandbox.ledger) == sorted(NUMBERS), "every claim went through"
+        events = [json.loads(line)["event"] for line in result.stderr.splitlines() if line.startswith("{")]
+        assert events.count("verify.denied") == 1, "one clear warning"
+        rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in rows] == ["in_progress"] * len(NUMBERS)
+        assert set(env.sandbox.stats()["DescribePhoneNumber"]) == {"AccessDeniedException"}
+
+
+async def test_a_describe_denial_turns_verification_off_for_the_run_only(tmp_path: Path) -> None:
+    narrow = Credentials("AKIANARROWPRINCIPAL1", "narrow-secret", denied_operations=frozenset({"DescribePhoneNumber"}))
+    async with sandbox_env(credentials=(*SandboxConfig().credentials, narrow), claim_delay=0.0) as env:
+        settings = replace(env.settings, aws_access_key_id=narrow.access_key_id,
+                           aws_secret_access_key=narrow.secret_access_key)
+        async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "j", client_settings=settings,
+                           rates=RateSettings(1000.0, 50),
+                           options=Options(verifiers=1, verify_first_poll=0.01, verify_timeout=5.0)) as c:
+            outcomes = [o async for o in c.claim_many(NUMBERS[:8])]
+            assert c.api.fatal is None, "the breaker stayed closed"
+            single = await c.claim(NUMBERS[8])  # claims go on after the run, on the same Claimer
+        assert [o.status for o in outcomes] == [Status.IN_PROGRESS] * 8
+        assert single.status == Status.IN_PROGRESS
+        # One verifier: the first denial turned verification off for the rest of the run; the
+        # single claim() is another run and asks (and is denied) once for itself.
+        assert env.sandbox.stats()["DescribePhoneNumber"] == {"AccessDeniedException": 2}
+        assert sorted(e.phone_number for e in env.sandbox.ledger) == NUMBERS[:9]
 
 
 @pytest.mark.slow  # the CLI's own backoff (about 25 s of retries) runs in real time
