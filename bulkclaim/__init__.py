@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Target,
     )
     from bulkclaim.quotas import Quotas, read_quotas
+    from bulkclaim.run import RunState
     from bulkclaim.settings import ClientSettings, RateSettings
 
 _WHERE = {
@@ -43,6 +44,7 @@ _WHERE = {
     "ClientSettings": "settings",
     "Options": "model",
     "RunSummary": "model",
+    "RunState": "run",
     "Journal": "journal",
     "SqliteJournal": "journal",
     "BulkclaimError": "model",
@@ -81,6 +83,7 @@ __all__ = [
     "Quotas",
     "RateSettings",
     "Rejected",
+    "RunState",
     "RunSummary",
     "SqliteJournal",
     "Status",

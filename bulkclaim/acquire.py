@@ -9,9 +9,13 @@ it), so the write-ahead rule of ``claim`` holds here too:
   it, else re-sends the same token: never a second number for the slot (never N+1);
 - a slot moves to a new candidate only when the old one is certainly not ours: "not available"
   and not on the target (someone else took it between search and claim), or its claim settled
-  FAILED; a candidate whose outcome is unknown keeps its slot for the next run;
+  FAILED (in this run, or found FAILED when a later run verifies an earlier run's accepted claim);
+  a candidate whose outcome is unknown keeps its slot for the next run;
 - candidates are handed out one at a time by one pool, and assigning one checks the journal in
-  the same transaction, so concurrent slots never chase the same number.
+  the same transaction, so concurrent slots never chase the same number;
+- a slot's candidate changes only by compare-and-set (from the candidate its worker saw): two
+  workers on one slot (two acquisitions of one name at once) end up with one number, never two.
+  ``Claimer.acquire`` also runs one acquisition of a name at a time.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
 from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Status, Target
 from bulkclaim.reconcile import Owned, sweep
-from bulkclaim.search import search_page
+from bulkclaim.run import RunState
+from bulkclaim.search import SearchInterrupted, search_page
 
 __all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
 
@@ -68,13 +73,22 @@ class CandidatePool:
         self._next_token: str | None = None
         self._fresh_in_pass = 0
         self._lock = anyio.Lock()
+        self._interrupted: SearchInterrupted | None = None
 
     async def take(self) -> str | None:
-        """A number not offered before, or ``None`` when a whole search pass finds nothing new."""
+        """A number not offered before, or ``None`` when a whole search pass finds nothing new.
+        Raises SearchInterrupted when searching cannot go on for now (then at once on every later call:
+        the other slots do not each wait out the same throttling)."""
         async with self._lock:
             while not self._queue:
-                if not await self._search_page():
-                    return None
+                if self._interrupted is not None:
+                    raise self._interrupted
+                try:
+                    if not await self._search_page():
+                        return None
+                except SearchInterrupted as interrupted:
+                    self._interrupted = interrupted
+                    raise
             return self._queue.popleft()
 
     async def _search_page(self) -> bool:
@@ -95,8 +109,9 @@ class Acquirer:
     """Fills the slots of one named acquisition, using the engine's claim and verify steps."""
 
     def __init__(self, engine: Engine, journal: SqliteJournal, target: Target, spec: AcquireSpec, name: str, *,
-                 max_candidates_per_slot: int = 25) -> None:
+                 max_candidates_per_slot: int = 25, state: RunState | None = None) -> None:
         self.engine, self.journal, self.target, self.spec, self.name = engine, journal, target, spec, name
+        self.state = state or RunState()  # this acquisition's stop (``state.request_stop()``)
         self.max_candidates = max_candidates_per_slot
         self.pool = CandidatePool(engine.api, target, spec)
         self._owned: dict[str, Owned] = {}
@@ -129,7 +144,7 @@ class Acquirer:
     async def holdings(self) -> dict[str, Owned] | None:
         """What the target holds now (one listing), or ``None`` if it cannot be listed."""
         try:
-            return await sweep(self.engine.api, self.target)
+            return await sweep(self.engine.api, self.target, stop=self.state.stop)
         except CallFailed as failed:
             self.engine.log.warning("acquire.listing_failed", target=self.target.key,
                                     error_code=failed.classified.code, error_message=failed.classified.message)
@@ -155,68 +170,79 @@ class Acquirer:
             held = [(slot, p) for slot, p in open_slots
                     if p is not None and p.status == Status.PENDING and p.request.phone_number in self._owned]
             open_slots = held + [s for s in open_slots if s not in held][:limit]
-        waiting = [planned for _, planned in slots if planned is not None and planned.status == Status.IN_PROGRESS]
+        waiting = [(slot, planned) for slot, planned in slots
+                   if planned is not None and planned.status == Status.IN_PROGRESS]
         workers = max(1, min(len(open_slots), self.engine.api.limiters["ClaimPhoneNumber"].max_in_flight))
         try:
             async with anyio.create_task_group() as tg:
                 queue = deque(open_slots)
                 for _ in range(workers):
                     tg.start_soon(self._work, queue)
-                for planned in waiting if self.engine.options.verify else []:
-                    tg.start_soon(self._verify_earlier, planned)
+                for slot, planned in waiting if self.engine.options.verify else []:
+                    tg.start_soon(self._fill, slot, planned)  # verified; a FAILED claim is replaced
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
         await self.journal.flush()
         return await self.journal.execute(lambda conn: slot_outcomes(conn, self.name))
 
     async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:
-        while queue and not self.engine.stopping:
+        while queue and not self.state.stopping:
             slot, planned = queue.popleft()
             await self._fill(slot, planned)
 
     async def _fill(self, slot: int, planned: Planned | None) -> None:
         log = self.engine.log.bind(acquisition=self.name, slot=slot)
+        replacing = planned is None or _needs_candidate(planned)
         for _ in range(self.max_candidates):
-            if self.engine.stopping:
+            if self.state.stopping:
                 return
-            if planned is None or _needs_candidate(planned):
-                planned = await self._assign(slot)
+            if replacing or planned is None:
+                try:
+                    planned = await self._assign(slot, planned)
+                except SearchInterrupted as interrupted:  # not a refusal: the slot stays open for the next run
+                    log.warning("acquire.search_interrupted", error_code=interrupted.classified.code,
+                                error_message=str(interrupted))
+                    return
                 if planned is None:
                     log.warning("acquire.no_candidates", country=self.spec.country, type=self.spec.number_type,
                                 prefix=self.spec.prefix)
                     return
                 log.info("acquire.candidate", phone_number=planned.request.phone_number,
                          client_token=planned.client_token)
-            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number))
+            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number),
+                                               state=self.state)
             if outcome.status == Status.IN_PROGRESS and self.engine.options.verify:
-                outcome = await self.engine.verify(outcome)
+                outcome = await self.engine.verify(outcome, state=self.state)
             if outcome.status != Status.FAILED:
                 return  # claimed, in_progress, or unknown (pending): the slot keeps this number
             log.info("acquire.replaced", phone_number=planned.request.phone_number, error_code=outcome.error_code)
-            planned = None
+            replacing = True  # ``planned`` stays: the slot moves from it (compare-and-set), not from anything
         log.warning("acquire.slot_gave_up", candidates=self.max_candidates)
 
-    async def _verify_earlier(self, planned: Planned) -> None:
-        outcome = await self.engine.settle(planned)  # an accepted claim: returns it as it stands
-        await self.engine.verify(outcome)
-
-    async def _assign(self, slot: int) -> Planned | None:
-        """A new candidate for ``slot``, with its token, committed before anything is sent."""
+    async def _assign(self, slot: int, old: Planned | None) -> Planned | None:
+        """A new candidate for ``slot`` in place of ``old``, with its token, committed before anything
+        is sent; or the slot's current candidate if another worker replaced ``old`` first."""
+        expected = old.request.phone_number if old is not None else None
         while (number := await self.pool.take()) is not None:
             request = ClaimRequest(number, self.target, self.spec.description, self.spec.tags,
                                    source=f"acquire:{self.name}:slot {slot}")
-            planned = await self.journal.execute(partial(self._assign_job, slot=slot, request=request))
+            planned = await self.journal.execute(partial(self._assign_job, slot=slot, expected=expected,
+                                                         request=request))
             if planned is not None:
                 return planned
         return None
 
-    def _assign_job(self, conn: sqlite3.Connection, slot: int, request: ClaimRequest) -> Planned | None:
+    def _assign_job(self, conn: sqlite3.Connection, slot: int, expected: str | None,
+                    request: ClaimRequest) -> Planned | None:
         if conn.execute("SELECT 1 FROM numbers WHERE target=? AND phone_number=?", request.key).fetchone():
             return None  # the journal knows this number already (another slot, or an earlier claim)
-        planned = plan_batch(conn, [request], self._run, retry_failed=False, dedupe=False).work[0]
-        conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? AND slot=?",
-                     (request.phone_number, self.name, slot))
-        return planned
+        moved = conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? "
+                             "AND slot=? AND phone_number IS ?", (request.phone_number, self.name, slot, expected))
+        if moved.rowcount == 0:  # another worker gave the slot a candidate since we looked: carry on with it
+            current = dict(self._read_slots(conn))[slot]
+            assert current is not None
+            return current
+        return plan_batch(conn, [request], self._run, retry_failed=False, dedupe=False).work[0]
 
 
 def _needs_candidate(planned: Planned) -> bool:

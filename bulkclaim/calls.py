@@ -1,10 +1,16 @@
 """Connect calls as the engine makes them: each attempt through its API's limiter, classified.
 
 ``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
-reads (Describe, List) with jittered backoff. Either way every request, retries included, passes the
-in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller. Before
-that, every request passes the endpoint's gate (outage.py): while the endpoint cannot be reached no
-request spends an attempt, and one probe at a time finds out when it is back.
+reads (Describe, List, Search) with jittered backoff, and a stop ends its backoff at once. Either
+way every request, retries included, passes the in-flight cap and the token bucket of its API, and
+every 429 feeds the adaptive controller. Before that, every request passes the endpoint's gate
+(outage.py): while the endpoint cannot be reached no request spends an attempt, and one probe at a
+time finds out when it is back.
+
+A fatal answer (403, unknown target) opens the circuit breaker: nothing more is sent. One deliberate
+exception: AccessDenied on DescribePhoneNumber, a read-only check that a narrower IAM policy may leave
+out. It concerns verification only, so it is raised as a CallFailed (FATAL verdict) to its caller and
+claims go on; the engine then stops verifying for that run (``RunState.verify_denied``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,26 @@ from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["Api", "CallFailed", "Withdrawn"]
+__all__ = ["Api", "CallFailed", "Sleep", "Withdrawn", "sleep_unless_stopped"]
 
 Sleep = Callable[[float], Awaitable[None]]
+# Denials that concern one read-only operation, not the caller: they do not open the breaker.
+_DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
+
+
+async def sleep_unless_stopped(sleep: Sleep, seconds: float, stop: anyio.Event) -> bool:
+    """Sleep ``seconds`` with ``sleep`` unless ``stop`` is set first (or already); True if stopped."""
+    if stop.is_set():
+        return True
+    async with anyio.create_task_group() as tg:
+        async def wake_on_stop() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wake_on_stop)
+        await sleep(seconds)
+        tg.cancel_scope.cancel()
+    return stop.is_set()
 
 
 class CallFailed(Exception):
@@ -122,7 +145,7 @@ class Api:
                     self.gate.reached(trusted=classified.verdict != Verdict.FATAL)
                 if classified.throttled:
                     limiter.on_throttle()
-                if classified.verdict == Verdict.FATAL:
+                if classified.verdict == Verdict.FATAL and (operation, classified.code) not in _DENIALS_OF_READS_ONLY:
                     self._trip(FatalServiceError(classified.code, classified.message))
                     assert self.fatal is not None
                     raise self.fatal from exc
@@ -136,8 +159,12 @@ class Api:
             self.fatal = error
             self._fatal_at = self.clock()
 
-    async def call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
-        """Retry ``send`` on retryable errors with jittered backoff; raise on anything else."""
+    async def call(self, operation: str, method: str, *, stop: anyio.Event | None = None,
+                   **params: Any) -> dict[str, Any]:
+        """Retry ``send`` on retryable errors with jittered backoff; raise on anything else.
+
+        ``stop`` (a run's stop): once it is set no retry is made; a backoff in progress ends at once
+        and the last failure is raised, so a stopped run never waits out a backoff."""
         attempt = 0
         while True:
             attempt += 1
@@ -146,7 +173,12 @@ class Api:
             except CallFailed as failed:
                 if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
                     raise
-            await self.sleep(self.backoff.delay(attempt, self.rng))
+                last = failed
+            delay = self.backoff.delay(attempt, self.rng)
+            if stop is None:
+                await self.sleep(delay)
+            elif await sleep_unless_stopped(self.sleep, delay, stop):
+                raise last
 
 
 class Withdrawn(Exception):

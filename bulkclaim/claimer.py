@@ -50,6 +50,7 @@ from bulkclaim.model import (
 )
 from bulkclaim.outage import OUTAGE_TIMEOUT
 from bulkclaim.ratelimit import Limiter
+from bulkclaim.run import RunState
 from bulkclaim.settings import ClientSettings, RateSettings
 
 __all__ = ["Claimer", "RateSettings", "connect_api"]
@@ -115,6 +116,7 @@ class Claimer:
         self._stack: AsyncExitStack | None = None
         self._inflight: dict[tuple[str, str], _Shared] = {}
         self._producers: set[anyio.CancelScope] = set()
+        self._acquisitions: dict[str, anyio.Lock] = {}  # one run at a time per acquisition name
         self.last_summary: RunSummary | None = None  # the counts of the latest finished claim_many run
         self._run: int | None = None
 
@@ -147,6 +149,7 @@ class Claimer:
                            clock=self._clock, fatal_cooldown=self._fatal_cooldown,
                            outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings))
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
+            self._claims = RunState()  # what claim() does is one long run: the Claimer's life
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             await stack.aclose()
@@ -202,9 +205,9 @@ class Claimer:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
             return planned.done[0]
-        outcome = await self.engine.settle(planned.work[0])
+        outcome = await self.engine.settle(planned.work[0], state=self._claims)
         if outcome.status == Status.IN_PROGRESS and self.options.verify:
-            outcome = await self.engine.verify(outcome)
+            outcome = await self.engine.verify(outcome, state=self._claims)
         return outcome
 
     # -- acquire by search ------------------------------------------------------------------------------
@@ -214,14 +217,21 @@ class Claimer:
         resumes the same acquisition. ``limit``: fill at most this many open slots now."""
         if not isinstance(self.journal, SqliteJournal):
             raise BulkclaimError("acquire needs the SQLite journal")
-        acquirer = Acquirer(self.engine, self.journal, self.target, spec, name or spec.default_name())
-        return await acquirer.run(limit)
+        name = name or spec.default_name()
+        # Exclusive per name: a second call waits, then finds the slots filled (never 2N numbers).
+        async with self._acquisitions.setdefault(name, anyio.Lock()):
+            acquirer = Acquirer(self.engine, self.journal, self.target, spec, name)
+            return await acquirer.run(limit)
 
     # -- many numbers ----------------------------------------------------------------------------------
-    async def claim_many(self, rows: Iterable[ClaimRequest | Rejected | str]) -> AsyncIterator[Outcome]:
+    async def claim_many(self, rows: Iterable[ClaimRequest | Rejected | str], *,
+                         state: RunState | None = None) -> AsyncIterator[Outcome]:
         """Claim every row (as one journaled run) and yield each number's outcome as it is known.
 
         Strings are numbers for this Claimer's target; invalid ones come out as ``invalid`` outcomes.
+        ``state`` (a new :class:`RunState` per call): this run's live counts and its stop
+        (``state.request_stop()``: nothing new is sent, unfinished numbers stay in the journal). Every
+        call is a run of its own: concurrent calls never share a stop or counts.
         """
         tx, rx = anyio.create_memory_object_stream[Outcome | BaseException](100)
         scope = anyio.CancelScope()
@@ -240,7 +250,7 @@ class Claimer:
             with scope:
                 async with tx:
                     try:
-                        self.last_summary = await self.engine.run(self._requests(rows), emit)
+                        self.last_summary = await self.engine.run(self._requests(rows), emit, state=state)
                     except _ConsumerGone:
                         return  # the consumer stopped iterating: the run stops, the journal keeps its tokens
                     except Exception as exc:  # delivered to the consumer, raised in its own context

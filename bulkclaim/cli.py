@@ -141,6 +141,7 @@ class _Run:
         from bulkclaim.model import Options
         from bulkclaim.progress import run_with_progress
         from bulkclaim.quotas import Quotas
+        from bulkclaim.run import RunState
 
         opts = self.opts
         # Only --rate auto needs the quotas before the run; the preflight reads them once there is work.
@@ -151,10 +152,11 @@ class _Run:
                            target_arn=self.target.target_arn, client_settings=client_settings(opts),
                            rates=rate_settings(opts, quotas or Quotas()), options=options,
                            fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
+            state = RunState()  # before the signal handlers: a signal from now on stops this run
             with anyio.CancelScope() as scope:
-                self.harness.install_signals(claimer.engine.request_stop, scope)
+                self.harness.install_signals(state.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
-                self.summary = claimer.engine.summary
+                self.summary = state.summary
                 digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                     opts["inputs"], target=self.target, fmt=opts["input_format"],
                     default_region=opts["default_region_for_numbers"]))
@@ -168,12 +170,13 @@ class _Run:
 
                 try:
                     await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,
-                                                                       emit_done=False, after_plan=before_sending),
-                                            claimer.engine,
+                                                                       emit_done=False, after_plan=before_sending,
+                                                                       state=state),
+                                            state,
                                             claimer.limiters["ClaimPhoneNumber"], tty=tty,
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
-                    self.summary = claimer.engine.summary
+                    self.summary = state.summary
                     self.harness.count_requests(claimer)
 
     def _write_report(self) -> None:

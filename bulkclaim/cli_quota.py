@@ -148,7 +148,7 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
         assert isinstance(claimer.journal, SqliteJournal)
         acquirer = Acquirer(claimer.engine, claimer.journal, target, spec, name)
         with anyio.CancelScope() as scope:
-            harness.install_signals(claimer.engine.request_stop, scope)
+            harness.install_signals(acquirer.state.request_stop, scope)
             try:
                 limit, owned = None, None
                 if not opts["no_preflight"]:

@@ -53,9 +53,10 @@ __all__ = ["search_command"]
 def search_command(**opts: Any) -> None:
     """Find COUNT available numbers with SearchAvailablePhoneNumbers and write them to --output.
 
-    Claims nothing: `bulkclaim claim OUTPUT` does. Exits 1 if the inventory had fewer than COUNT
-    (the file then holds those found). Numbers found are not reserved: someone else may claim one
-    before you do (`bulkclaim acquire` claims exactly COUNT, replacing numbers taken meanwhile)."""
+    Claims nothing: `bulkclaim claim OUTPUT` does. Exits 1 if the inventory had fewer than COUNT, or
+    if the service kept throttling the search through every retry (the file then holds those found).
+    Numbers found are not reserved: someone else may claim one before you do (`bulkclaim acquire`
+    claims exactly COUNT, replacing numbers taken meanwhile)."""
     from bulkclaim.logs import configure_logging
 
     configure_logging(opts["log_format"])
@@ -79,6 +80,10 @@ def search_command(**opts: Any) -> None:
         fail(f"{output}: cannot write: {exc.strerror or exc}", EXIT_FATAL)
     prefix = f" starting {opts['prefix']}" if opts["prefix"] else ""
     what = f"{country} {number_type} numbers{prefix}"
+    if found.interrupted:  # throttling is not a refusal: what was found is written, and a re-run may find more
+        click.echo(f"found only {len(found.numbers)} of {opts['count']} available {what}: searching stopped early "
+                   f"({found.interrupted}); wrote them to {output}; search again later or at a lower --rate")
+        sys.exit(EXIT_INCOMPLETE)
     if found.exhausted:
         click.echo(f"found only {len(found.numbers)} of {opts['count']} available {what}: the inventory has no "
                    f"more ({found.pages} page(s) searched); wrote them to {output}")

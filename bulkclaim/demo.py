@@ -51,6 +51,7 @@ async def _claim_all(input_path: Path) -> list[Outcome]:
     from bulkclaim.inputs import read_inputs
     from bulkclaim.model import Target
     from bulkclaim.progress import run_with_progress
+    from bulkclaim.run import RunState
     from bulkclaim.sandbox import API_NAMES, TEST_CREDENTIALS, SandboxConfig, ThrottleConfig, serve
     from bulkclaim.settings import ClientSettings, RateSettings
 
@@ -69,7 +70,8 @@ async def _claim_all(input_path: Path) -> list[Outcome]:
                     outcomes.append(outcome)
 
                 rows = read_inputs([input_path], target=target)
-                await run_with_progress(lambda: claimer.engine.run(rows, collect), claimer.engine,
+                state = RunState()
+                await run_with_progress(lambda: claimer.engine.run(rows, collect, state=state), state,
                                         claimer.limiters["ClaimPhoneNumber"], tty=sys.stderr.isatty(),
                                         log=structlog.get_logger("bulkclaim"), interval=1.0)
                 return sorted(outcomes, key=lambda o: int(o.source.rsplit(":", 1)[-1]))

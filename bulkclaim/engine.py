@@ -16,6 +16,10 @@
 4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
 5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
    is sent again) and handed to ``emit``.
+
+The engine is long-lived (one client, one journal); what belongs to one run (its stop, its live
+counts) is a :class:`~bulkclaim.run.RunState` handed to each step, so concurrent runs on one engine
+never share a stop or a summary.
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ from bulkclaim.model import (
 )
 from bulkclaim.reconcile import Owned, find_owned, sweep
 from bulkclaim.reconcile import verify as poll_until_settled
+from bulkclaim.run import RunState, Settling
 from bulkclaim.worklist import WorkList
 
-__all__ = ["Emit", "Engine", "Options", "RunSummary", "first_cause"]
+__all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 
 Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
@@ -70,63 +75,47 @@ class Engine:
         self.log = log if log is not None else structlog.get_logger("bulkclaim")
         self.clock = clock
         self.rng = rng or random.Random()
-        self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
-        self._stop = anyio.Event()
-        self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
-
-    def request_stop(self) -> None:
-        """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
-        Numbers not finished stay ``pending``/``in_progress`` in the journal for the next run."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep (with the injected sleep) unless a stop is requested first."""
-        async with anyio.create_task_group() as tg:
-            async def wake_on_stop() -> None:
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(wake_on_stop)
-            await self.api.sleep(seconds)
-            tg.cancel_scope.cancel()
+        self._settling: dict[tuple[str, str], Settling] = {}  # one claim per number in flight, process-wide
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
-                  emit_done: bool = True, after_plan: Callable[[RunSummary], Awaitable[None]] | None = None
-                  ) -> RunSummary:
+                  emit_done: bool = True, after_plan: Callable[[RunSummary], Awaitable[None]] | None = None,
+                  state: RunState | None = None) -> RunSummary:
         """Plan, reconcile and claim everything in ``inputs``; ``emit`` each number's outcome.
 
         ``fingerprint`` (see ``inputs.fingerprint``) lets a re-run of identical inputs take over the
         earlier plan without reading them again; ``emit_done=False`` skips emitting numbers that
         were already done before this run (their counts are still in the summary). ``after_plan``
         is awaited once every token is durable and before anything is sent (the CLI's quota
-        preflight); an exception from it ends the run with nothing sent.
+        preflight); an exception from it ends the run with nothing sent. ``state``: this run's stop
+        and live counts (a new one if not given); a stop requested on it before the run starts
+        sends nothing.
         """
-        summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done)
+        state = state or RunState()
+        summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
         if after_plan is not None:
             await after_plan(summary)
-        if not self.stopping:
+        if not state.stopping:
             owned = await self._reconcile(summary.members_run)
-            await self._dispatch(summary, owned, emit)
+            await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
 
     async def plan(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
-                   emit_done: bool = True) -> RunSummary:
+                   emit_done: bool = True, state: RunState | None = None) -> RunSummary:
         """Begin a run: read every row, record invalid ones, reserve every new number's token durably.
 
         Rows are read in a worker thread one batch ahead of the journal, so parsing overlaps the
         commits. Nothing is sent. Raises ParametersChangedError at the end if a pending number's
-        parameters changed (before anything could be sent).
+        parameters changed (before anything could be sent). ``state``: see :meth:`run`.
         """
-        self._stop = anyio.Event()  # a stop ends one run, not the engine
+        state = state or RunState()
+        if state.summary.run:
+            raise ValueError("a RunState serves one run: make a new one for each run")
         run = await self.journal.begin_run()
-        summary = self.summary = RunSummary(run=run, members_run=run)
+        summary = state.summary  # counted in place: whoever holds the state watches it live
+        summary.run = summary.members_run = run
         if fingerprint is not None and not self.options.retry_failed:
             reused = await self.journal.reuse_plan(fingerprint, summary.run)
             if reused is not None:
@@ -140,7 +129,7 @@ class Engine:
                 async with batches_rx:
                     async for batch in batches_rx:
                         changed += await self._plan_batch(batch, summary, emit, emit_done)
-                        if self.stopping:
+                        if state.stopping:
                             tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
@@ -148,7 +137,7 @@ class Engine:
                       invalid=summary.invalid, duplicates=summary.duplicates)
         if changed:
             raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
-        if fingerprint is not None and not self.stopping:
+        if fingerprint is not None and not state.stopping:
             await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
         return summary
 
@@ -223,46 +212,51 @@ class Engine:
             self.log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
         return owned
 
-    async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
+    async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit,
+                        state: RunState) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
         try:
             async with anyio.create_task_group() as tg, verify_tx, verify_rx:
                 work = WorkList(self.journal, summary.members_run, tg, low_water=workers * 4,
-                                stopping=lambda: self.stopping)
+                                stopping=lambda: state.stopping)
                 for _ in range(workers):
-                    tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit)
+                    tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit, state)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
-                    tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit)
+                    tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit, state)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
 
     async def _claim_worker(self, work: WorkList, tx: MemoryObjectSendStream[Outcome],
-                            owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit) -> None:
+                            owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit,
+                            state: RunState) -> None:
         # structlog's lazy proxy builds a new logger on every bind: resolve it once per worker and run
         # (a logging configuration changed in the middle of a run applies from the next run on).
         log = self.log.bind()
         async with tx:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
-                outcome = await self.settle(planned, already, log=log)
+                outcome = await self.settle(planned, already, log=log, state=state)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
                     await self._emit(emit, summary, outcome)
 
-    async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit) -> None:
+    async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit,
+                             state: RunState) -> None:
         async with rx:
             async for accepted in rx:
-                await self._emit(emit, summary, await self.verify(accepted))
+                await self._emit(emit, summary, await self.verify(accepted, state=state))
 
     async def _emit(self, emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
         summary.statuses[outcome.status.value] += 1
         await emit(outcome)
 
     # -- one number ----------------------------------------------------------------------------------
-    async def settle(self, planned: Planned, already: Owned | None = None, *, log: Any = None) -> Outcome:
+    async def settle(self, planned: Planned, already: Owned | None = None, *, state: RunState,
+                     log: Any = None) -> Outcome:
         """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending.
+        ``state`` is the run it belongs to (its stop, its counts).
 
         At most one settle per number runs at a time in this engine; a second caller for the same
         number waits for the first one's outcome (and takes over if the first was interrupted).
@@ -273,37 +267,37 @@ class Engine:
             await running.wait()
             if running.outcome is not None:
                 return running.outcome
-        running = self._settling[key] = _Settling()
+        running = self._settling[key] = Settling()
         try:
-            running.outcome = await self._settle(planned, already, self.log if log is None else log)
+            running.outcome = await self._settle(planned, already, self.log if log is None else log, state)
             return running.outcome
         finally:
             del self._settling[key]
             running.finish()
 
-    async def _settle(self, planned: Planned, already: Owned | None, log: Any) -> Outcome:
+    async def _settle(self, planned: Planned, already: Owned | None, log: Any, state: RunState) -> Outcome:
         log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
         if already is not None and planned.maybe_sent:
             log.info("claim.adopted", phone_number_id=already.phone_number_id)
-            self.summary.adopted += 1
+            state.summary.adopted += 1
             return self._record(_outcome(planned, Status.IN_PROGRESS, planned.attempts, already.phone_number_id,
                                          already.phone_number_arn))
-        return self._record(await self._claim(planned, log))
+        return self._record(await self._claim(planned, log, state))
 
-    async def _claim(self, planned: Planned, log: Any) -> Outcome:
+    async def _claim(self, planned: Planned, log: Any, state: RunState) -> Outcome:
         params = planned.request.claim_params(planned.client_token)
         attempts = planned.attempts
         failures = throttles = 0  # 429s are certainly not executed: they get their own, larger allowance
         while True:
-            if self.stopping:
+            if state.stopping:
                 return _outcome(planned, Status.PENDING, attempts)
             attempts += 1
             log.debug("claim.sent", attempt=attempts)
             try:
-                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", withdraw_if=self._stop.is_set,
+                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", withdraw_if=state.stop.is_set,
                                              **params)
             except Withdrawn:  # stopped while it waited for its turn: never sent
                 return _outcome(planned, Status.PENDING, attempts - 1)
@@ -319,20 +313,21 @@ class Engine:
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     if not exhausted:
                         log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
-                        await self._pause(self.api.backoff.delay(max(failures, 1), self.rng))
+                        await state.pause(self.api.sleep, self.api.backoff.delay(max(failures, 1), self.rng))
                         continue
                 if error.verdict in (Verdict.UNAVAILABLE, Verdict.RETRY):
                     # Unknown is not failed: our own earlier attempt (its answer lost, its token since
                     # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
                     # (RETRY here: 200s without the answer in them, as many as retries allow.)
                     try:
-                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number)
+                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number,
+                                                stop=state.stop)
                     except CallFailed as lookup:
                         log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
                     if ours is not None:
                         log.info("claim.adopted", phone_number_id=ours.phone_number_id)
-                        self.summary.adopted += 1
+                        state.summary.adopted += 1
                         return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
                                         ours.phone_number_arn)
                     if error.verdict == Verdict.RETRY:  # not (or no longer) held: still unknown, not failed
@@ -344,12 +339,26 @@ class Engine:
             log.info("claim.accepted", phone_number_id=answer["PhoneNumberId"], attempts=attempts)
             return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"], answer["PhoneNumberArn"])
 
-    async def verify(self, accepted: Outcome) -> Outcome:
-        """Wait (bounded) for an accepted claim to settle; record and return the result."""
+    async def verify(self, accepted: Outcome, *, state: RunState) -> Outcome:
+        """Wait (bounded) for an accepted claim to settle; record and return the result.
+
+        A principal denied DescribePhoneNumber (a narrower IAM policy) does not stop the claims: the
+        first denial turns verification off for ``state``'s run, with one warning, and its accepted
+        claims stay ``in_progress`` (the same run again, under a principal allowed to describe,
+        verifies them)."""
         assert accepted.phone_number_id is not None
+        if state.verify_denied:
+            return accepted
         result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
-                              first_poll=self.options.verify_first_poll, sleep=self._pause, clock=self.clock,
-                              stopping=lambda: self.stopping)
+                              first_poll=self.options.verify_first_poll,
+                              sleep=lambda seconds: state.pause(self.api.sleep, seconds), clock=self.clock,
+                              stopping=lambda: state.stopping, stop=state.stop)
+        if result.status == "DENIED":
+            if not state.verify_denied:
+                state.verify_denied = True
+                self.log.warning("verify.denied", error_message=result.message,
+                                 consequence="not verifying this run's claims: accepted numbers stay in_progress")
+            return accepted
         status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}.get(
             result.status, Status.IN_PROGRESS)
         code = "ResourceNotFoundException" if result.status == "NOT_FOUND" else "PhoneNumberClaimFailed"
@@ -363,28 +372,6 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
-
-
-class _Settling:
-    """A settle in flight: its outcome once known (``None`` if it was interrupted).
-
-    The event is made only when a second caller waits for the same number, which is rare: making one
-    per claim would cost more than the rest of the bookkeeping of that claim."""
-
-    __slots__ = ("_done", "outcome")
-
-    def __init__(self) -> None:
-        self._done: anyio.Event | None = None
-        self.outcome: Outcome | None = None
-
-    async def wait(self) -> None:
-        if self._done is None:
-            self._done = anyio.Event()
-        await self._done.wait()
-
-    def finish(self) -> None:
-        if self._done is not None:
-            self._done.set()
 
 
 def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:

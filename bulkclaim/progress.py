@@ -1,6 +1,6 @@
 """Live progress of a claim run: a rich display on a terminal, a structured log line otherwise.
 
-Both read the engine's live counts and the claim limiter; neither changes anything.
+Both read the run's live counts and the claim limiter; neither changes anything.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from bulkclaim.engine import Engine
 from bulkclaim.logs import stderr_console
 from bulkclaim.model import RunSummary
 from bulkclaim.ratelimit import Limiter
@@ -117,14 +116,14 @@ class ProgressMeter:
         return Snapshot(done, total, speed, self.limiter.rate, self.limiter.throttled, eta)
 
 
-async def run_with_progress(work: Callable[[], Awaitable[_T]], engine: Engine, limiter: Limiter, *, tty: bool,
+async def run_with_progress(work: Callable[[], Awaitable[_T]], run: _Source, limiter: Limiter, *, tty: bool,
                             log: Any, interval: float = 5.0) -> _T:
     """Run ``work`` while showing progress (rich on a terminal, log lines otherwise).
 
     ``work`` runs as a sibling of the display, so its own exception comes out as itself rather
-    than wrapped in a task group's exception group.
+    than wrapped in a task group's exception group. ``run`` holds the live counts (a RunState).
     """
-    meter = ProgressMeter(engine, limiter)
+    meter = ProgressMeter(run, limiter)
     outcome: list[_T] = []
     failure: list[BaseException] = []
     async with anyio.create_task_group() as tg:

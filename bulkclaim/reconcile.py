@@ -5,7 +5,10 @@
 - ``find_owned``: after "Phone number not available" for a number whose token may have been used
   before, ask whether the number is ours before recording a failure.
 - ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
-  the bounded wait ends (the number is then left ``in_progress``, honestly).
+  the bounded wait ends (the number is then left ``in_progress``, honestly). A principal not allowed
+  to call DescribePhoneNumber gets ``DENIED``: the claim stays ``in_progress``, unverified.
+
+``stop`` (a run's stop event) ends a call's backoff at once (see ``Api.call``).
 
 Every request goes through the same limiters as the claims (their own API buckets).
 """
@@ -17,7 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from bulkclaim.calls import Api, CallFailed
+from bulkclaim.connect import Verdict
 from bulkclaim.model import Target
 
 __all__ = ["Owned", "VerifyResult", "find_owned", "sweep", "verify"]
@@ -31,16 +37,16 @@ class Owned:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    status: str  # CLAIMED, FAILED, NOT_FOUND, or IN_PROGRESS (the wait ended first)
+    status: str  # CLAIMED, FAILED, NOT_FOUND, DENIED (no DescribePhoneNumber), or IN_PROGRESS (the wait ended)
     message: str
     describes: int
 
 
-async def _list_pages(api: Api, target: Target, **filters: Any) -> dict[str, Owned]:
+async def _list_pages(api: Api, target: Target, stop: anyio.Event | None = None, **filters: Any) -> dict[str, Owned]:
     owned: dict[str, Owned] = {}
     next_token: str | None = None
     while True:
-        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", MaxResults=1000,
+        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", stop=stop, MaxResults=1000,
                               **target.request_params(), **filters, **({"NextToken": next_token} if next_token else {}))
         for row in page.get("ListPhoneNumbersSummaryList", []):
             owned[row["PhoneNumber"]] = Owned(row["PhoneNumberId"], row["PhoneNumberArn"])
@@ -49,22 +55,23 @@ async def _list_pages(api: Api, target: Target, **filters: Any) -> dict[str, Own
             return owned
 
 
-async def sweep(api: Api, target: Target) -> dict[str, Owned]:
+async def sweep(api: Api, target: Target, *, stop: anyio.Event | None = None) -> dict[str, Owned]:
     """Every number the target holds (IN_PROGRESS or CLAIMED), in one listing pass; bounded by the
     instance's phone-number quota, not by the size of the run."""
-    return await _list_pages(api, target)
+    return await _list_pages(api, target, stop)
 
 
-async def find_owned(api: Api, target: Target, phone_number: str) -> Owned | None:
+async def find_owned(api: Api, target: Target, phone_number: str, *, stop: anyio.Event | None = None
+                     ) -> Owned | None:
     """Is ``phone_number`` ours on ``target``? One filtered listing (the prefix is the whole number)."""
-    listed = await _list_pages(api, target, PhoneNumberPrefix=phone_number)
+    listed = await _list_pages(api, target, stop, PhoneNumberPrefix=phone_number)
     return listed.get(phone_number)
 
 
 async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
                  max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
                  clock: Callable[[], float] = time.monotonic,
-                 stopping: Callable[[], bool] = lambda: False) -> VerifyResult:
+                 stopping: Callable[[], bool] = lambda: False, stop: anyio.Event | None = None) -> VerifyResult:
     """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
     deadline = clock() + wait_limit
     wait = first_poll
@@ -74,10 +81,13 @@ async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_pol
         if stopping():
             return VerifyResult("IN_PROGRESS", "stopped before the claim settled", describes)
         try:
-            answer = await api.call("DescribePhoneNumber", "describe_phone_number", PhoneNumberId=phone_number_id)
+            answer = await api.call("DescribePhoneNumber", "describe_phone_number", stop=stop,
+                                    PhoneNumberId=phone_number_id)
         except CallFailed as failed:
             if failed.classified.code == "ResourceNotFoundException":  # the id is not (or no longer) ours
                 return VerifyResult("NOT_FOUND", failed.classified.message, describes)
+            if failed.classified.verdict == Verdict.FATAL:  # not allowed to describe: no use asking again
+                return VerifyResult("DENIED", failed.classified.message, describes)
             return VerifyResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
         describes += 1
         status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})

@@ -23,6 +23,7 @@ from bulkclaim import (
     Outcome,
     ParametersChangedError,
     RateSettings,
+    RunState,
     Status,
 )
 from bulkclaim.inputs import read_inputs
@@ -446,16 +447,17 @@ async def test_after_a_stop_request_nothing_new_is_sent(tmp_path: Path) -> None:
             claimer(env, tmp_path / "j", rate=50.0, burst=5) as c:
         statuses: list[Status] = []
         sent_at_stop = 0
+        state = RunState()
 
         async def emit(outcome: Outcome) -> None:
             statuses.append(outcome.status)
             if len(statuses) == 10:
-                c.engine.request_stop()
+                state.request_stop()
                 nonlocal sent_at_stop
                 sent_at_stop = c.limiters["ClaimPhoneNumber"].sent
 
         summary = await c.engine.run([ClaimRequest(n, c.target, source=f"x:{i}") for i, n in enumerate(NUMBERS)],
-                                     emit)
+                                     emit, state=state)
         sent_after = c.limiters["ClaimPhoneNumber"].sent
     assert sent_after - sent_at_stop <= c.limiters["ClaimPhoneNumber"].max_in_flight, "only requests in flight"
     assert summary.statuses["claimed"] >= 10

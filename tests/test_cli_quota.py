@@ -253,6 +253,47 @@ async def test_acquire_over_seeded_runs_ends_with_exactly_n(tmp_path: Path, seed
         assert all(env.sandbox.state.executions(n) <= 1 for n in held(env))
 
 
+def acquire_claimer(env: SandboxEnv, journal: Path, *, verify: bool = True) -> Claimer:
+    return Claimer(instance_id=INSTANCE_ID, journal=journal, client_settings=env.settings,
+                   rates=RateSettings(1000.0, 8),
+                   options=Options(verify=verify, verify_first_poll=0.01, verify_timeout=5),
+                   backoff=Backoff(base=0.01, floor=0.001, cap=0.05))
+
+
+async def test_acquire_refills_a_slot_whose_earlier_claim_settles_failed(tmp_path: Path) -> None:
+    """Issue 12 case 4: a run stops after its claims were accepted, before verifying them; one of
+    them settles FAILED. The next run must give that slot a new number, not end "1 of 2"."""
+    async with sandbox_env(claim_delay=0.0, seed=1) as env:
+        env.sandbox.configure(claim_failure_rate=1.0)  # the first run's claims will settle FAILED
+        async with acquire_claimer(env, tmp_path / "j.journal", verify=False) as claimer:
+            first = await claimer.acquire(AcquireSpec("US", "DID", 2), "crash", limit=1)
+        assert [s.status.value for s in first] == ["in_progress", "pending"], "accepted, then stopped unverified"
+        failed_number = first[0].phone_number
+        env.sandbox.configure(claim_failure_rate=0.0)
+        async with acquire_claimer(env, tmp_path / "j.journal") as claimer:
+            slots = await claimer.acquire(AcquireSpec("US", "DID", 2), "crash")
+    assert [s.status.value for s in slots] == ["claimed", "claimed"]
+    assert failed_number not in {s.phone_number for s in slots}, "the failed candidate was replaced"
+    assert len(held(env)) == 2 and {s.phone_number for s in slots} == held(env)
+
+
+async def test_concurrent_acquires_of_one_name_hold_exactly_n(tmp_path: Path) -> None:
+    """Issue 12 case 4: two concurrent ``acquire()`` of the same acquisition fill its N slots once."""
+    async with sandbox_env(claim_delay=0.0) as env, acquire_claimer(env, tmp_path / "j.journal") as claimer:
+        results: list[list[Any]] = []
+
+        async def acquire() -> None:
+            results.append(await claimer.acquire(AcquireSpec("US", "DID", 3), "shared"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(acquire)
+            tg.start_soon(acquire)
+    assert len(held(env)) == 3, "never 2N"
+    assert len(env.sandbox.ledger) == 3
+    assert [[s.status.value for s in r] for r in results] == [["claimed"] * 3] * 2
+    assert {s.phone_number for s in results[0]} == {s.phone_number for s in results[1]} == held(env)
+
+
 async def test_dry_run_without_any_aws_configuration_still_plans(tmp_path: Path) -> None:
     """Offline validation of a file: no region, no credentials. The preflight warns and the plan
     is printed (this was an internal error, exit 70)."""

@@ -116,7 +116,7 @@ class Sandbox:
         except AuthError as exc:
             self.state.count(api, exc.code)
             return _error(exc.code, 403, exc.message, lower_case_message=True)
-        if identity.denied:
+        if identity.denied or api in identity.denied_operations:
             return self._fail(api, ServiceError("AccessDeniedException", 403,
                                                 f"User is not authorized to perform connect:{api}"))
         if not self._buckets[api].try_take(self.clock()):

@@ -32,11 +32,14 @@ API_NAMES: tuple[str, ...] = (
 @dataclass(frozen=True)
 class Credentials:
     """An access key pair the sandbox accepts (SigV4). ``denied`` keys sign correctly but every
-    call answers 403 AccessDeniedException, like an IAM principal without connect permissions."""
+    call answers 403 AccessDeniedException, like an IAM principal without connect permissions;
+    ``denied_operations`` (API names) answer 403 for those calls only, like a narrower IAM policy
+    (e.g. ``connect:ClaimPhoneNumber`` without ``connect:DescribePhoneNumber``)."""
 
     access_key_id: str
     secret_access_key: str
     denied: bool = False
+    denied_operations: frozenset[str] = frozenset()
 
 
 #: The documented test key pair: a stock client configured with it talks to the sandbox.
