@@ -11,7 +11,8 @@
    Numbers already done are reported as they are; a pending number whose parameters changed stops
    the run before the first request.
 2. **reconcile**: numbers an earlier run may have sent are looked up with one ListPhoneNumbersV2
-   sweep per target; those already ours are adopted, the rest re-sent with their *same* token.
+   sweep per target; those already ours are recorded as ours, the rest re-sent with their *same*
+   token.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
 4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
 5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
@@ -32,13 +33,13 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from bulkclaim.calls import Api, CallFailed, Withdrawn
+from bulkclaim.concurrency import Settling, first_cause
 from bulkclaim.connect import Verdict
 from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
 from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
     ClaimRequest,
-    FatalServiceError,
     Options,
     Outcome,
     ParametersChangedError,
@@ -47,7 +48,7 @@ from bulkclaim.model import (
     Status,
     Target,
 )
-from bulkclaim.reconcile import Owned, find_owned, sweep
+from bulkclaim.reconcile import RECOVERED, Owned, find_owned, sweep_targets
 from bulkclaim.reconcile import verify as poll_until_settled
 from bulkclaim.worklist import WorkList
 
@@ -72,7 +73,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.summary = RunSummary()  # the current run's counts, live (progress displays read them)
         self._stop = anyio.Event()
-        self._settling: dict[tuple[str, str], _Settling] = {}  # one claim per number in flight, process-wide
+        self._settling: dict[tuple[str, str], Settling] = {}  # one claim per number in flight, process-wide
 
     def request_stop(self) -> None:
         """Stop dispatching: in-flight requests finish, nothing new is sent, waits end early.
@@ -110,7 +111,8 @@ class Engine:
         if after_plan is not None:
             await after_plan(summary)
         if not self.stopping:
-            owned = await self._reconcile(summary.members_run)
+            owned = await sweep_targets(self.api, await self.journal.targets_to_reconcile(summary.members_run),
+                                        self.log)
             await self._dispatch(summary, owned, emit)
         await self.journal.flush()
         self.log.info("run.finished", run=summary.run, **summary.statuses)
@@ -211,18 +213,6 @@ class Engine:
                 summary.statuses[outcome.status.value] += 1
         return planned.changed
 
-    async def _reconcile(self, run: int) -> dict[str, dict[str, Owned]]:
-        """For each target with numbers an earlier run may have sent: which numbers it already holds."""
-        owned: dict[str, dict[str, Owned]] = {}
-        for target in await self.journal.targets_to_reconcile(run):
-            try:
-                owned[target.key] = await sweep(self.api, target)
-            except CallFailed as failed:  # nothing adopted up front: re-sends and "not available" checks remain
-                self.log.warning("run.reconcile_failed", target=target.key, error_code=failed.classified.code)
-                continue
-            self.log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
-        return owned
-
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
@@ -273,7 +263,7 @@ class Engine:
             await running.wait()
             if running.outcome is not None:
                 return running.outcome
-        running = self._settling[key] = _Settling()
+        running = self._settling[key] = Settling()
         try:
             running.outcome = await self._settle(planned, already, self.log if log is None else log)
             return running.outcome
@@ -287,16 +277,22 @@ class Engine:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
         if already is not None and planned.maybe_sent:
-            log.info("claim.adopted", phone_number_id=already.phone_number_id)
-            self.summary.adopted += 1
-            return self._record(_outcome(planned, Status.IN_PROGRESS, planned.attempts, already.phone_number_id,
-                                         already.phone_number_arn))
+            return self._record(self._recovered(planned, planned.attempts, already, log))
         return self._record(await self._claim(planned, log))
+
+    def _recovered(self, planned: Planned, attempts: int, held: Owned, log: Any) -> Outcome:
+        """The target holds a number whose token we may have sent: our claim, its answer lost. Not
+        adopted: the journal records it as our claim, so ``release`` gives it back and churn counts it."""
+        log.info("claim.recovered", phone_number_id=held.phone_number_id)
+        self.summary.recovered += 1
+        self.journal.record_attempt(planned, RECOVERED, None)
+        return _outcome(planned, Status.IN_PROGRESS, attempts, held.phone_number_id, held.phone_number_arn)
 
     async def _claim(self, planned: Planned, log: Any) -> Outcome:
         params = planned.request.claim_params(planned.client_token)
         attempts = planned.attempts
         failures = throttles = 0  # 429s are certainly not executed: they get their own, larger allowance
+        maybe_sent = planned.maybe_sent or planned.attempts > 0  # a request with this token may have executed
         while True:
             if self.stopping:
                 return _outcome(planned, Status.PENDING, attempts)
@@ -312,6 +308,7 @@ class Engine:
                 self.journal.record_attempt(planned, error.verdict.value, error.code)
                 if error.verdict == Verdict.RETRY:
                     throttles, failures = (throttles + 1, failures) if error.throttled else (throttles, failures + 1)
+                    maybe_sent = maybe_sent or not error.throttled
                     limit = self.api.backoff.max_attempts
                     if failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE:
                         log.warning("claim.unknown", attempts=attempts, error_code=error.code)
@@ -327,7 +324,9 @@ class Engine:
                     except CallFailed as lookup:
                         log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                    if ours is not None:
+                    if ours is not None and maybe_sent:
+                        return self._recovered(planned, attempts, ours, log)
+                    if ours is not None:  # held before any request with our token could have executed
                         log.info("claim.adopted", phone_number_id=ours.phone_number_id)
                         self.summary.adopted += 1
                         return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
@@ -357,42 +356,6 @@ class Engine:
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
-
-
-class _Settling:
-    """A settle in flight: its outcome once known (``None`` if it was interrupted).
-
-    The event is made only when a second caller waits for the same number, which is rare: making one
-    per claim would cost more than the rest of the bookkeeping of that claim."""
-
-    __slots__ = ("_done", "outcome")
-
-    def __init__(self) -> None:
-        self._done: anyio.Event | None = None
-        self.outcome: Outcome | None = None
-
-    async def wait(self) -> None:
-        if self._done is None:
-            self._done = anyio.Event()
-        await self._done.wait()
-
-    def finish(self) -> None:
-        if self._done is not None:
-            self._done.set()
-
-
-def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        else:
-            leaves.append(error)
-    leaves.sort(key=lambda e: not isinstance(e, FatalServiceError))
-    return leaves[0]
 
 
 def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:

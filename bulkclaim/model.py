@@ -258,5 +258,6 @@ class RunSummary:
     already_done: int = 0
     duplicates: int = 0
     invalid: int = 0
-    adopted: int = 0
+    adopted: int = 0  # numbers the target held before any request with our token could have executed
+    recovered: int = 0  # our claims whose answers were lost, found on the target
     statuses: Counter[str] = field(default_factory=Counter)

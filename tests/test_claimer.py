@@ -26,6 +26,8 @@ from bulkclaim import (
     Status,
 )
 from bulkclaim.inputs import read_inputs
+from bulkclaim.preflight import churn_in_journal
+from bulkclaim.release import numbers_to_release
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -116,7 +118,7 @@ async def test_cancelled_run_resumes_with_the_same_tokens_and_no_second_executio
         assert second[number].client_token == token
 
 
-async def test_forgotten_tokens_are_reconciled_by_adopting_our_numbers(tmp_path: Path) -> None:
+async def test_forgotten_tokens_are_reconciled_as_our_own_claims_not_adopted(tmp_path: Path) -> None:
     numbers = NUMBERS[:12]
     journal = tmp_path / "j"
     lost_everything = FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"}))
@@ -131,14 +133,20 @@ async def test_forgotten_tokens_are_reconciled_by_adopting_our_numbers(tmp_path:
             second = await claim_all(c, numbers)
             summary = c.last_summary
     assert {o.status for o in second.values()} == {Status.CLAIMED}
-    assert summary is not None and summary.adopted == 12
-    assert sum(env.sandbox.stats()["ClaimPhoneNumber"].values()) == claims_before, "adopted, not re-sent"
+    assert sum(env.sandbox.stats()["ClaimPhoneNumber"].values()) == claims_before, "found, not re-sent"
     assert_exactly_once(env, numbers)
     ids = {e.phone_number: e.phone_number_id for e in env.sandbox.ledger}
     assert {n: o.phone_number_id for n, o in second.items()} == ids
+    # Our tokens were sent, so the numbers the target holds are our claims (answers lost), not adopted:
+    # release gives them back and the churn count includes them.
+    with sqlite3.connect(journal) as conn:
+        to_release = numbers_to_release(conn)
+        assert churn_in_journal(conn, to_release[0].target) == 12
+    assert sorted((n.phone_number, n.adopted) for n in to_release) == [(n, False) for n in sorted(numbers)]
+    assert summary is not None and (summary.adopted, summary.recovered) == (0, 12)
 
 
-async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path: Path) -> None:
+async def test_not_available_after_a_lost_answer_is_checked_and_found_ours(tmp_path: Path) -> None:
     # The first answer is lost and the token forgotten at once: the retry hears "not available".
     lost = FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"}))
     async with sandbox_env(faults=lost, token_lifetime=0.0, claim_delay=0.0) as env, \
@@ -155,6 +163,8 @@ async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path
     assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
     assert env.sandbox.stats()["ClaimPhoneNumber"].get("InvalidParameterException") == 1
     assert_exactly_once(env, NUMBERS[:1])
+    with sqlite3.connect(tmp_path / "j") as conn:  # our lost claim, not a number the target held before
+        assert [n.adopted for n in numbers_to_release(conn)] == [False]
 
 
 async def test_number_held_by_someone_else_fails_with_the_service_error(tmp_path: Path) -> None:

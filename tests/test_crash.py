@@ -21,6 +21,7 @@ import pytest
 
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
+from bulkclaim.sandbox.state import LedgerEntry
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli
 
@@ -142,3 +143,60 @@ async def test_killed_between_reservation_and_send_the_rerun_sends_the_same_toke
         result = await run_cli(env, tmp_path, *args(tmp_path))
         assert result.returncode == 0, result.stderr[-1500:]
     assert {e.phone_number: e.client_token for e in env.sandbox.ledger} == reserved
+
+
+class _Ledger(list[LedgerEntry]):
+    """The sandbox's ledger, telling the test when ``claims`` claims have executed."""
+
+    def __init__(self, claims: int) -> None:
+        super().__init__()
+        self.claims, self.reached = claims, anyio.Event()
+
+    def append(self, entry: LedgerEntry) -> None:
+        super().append(entry)
+        if sum(1 for e in self if e.action == "claim") >= self.claims:
+            self.reached.set()
+
+
+async def kill_after_claims_executed(env: SandboxEnv, tmp_path: Path, claims: int, *cli_args: str) -> None:
+    """Run the CLI with every claim's answer lost (the claim takes effect, the connection drops, so no
+    outcome can be recorded) and SIGKILL it as soon as ``claims`` claims have executed."""
+    env.sandbox.set_faults(FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"})))
+    env.sandbox.state.ledger = ledger = _Ledger(claims)
+    process = await anyio.open_process([*BULKCLAIM, *cli_args], env=cli_env(env))
+    async with process:
+        with anyio.fail_after(60):
+            await ledger.reached.wait()
+        process.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+    env.sandbox.set_faults(FaultConfig())
+
+
+def crash_args(tmp_path: Path, numbers: Path, *, rate: str = "100", burst: str = "10") -> list[str]:
+    return ["claim", str(numbers), "--instance-id", INSTANCE_ID, "--journal", str(tmp_path / "j.journal"),
+            "--report", str(tmp_path / "report.jsonl"), "--rate", rate, "--burst", burst, "--verify-timeout", "5",
+            "--grace-period", "0", "--log-format", "json"]
+
+
+async def test_claims_whose_answers_died_with_a_killed_run_are_ours_released_and_counted(tmp_path: Path) -> None:
+    """Issue 12 case 3: the numbers a killed run claimed (answers lost) are found on the target by the
+    next run. They are our claims, not adopted: release gives every one back, churn counts them."""
+    numbers = POOL[:10]
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env:
+        await kill_after_claims_executed(env, tmp_path, 10, *crash_args(tmp_path, path))
+        with sqlite3.connect(tmp_path / "j.journal") as conn:
+            assert conn.execute("SELECT count(*) FROM attempts WHERE result='accepted'").fetchone() == (0,)
+        again = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert again.returncode == 0, again.stderr[-2000:]
+        claims = [e for e in env.sandbox.ledger if e.action == "claim"]
+        assert sorted(e.phone_number for e in claims) == sorted(numbers), "each claimed once, none re-sent"
+        released = await run_cli(env, tmp_path, "release", "--journal", str(tmp_path / "j.journal"), "--yes")
+        assert released.returncode == 0, released.stderr[-2000:]
+        assert "not releasing" not in released.stdout
+        assert "released 10 of 10" in released.stdout
+        assert f"instance/{INSTANCE_ID}: 10 recorded in this journal, 20 after this release" in released.stdout
+        assert sorted(e.phone_number for e in env.sandbox.ledger if e.action == "release") == sorted(numbers)
+        assert all(env.sandbox.state.holder_of(n) is None for n in numbers)
+
