@@ -12,7 +12,8 @@
    the run before the first request.
 2. **reconcile**: numbers an earlier run may have sent are looked up with one ListPhoneNumbersV2
    sweep per target; those already ours are recorded as ours, the rest re-sent with their *same*
-   token.
+   token. Numbers an earlier run may have sent that the input no longer names join the run and are
+   settled the same way, but never re-sent.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
 4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
 5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
@@ -21,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import time
@@ -39,6 +41,7 @@ from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
 from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
+    NOT_CLAIMED,
     ClaimRequest,
     Options,
     Outcome,
@@ -48,7 +51,7 @@ from bulkclaim.model import (
     Status,
     Target,
 )
-from bulkclaim.reconcile import RECOVERED, Owned, find_owned, sweep_targets
+from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, sweep_targets
 from bulkclaim.reconcile import verify as poll_until_settled
 from bulkclaim.worklist import WorkList
 
@@ -58,6 +61,9 @@ Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
 _FINAL = (Status.CLAIMED, Status.FAILED, Status.RELEASED)  # nothing left to send or verify
 _THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
+_NAMED = 20  # numbers named in one log event
+_NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
+                "(it was not sent again)")
 
 
 class Engine:
@@ -115,6 +121,8 @@ class Engine:
                                         self.log)
             await self._dispatch(summary, owned, emit)
         await self.journal.flush()
+        if summary.removed:
+            self.log.warning("input.removed_settled", **by_status(summary.removed))
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
 
@@ -133,6 +141,7 @@ class Engine:
             reused = await self.journal.reuse_plan(fingerprint, summary.run)
             if reused is not None:
                 await self._take_over(reused, summary, emit, emit_done)
+                await self._join_removed(summary)
                 return summary
         changed: list[ClaimRequest] = []
         batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
@@ -152,7 +161,20 @@ class Engine:
             raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
         if fingerprint is not None and not self.stopping:
             await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
+        if not self.stopping:
+            await self._join_removed(summary)
         return summary
+
+    async def _join_removed(self, summary: RunSummary) -> None:
+        """Numbers an earlier run may have sent that the input no longer names join this run: they are
+        settled with the service (a listing, then verify) and reported with it, never sent again."""
+        joined = await self.journal.join_unsettled(summary.members_run)
+        if joined:
+            summary.removed.update(((target, number), status) for target, number, status in joined)
+            summary.to_send += len(joined)
+            self.log.warning("input.removed", count=len(joined), phone_numbers=[n for _, n, _ in joined[:_NAMED]],
+                             note="no longer in the input, but sent by an earlier run: settled with the service "
+                                  "(not sent again) and reported with this run")
 
     async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
         """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
@@ -235,11 +257,25 @@ class Engine:
         async with tx:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
-                outcome = await self.settle(planned, already, log=log)
+                if (summary.removed and already is None and planned.status == Status.PENDING
+                        and planned.request.key in summary.removed):
+                    outcome = self._removed_not_held(planned, planned.request.target.key in owned, log)
+                else:
+                    outcome = await self.settle(planned, already, log=log)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
                     await self._emit(emit, summary, outcome)
+
+    def _removed_not_held(self, planned: Planned, swept: bool, log: Any) -> Outcome:
+        """A number no longer in the input that the target does not hold is not sent again: after a whole
+        listing of the target, no claim of ours took effect (failed); without one it stays unknown."""
+        log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+        if not swept:
+            log.warning("claim.unknown", note="no longer in the input, and the target could not be listed")
+            return _outcome(planned, Status.PENDING, planned.attempts)
+        log.warning("claim.failed", error_code=NOT_CLAIMED)
+        return self._record(_outcome(planned, Status.FAILED, planned.attempts, error=(NOT_CLAIMED, _NOT_CLAIMED)))
 
     async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit) -> None:
         async with rx:
@@ -248,6 +284,8 @@ class Engine:
 
     async def _emit(self, emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
         summary.statuses[outcome.status.value] += 1
+        if summary.removed and (key := (outcome.target, outcome.phone_number)) in summary.removed:
+            summary.removed[key] = outcome.status.value
         await emit(outcome)
 
     # -- one number ----------------------------------------------------------------------------------
@@ -303,6 +341,10 @@ class Engine:
                                              **params)
             except Withdrawn:  # stopped while it waited for its turn: never sent
                 return _outcome(planned, Status.PENDING, attempts - 1)
+            except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent
+                with contextlib.suppress(Exception):  # a broken journal must not hide the cancellation
+                    self.journal.record_outcome(_outcome(planned, Status.PENDING, attempts))
+                raise
             except CallFailed as failed:
                 error = failed.classified
                 self.journal.record_attempt(planned, error.verdict.value, error.code)

@@ -2,7 +2,8 @@
 
 - ``sweep``: at resume, one ListPhoneNumbersV2 pass over a target tells which of the numbers an
   earlier run may have sent are already ours; those are recorded with their id (``recovered``: our
-  claim, its answer lost) instead of re-sent.
+  claim, its answer lost) instead of re-sent. Numbers sent earlier that the input no longer names
+  are settled this way too, never re-sent (``NotClaimed`` when the target does not hold them).
 - ``find_owned``: after "Phone number not available" for a number whose token may have been used
   before, ask whether the number is ours before recording a failure.
 - ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
@@ -21,7 +22,7 @@ from typing import Any
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.model import Target
 
-__all__ = ["RECOVERED", "Owned", "VerifyResult", "find_owned", "sweep", "sweep_targets",
+__all__ = ["RECOVERED", "Owned", "VerifyResult", "by_status", "find_owned", "sweep", "sweep_targets",
            "verify"]
 
 #: The attempt result recorded when the target holds a number whose token we may have sent: our
@@ -73,6 +74,16 @@ async def sweep_targets(api: Api, targets: list[Target], log: Any) -> dict[str, 
             continue
         log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
     return owned
+
+
+def by_status(numbers: dict[tuple[str, str], str], named: int = 20) -> dict[str, list[str]]:
+    """The numbers of ``{(target, number): status}`` by status (at most ``named`` of each)."""
+    found: dict[str, list[str]] = {}
+    for (_, number), status in numbers.items():
+        shown = found.setdefault(status, [])
+        if len(shown) < named:
+            shown.append(number)
+    return found
 
 
 async def find_owned(api: Api, target: Target, phone_number: str) -> Owned | None:

@@ -200,3 +200,44 @@ async def test_claims_whose_answers_died_with_a_killed_run_are_ours_released_and
         assert sorted(e.phone_number for e in env.sandbox.ledger if e.action == "release") == sorted(numbers)
         assert all(env.sandbox.state.holder_of(n) is None for n in numbers)
 
+
+async def test_numbers_removed_from_the_input_after_a_killed_run_are_settled_and_reported(tmp_path: Path) -> None:
+    """Issue 12 case 2: a run is killed with claims in flight; three numbers it may have sent are then
+    removed from the file. The next runs settle them with the service (never re-sending them), report
+    them, and warn, also when a run is killed right after planning (its plan must not hide them)."""
+    numbers = POOL[:10]
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env:
+        # 3 claims at once, then 2 a second: the last number of the file is not sent before the kill.
+        await kill_after_claims_executed(env, tmp_path, 3, *crash_args(tmp_path, path, rate="2", burst="3"))
+        executed = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+        held, unsent = executed[:2], numbers[-1]
+        assert unsent not in executed
+        removed = [*held, unsent]
+        path.write_text("\n".join(n for n in numbers if n not in removed) + "\n", encoding="utf-8")
+        planned_only = await run_cli(env, tmp_path, *crash_args(tmp_path, path), BULKCLAIM_DEBUG_KILL_AFTER_PLAN="1")
+        assert planned_only.returncode == -signal.SIGKILL
+        result = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        warnings = [json.loads(line) for line in result.stderr.splitlines() if '"input.removed' in line]
+        assert [sorted(w["phone_numbers"]) for w in warnings if w["event"] == "input.removed"] == [sorted(removed)]
+        assert ("3 number(s) no longer in the input were sent by an earlier run: settled as claimed 2 · failed 1"
+                in result.stdout)
+        rows = {r["phone_number"]: r for r in map(json.loads, (tmp_path / "report.jsonl").read_text().splitlines())}
+        assert sorted(rows) == sorted(numbers), "every number, removed ones included, is in the report"
+        ids = {e.phone_number: e.phone_number_id for e in env.sandbox.ledger if e.action == "claim"}
+        for number in held:
+            assert (rows[number]["status"], rows[number]["phone_number_id"]) == ("claimed", ids[number])
+        assert (rows[unsent]["status"], rows[unsent]["error_code"]) == ("failed", "NotClaimed")
+        claims = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+        assert unsent not in claims and sorted(claims) == sorted(set(numbers) - {unsent}), "none sent twice"
+        status = await run_cli(env, tmp_path, "status", "--journal", str(tmp_path / "j.journal"), "--json")
+        assert json.loads(status.stdout)["counts"]["pending"] == 0, "nothing left pending, unreported"
+        released = await run_cli(env, tmp_path, "release", "--journal", str(tmp_path / "j.journal"), "--yes")
+        assert "released 9 of 9" in released.stdout, released.stdout
+        # Put back in the input, the number that was never claimed is simply claimed.
+        path.write_text(unsent + "\n", encoding="utf-8")
+        back = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert back.returncode == 0, back.stderr[-2000:]
+        assert env.sandbox.state.holder_of(unsent) is not None
