@@ -435,3 +435,38 @@ async def test_canonical_but_invalid_numbers_are_checked_at_planning_and_never_s
     assert by_number["+10000000000"].status == Status.INVALID
     assert by_number["+10000000000"].source.endswith("numbers.txt:2")
     assert {e.phone_number for e in env.sandbox.ledger} == {NUMBERS[0], "+12062000001"}
+
+
+async def test_a_claim_cancelled_in_flight_is_journaled_as_possibly_sent(tmp_path: Path) -> None:
+    """Issue 12 case 2: a Claimer closed while a claim is on the wire closes the journal cleanly, so its
+    run counts as ended: the attempt must be written, or a later run would think the number was never
+    sent and leave it unsettled once it is no longer in the input."""
+    slow = FaultConfig(latency=(3.0, 3.0), operations=frozenset({"ClaimPhoneNumber"}))
+    journal = tmp_path / "j"
+    async with sandbox_env(faults=slow) as env:
+        arrived = anyio.Event()
+        delay = env.sandbox._delay
+
+        async def noting_arrival(faults: FaultConfig) -> bool:
+            arrived.set()
+            return await delay(faults)
+
+        env.sandbox._delay = noting_arrival  # type: ignore[method-assign]
+        errors: list[BaseException] = []
+
+        async def wait_for_claim(c: Claimer) -> None:
+            try:
+                await c.claim(NUMBERS[0])
+            except BulkclaimError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as outside:
+            with pytest.raises(RuntimeError, match="leaving"), anyio.fail_after(10):  # noqa: PT012
+                async with claimer(env, journal) as c:
+                    outside.start_soon(wait_for_claim, c)
+                    await arrived.wait()  # on the wire now: leaving on an error cancels it
+                    raise RuntimeError("leaving the Claimer on an error")
+        assert errors and "closed before this claim finished" in str(errors[0])
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("SELECT status, attempts FROM numbers").fetchall() == [("pending", 1)]
+        assert conn.execute("SELECT count(*) FROM runs WHERE ended_at IS NULL").fetchone() == (0,)
