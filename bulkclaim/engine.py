@@ -258,7 +258,7 @@ class Engine:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
                 if (summary.removed and already is None and planned.status == Status.PENDING
-                        and planned.request.key in summary.removed):
+                        and planned.request.key in summary.removed and planned.request.key not in self._settling):
                     outcome = self._removed_not_held(planned, planned.request.target.key in owned, log)
                 else:
                     outcome = await self.settle(planned, already, log=log)
