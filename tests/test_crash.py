@@ -241,3 +241,41 @@ async def test_numbers_removed_from_the_input_after_a_killed_run_are_settled_and
         back = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
         assert back.returncode == 0, back.stderr[-2000:]
         assert env.sandbox.state.holder_of(unsent) is not None
+
+
+@pytest.mark.slow
+async def test_sigkill_then_numbers_removed_long_variant(tmp_path: Path) -> None:
+    """The random-kill trials, with three numbers removed from the file after the kills: still no
+    double execution, and every number of ours on the target is in the last report with its id."""
+    problems: list[str] = []
+    for seed in range(200, 212):
+        trial = tmp_path / f"trial{seed}"
+        trial.mkdir()
+        rng = random.Random(seed)
+        (trial / "numbers.txt").write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
+        async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), claim_delay=0.05,
+                               throttle={api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES},
+                               foreign_claims=tuple(FOREIGN)) as env:
+            process = await anyio.open_process([*BULKCLAIM, *args(trial)], env=cli_env(env))
+            async with process:
+                await anyio.sleep(rng.uniform(0.2, 2.0))
+                if process.returncode is None:
+                    process.send_signal(signal.SIGKILL)
+                await process.wait()
+            removed = rng.sample(NUMBERS[:30], 3)
+            (trial / "numbers.txt").write_text("\n".join(n for n in NUMBERS if n not in removed) + "\n", "utf-8")
+            for _ in range(6):
+                result = await run_cli(env, trial, *args(trial))
+                if result.returncode in (0, 1):
+                    break
+            with sqlite3.connect(trial / "j.journal") as conn:
+                journaled = {n for (n,) in conn.execute("SELECT phone_number FROM numbers")}
+            rows = {r["phone_number"]: r for r in map(json.loads, (trial / "report.jsonl").read_text().splitlines())}
+            executed = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+            doubles = {n for n in executed if executed.count(n) > 1}
+            orphans = [n for n in NUMBERS if (h := env.sandbox.state.holder_of(n)) is not None
+                       and h.target_arn == OUR_TARGET and rows.get(n, {}).get("phone_number_id") != h.phone_number_id]
+            unreported = [n for n in removed if n in journaled and n not in rows]
+            if doubles or orphans or unreported:
+                problems.append(f"seed {seed}: doubles={doubles} orphans={orphans} unreported={unreported}")
+    assert not problems, problems
