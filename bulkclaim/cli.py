@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,12 +207,18 @@ class _Run:
             counts = run_counts(self.journal, run)
         shown = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"{shown}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
+        if removed := (self.summary.removed if self.summary else {}):
+            settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
+            click.echo(f"{len(removed)} number(s) no longer in the input were sent by an earlier run: settled as "
+                       f"{settled} (this run's report lists them; `bulkclaim release` gives back claimed ones)")
         if self.harness.signal_received is not None:
             unfinished = counts.get("pending", 0) + counts.get("in_progress", 0)
             click.echo(f"bulkclaim: interrupted; {unfinished} number(s) not finished. Run the same command again "
                        f"to resume (journal: {self.journal}).", err=True)
             return EXIT_SIGNAL[self.harness.signal_received]
-        return EXIT_OK if set(counts) <= {"claimed"} else EXIT_INCOMPLETE
+        # Numbers no longer in the input count only while their outcome is unknown (pending, in_progress).
+        gone = Counter(s for s in removed.values() if s in ("claimed", "failed"))
+        return EXIT_OK if set(+(Counter(counts) - gone)) <= {"claimed"} else EXIT_INCOMPLETE
 
 
 async def _ignore(_: Any) -> None:

@@ -11,7 +11,9 @@
    Numbers already done are reported as they are; a pending number whose parameters changed stops
    the run before the first request.
 2. **reconcile**: numbers an earlier run may have sent are looked up with one ListPhoneNumbersV2
-   sweep per target; those already ours are adopted, the rest re-sent with their *same* token.
+   sweep per target; those already ours are recorded as ours, the rest re-sent with their *same*
+   token. Numbers an earlier run may have sent that the input no longer names join the run and are
+   settled the same way, but never re-sent.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
 4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
 5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
@@ -24,6 +26,7 @@ never share a stop or a summary.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import time
@@ -41,6 +44,7 @@ from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
 from bulkclaim.journal_plan import Planned, PlanReuse
 from bulkclaim.model import (
+    NOT_CLAIMED,
     ClaimRequest,
     Options,
     Outcome,
@@ -51,7 +55,7 @@ from bulkclaim.model import (
     Target,
     first_cause,
 )
-from bulkclaim.reconcile import Owned, find_owned, sweep
+from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, sweep_targets
 from bulkclaim.reconcile import verify as poll_until_settled
 from bulkclaim.run import RunState, Settling
 from bulkclaim.worklist import WorkList
@@ -62,6 +66,9 @@ Emit = Callable[[Outcome], Awaitable[None]]
 _PAGE = 1000
 _FINAL = (Status.CLAIMED, Status.FAILED, Status.RELEASED)  # nothing left to send or verify
 _THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
+_NAMED = 20  # numbers named in one log event
+_NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
+                "(it was not sent again)")
 
 
 class Engine:
@@ -96,9 +103,12 @@ class Engine:
         if after_plan is not None:
             await after_plan(summary)
         if not state.stopping:
-            owned = await self._reconcile(summary.members_run)
+            owned = await sweep_targets(self.api, await self.journal.targets_to_reconcile(summary.members_run),
+                                        self.log, stop=state.stop)
             await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
+        if summary.removed:
+            self.log.warning("input.removed_settled", **by_status(summary.removed))
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
 
@@ -120,6 +130,7 @@ class Engine:
             reused = await self.journal.reuse_plan(fingerprint, summary.run)
             if reused is not None:
                 await self._take_over(reused, summary, emit, emit_done)
+                await self._join_removed(summary)
                 return summary
         changed: list[ClaimRequest] = []
         batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
@@ -139,7 +150,20 @@ class Engine:
             raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
         if fingerprint is not None and not state.stopping:
             await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
+        if not state.stopping:
+            await self._join_removed(summary)
         return summary
+
+    async def _join_removed(self, summary: RunSummary) -> None:
+        """Numbers an earlier run may have sent that the input no longer names join this run: they are
+        settled with the service (a listing, then verify) and reported with it, never sent again."""
+        joined = await self.journal.join_unsettled(summary.members_run)
+        if joined:
+            summary.removed.update(((target, number), status) for target, number, status in joined)
+            summary.to_send += len(joined)
+            self.log.warning("input.removed", count=len(joined), phone_numbers=[n for _, n, _ in joined[:_NAMED]],
+                             note="no longer in the input, but sent by an earlier run: settled with the service "
+                                  "(not sent again) and reported with this run")
 
     async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
         """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
@@ -200,18 +224,6 @@ class Engine:
                 summary.statuses[outcome.status.value] += 1
         return planned.changed
 
-    async def _reconcile(self, run: int) -> dict[str, dict[str, Owned]]:
-        """For each target with numbers an earlier run may have sent: which numbers it already holds."""
-        owned: dict[str, dict[str, Owned]] = {}
-        for target in await self.journal.targets_to_reconcile(run):
-            try:
-                owned[target.key] = await sweep(self.api, target)
-            except CallFailed as failed:  # nothing adopted up front: re-sends and "not available" checks remain
-                self.log.warning("run.reconcile_failed", target=target.key, error_code=failed.classified.code)
-                continue
-            self.log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
-        return owned
-
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit,
                         state: RunState) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
@@ -236,11 +248,25 @@ class Engine:
         async with tx:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
-                outcome = await self.settle(planned, already, log=log, state=state)
+                if (summary.removed and already is None and planned.status == Status.PENDING
+                        and planned.request.key in summary.removed and planned.request.key not in self._settling):
+                    outcome = self._removed_not_held(planned, planned.request.target.key in owned, log)
+                else:
+                    outcome = await self.settle(planned, already, log=log, state=state)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
                     await self._emit(emit, summary, outcome)
+
+    def _removed_not_held(self, planned: Planned, swept: bool, log: Any) -> Outcome:
+        """A number no longer in the input that the target does not hold is not sent again: after a whole
+        listing of the target, no claim of ours took effect (failed); without one it stays unknown."""
+        log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+        if not swept:
+            log.warning("claim.unknown", note="no longer in the input, and the target could not be listed")
+            return _outcome(planned, Status.PENDING, planned.attempts)
+        log.warning("claim.failed", error_code=NOT_CLAIMED)
+        return self._record(_outcome(planned, Status.FAILED, planned.attempts, error=(NOT_CLAIMED, _NOT_CLAIMED)))
 
     async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit,
                              state: RunState) -> None:
@@ -250,6 +276,8 @@ class Engine:
 
     async def _emit(self, emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
         summary.statuses[outcome.status.value] += 1
+        if summary.removed and (key := (outcome.target, outcome.phone_number)) in summary.removed:
+            summary.removed[key] = outcome.status.value
         await emit(outcome)
 
     # -- one number ----------------------------------------------------------------------------------
@@ -281,16 +309,22 @@ class Engine:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
                             planned.phone_number_arn)
         if already is not None and planned.maybe_sent:
-            log.info("claim.adopted", phone_number_id=already.phone_number_id)
-            state.summary.adopted += 1
-            return self._record(_outcome(planned, Status.IN_PROGRESS, planned.attempts, already.phone_number_id,
-                                         already.phone_number_arn))
+            return self._record(self._recovered(planned, planned.attempts, already, log, state))
         return self._record(await self._claim(planned, log, state))
+
+    def _recovered(self, planned: Planned, attempts: int, held: Owned, log: Any, state: RunState) -> Outcome:
+        """The target holds a number whose token we may have sent: our claim, its answer lost. Not
+        adopted: the journal records it as our claim, so ``release`` gives it back and churn counts it."""
+        log.info("claim.recovered", phone_number_id=held.phone_number_id)
+        state.summary.recovered += 1
+        self.journal.record_attempt(planned, RECOVERED, None)
+        return _outcome(planned, Status.IN_PROGRESS, attempts, held.phone_number_id, held.phone_number_arn)
 
     async def _claim(self, planned: Planned, log: Any, state: RunState) -> Outcome:
         params = planned.request.claim_params(planned.client_token)
         attempts = planned.attempts
         failures = throttles = 0  # 429s are certainly not executed: they get their own, larger allowance
+        maybe_sent = planned.maybe_sent or planned.attempts > 0  # a request with this token may have executed
         while True:
             if state.stopping:
                 return _outcome(planned, Status.PENDING, attempts)
@@ -301,11 +335,16 @@ class Engine:
                                              **params)
             except Withdrawn:  # stopped while it waited for its turn: never sent
                 return _outcome(planned, Status.PENDING, attempts - 1)
+            except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent
+                with contextlib.suppress(Exception):  # a broken journal must not hide the cancellation
+                    self.journal.record_outcome(_outcome(planned, Status.PENDING, attempts))
+                raise
             except CallFailed as failed:
                 error = failed.classified
                 self.journal.record_attempt(planned, error.verdict.value, error.code)
                 if error.verdict == Verdict.RETRY:
                     throttles, failures = (throttles + 1, failures) if error.throttled else (throttles, failures + 1)
+                    maybe_sent = maybe_sent or not error.throttled
                     limit = self.api.backoff.max_attempts
                     exhausted = failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE
                     if exhausted and error.code != "IncompleteAnswer":
@@ -325,7 +364,9 @@ class Engine:
                     except CallFailed as lookup:
                         log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
                         return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                    if ours is not None:
+                    if ours is not None and maybe_sent:
+                        return self._recovered(planned, attempts, ours, log, state)
+                    if ours is not None:  # held before any request with our token could have executed
                         log.info("claim.adopted", phone_number_id=ours.phone_number_id)
                         state.summary.adopted += 1
                         return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,

@@ -51,6 +51,7 @@ class Journal(Protocol):
     def record_outcome(self, outcome: Outcome) -> None: ...
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]: ...
     async def targets_to_reconcile(self, run: int) -> list[Target]: ...
+    async def join_unsettled(self, run: int) -> list[tuple[str, str, str]]: ...
     async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None: ...
     async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None: ...
@@ -106,6 +107,7 @@ class SqliteJournal:
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
         self._lock_fd = lock_fd
+        self._runs_begun: set[int] = set()  # runs of this process: their numbers may be in flight now
         self._lazy = LazyWrites(self._put_statements)
         try:
             self._writer = Writer(path)
@@ -132,7 +134,9 @@ class SqliteJournal:
             cursor = conn.execute("INSERT INTO runs (started_at, pid) VALUES (?, ?)", (time.time(), os.getpid()))
             assert cursor.lastrowid is not None
             return cursor.lastrowid
-        return await self._submit(run)
+        begun = await self._submit(run)
+        self._runs_begun.add(begun)
+        return begun
 
     async def plan(self, requests: Sequence[ClaimRequest], run: int, *, retry_failed: bool,
                    dedupe: bool = True) -> PlanResult:
@@ -201,6 +205,32 @@ class SqliteJournal:
             (run,)).fetchall())
         return [Target.from_key(row[0]) for row in rows]
 
+    async def join_unsettled(self, run: int) -> list[tuple[str, str, str]]:
+        """Numbers of ``run``'s targets that an earlier run left unsettled with a token that may have been
+        sent (``in_progress``; or ``pending`` after an attempt, or from a run whose process died before
+        closing the journal) and that ``run`` does not have: its input no longer names them. They join
+        ``run`` after its own numbers (``seen_run``, ``ord``), marked possibly sent, so that they are
+        settled, counted and reported with it. Numbers of runs this process began are
+        left alone (a concurrent claim of this process may be sending them). Any plan of ``run``'s
+        numbers stops being reusable (its members changed). Returns (target, number, status) of each."""
+        mine = sorted(self._runs_begun | {run})
+
+        def join(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            rows = conn.execute(
+                "SELECT target, phone_number, status FROM numbers WHERE status IN ('pending', 'in_progress') "
+                f"AND seen_run NOT IN ({','.join('?' * len(mine))}) AND (status='in_progress' OR attempts>0 "
+                "OR maybe_sent=1 OR seen_run NOT IN (SELECT id FROM runs WHERE ended_at IS NOT NULL)) "
+                "AND target IN (SELECT DISTINCT target FROM numbers WHERE seen_run=?) ORDER BY seen_run, ord",
+                (*mine, run)).fetchall()
+            if rows:
+                (after,) = conn.execute("SELECT COALESCE(MAX(ord), 0) FROM numbers WHERE seen_run=?", (run,)).fetchone()
+                conn.executemany("UPDATE numbers SET seen_run=?, ord=?, maybe_sent=1 WHERE target=? AND phone_number=?",
+                                 [(run, after + i, t, n) for i, (t, n, _) in enumerate(rows, 1)])
+                # -1 never matches a count: reuse_plan plans these inputs again, and finds them again
+                conn.execute("UPDATE plans SET members=-1 WHERE members_run=?", (run,))
+            return [(str(t), str(n), str(s)) for t, n, s in rows]
+        return await self._submit(join)
+
     async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None:
         """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
         await self._submit(lambda conn: conn.execute(
@@ -250,13 +280,19 @@ class SqliteJournal:
         """Wait until everything handed over so far is committed."""
         await self._submit(lambda conn: None)
 
+    async def _end_runs(self) -> None:
+        """Everything this process recorded is committed: mark its runs ended cleanly (see join_unsettled)."""
+        runs, now = sorted(self._runs_begun), time.time()
+        await self._submit(lambda conn: conn.executemany("UPDATE runs SET ended_at=? WHERE id=?",
+                                                         [(now, run) for run in runs]))
+
     async def close(self) -> None:
         """Write what is buffered, stop the writer thread and release the lock. Shielded from
         cancellation: a cancelled caller still leaves the journal closed and free for the next open."""
         with anyio.CancelScope(shield=True):
             try:
                 if self._writer.running:  # a failed write raises here, after the finally below
-                    await self.flush()
+                    await self._end_runs()  # commits everything before it, then marks the runs ended
             finally:
                 self._lazy.cancel_timer()
                 await self._writer.stop()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from bulkclaim.model import ClaimRequest, Outcome, Status, Target
+from bulkclaim.model import NOT_CLAIMED, ClaimRequest, Outcome, Status, Target
 
 __all__ = ["PlanResult", "PlanReuse", "Planned", "new_token", "plan_batch", "planned_from_row"]
 
@@ -108,7 +108,7 @@ def plan_batch(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: 
         if row is None and not request.checked:  # never reserve a token for an unvalidated number
             raise ValueError(f"{request.source}: {request.phone_number} was not checked before planning")
         in_batch.add(key)
-        if row is None or (row.status == Status.FAILED and retry_failed):
+        if row is None or (row.status == Status.FAILED and (retry_failed or row.error_code == NOT_CLAIMED)):
             token = new_token()
             inserts.append((target, number, request.params_hash(), request.description, _tags_text(request),
                             request.source, token, run, next_ord, now, now))

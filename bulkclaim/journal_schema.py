@@ -11,7 +11,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "connect_read_only", "migrate", "refuse_foreign"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
 
 _V1 = """
@@ -101,7 +101,14 @@ CREATE TABLE slots (
 ) WITHOUT ROWID;
 """
 
-_STEPS = {1: _V1, 2: _V2}
+# v3 (issue 12): ``runs.ended_at``, set when the process that began a run closed the journal cleanly
+# (every attempt it made is then recorded). NULL: the process died (or is running): any token it
+# reserved may have been sent, whether or not an attempt was recorded.
+_V3 = """
+ALTER TABLE runs ADD COLUMN ended_at REAL
+"""
+
+_STEPS = {1: _V1, 2: _V2, 3: _V3}
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

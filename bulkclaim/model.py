@@ -247,6 +247,12 @@ class Options:
             raise ValueError("verify=True needs verifiers >= 1")
 
 
+#: The error code of a number no longer in the input that the target does not hold after its token may
+#: have been sent: no claim of ours took effect, and it was not sent again. A later input naming it
+#: claims it afresh (a new token), as if it had never been planned.
+NOT_CLAIMED = "NotClaimed"
+
+
 @dataclass
 class RunSummary:
     """Counts of one run, as the CLI and library report them."""
@@ -259,8 +265,12 @@ class RunSummary:
     already_done: int = 0
     duplicates: int = 0
     invalid: int = 0
-    adopted: int = 0
+    adopted: int = 0  # numbers the target held before any request with our token could have executed
+    recovered: int = 0  # our claims whose answers were lost, found on the target
     statuses: Counter[str] = field(default_factory=Counter)
+    #: Numbers an earlier run may have sent that this run's input no longer names, (target, number) ->
+    #: status: they join the run to be settled with the service (never sent again) and reported.
+    removed: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -89,11 +89,11 @@ class Preflight:
 
 
 def churn_in_journal(conn: sqlite3.Connection, target: str, now: float | None = None) -> int:
-    """Claims (accepted attempts, one per token) and releases this journal made to ``target`` lately."""
+    """Claims (accepted or recovered attempts, one per token) and releases this journal made to ``target`` lately."""
     since = (now if now is not None else time.time()) - CHURN_WINDOW_DAYS * 86400.0
     (claims,) = conn.execute(
         "SELECT count(*) FROM (SELECT DISTINCT phone_number, client_token FROM attempts "
-        "WHERE target=? AND result='accepted' AND at>=?)", (target, since)).fetchone()
+        "WHERE target=? AND result IN ('accepted', 'recovered') AND at>=?)", (target, since)).fetchone()
     (releases,) = conn.execute("SELECT count(*) FROM releases WHERE target=? AND status='released' AND updated_at>=?",
                                (target, since)).fetchone()
     return int(claims) + int(releases)

@@ -1,7 +1,9 @@
 """Settling what the client cannot know alone by asking the service (DESIGN invariant 4).
 
 - ``sweep``: at resume, one ListPhoneNumbersV2 pass over a target tells which of the numbers an
-  earlier run may have sent are already ours; those are adopted with their id instead of re-sent.
+  earlier run may have sent are already ours; those are recorded with their id (``recovered``: our
+  claim, its answer lost) instead of re-sent. Numbers sent earlier that the input no longer names
+  are settled this way too, never re-sent (``NotClaimed`` when the target does not hold them).
 - ``find_owned``: after "Phone number not available" for a number whose token may have been used
   before, ask whether the number is ours before recording a failure.
 - ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
@@ -26,7 +28,12 @@ from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
 from bulkclaim.model import Target
 
-__all__ = ["Owned", "VerifyResult", "find_owned", "sweep", "verify"]
+__all__ = ["RECOVERED", "Owned", "VerifyResult", "by_status", "find_owned", "sweep", "sweep_targets",
+           "verify"]
+
+#: The attempt result recorded when the target holds a number whose token we may have sent: our
+#: claim took effect, its answer was lost (release and the churn count treat it like "accepted").
+RECOVERED = "recovered"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,31 @@ async def sweep(api: Api, target: Target, *, stop: anyio.Event | None = None) ->
     """Every number the target holds (IN_PROGRESS or CLAIMED), in one listing pass; bounded by the
     instance's phone-number quota, not by the size of the run."""
     return await _list_pages(api, target, stop)
+
+
+async def sweep_targets(api: Api, targets: list[Target], log: Any, *, stop: anyio.Event | None = None
+                        ) -> dict[str, dict[str, Owned]]:
+    """For each target with numbers an earlier run may have sent: which numbers it already holds (a
+    target whose listing failed is left out)."""
+    owned: dict[str, dict[str, Owned]] = {}
+    for target in targets:
+        try:
+            owned[target.key] = await sweep(api, target, stop=stop)
+        except CallFailed as failed:  # nothing found up front: re-sends and "not available" checks remain
+            log.warning("run.reconcile_failed", target=target.key, error_code=failed.classified.code)
+            continue
+        log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
+    return owned
+
+
+def by_status(numbers: dict[tuple[str, str], str], named: int = 20) -> dict[str, list[str]]:
+    """The numbers of ``{(target, number): status}`` by status (at most ``named`` of each)."""
+    found: dict[str, list[str]] = {}
+    for (_, number), status in numbers.items():
+        shown = found.setdefault(status, [])
+        if len(shown) < named:
+            shown.append(number)
+    return found
 
 
 async def find_owned(api: Api, target: Target, phone_number: str, *, stop: anyio.Event | None = None

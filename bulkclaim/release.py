@@ -31,15 +31,16 @@ class ToRelease:
     target: str
     phone_number: str
     phone_number_id: str
-    #: No claim of ours was accepted for it: the target held it already when bulkclaim asked (or
-    #: the answer to our claim was lost). Released only when the user says so.
+    #: No claim of ours took it: the target held it already before bulkclaim could have sent its
+    #: token (a claim of ours whose answer was lost is recorded as ``recovered``, not adopted).
+    #: Released only when the user says so.
     adopted: bool = False
 
 
 def numbers_to_release(conn: sqlite3.Connection, run: int | None = None) -> list[ToRelease]:
     """The journal's claimed numbers (of one ``run``, or all), marking those no claim of ours took."""
     ours = set(conn.execute("SELECT DISTINCT target, phone_number, client_token FROM attempts "
-                            "WHERE result='accepted'"))
+                            "WHERE result IN ('accepted', 'recovered')"))  # recovered: our claim, answer lost
     query = ("SELECT target, phone_number, phone_number_id, client_token FROM numbers WHERE status='claimed' "
              "AND phone_number_id IS NOT NULL")
     params: list[object] = []

@@ -29,6 +29,8 @@ from bulkclaim import (
 from bulkclaim.inputs import read_inputs
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.model import Target
+from bulkclaim.preflight import churn_in_journal
+from bulkclaim.release import numbers_to_release
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -119,7 +121,7 @@ async def test_cancelled_run_resumes_with_the_same_tokens_and_no_second_executio
         assert second[number].client_token == token
 
 
-async def test_forgotten_tokens_are_reconciled_by_adopting_our_numbers(tmp_path: Path) -> None:
+async def test_forgotten_tokens_are_reconciled_as_our_own_claims_not_adopted(tmp_path: Path) -> None:
     numbers = NUMBERS[:12]
     journal = tmp_path / "j"
     lost_everything = FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"}))
@@ -134,14 +136,20 @@ async def test_forgotten_tokens_are_reconciled_by_adopting_our_numbers(tmp_path:
             second = await claim_all(c, numbers)
             summary = c.last_summary
     assert {o.status for o in second.values()} == {Status.CLAIMED}
-    assert summary is not None and summary.adopted == 12
-    assert sum(env.sandbox.stats()["ClaimPhoneNumber"].values()) == claims_before, "adopted, not re-sent"
+    assert sum(env.sandbox.stats()["ClaimPhoneNumber"].values()) == claims_before, "found, not re-sent"
     assert_exactly_once(env, numbers)
     ids = {e.phone_number: e.phone_number_id for e in env.sandbox.ledger}
     assert {n: o.phone_number_id for n, o in second.items()} == ids
+    # Our tokens were sent, so the numbers the target holds are our claims (answers lost), not adopted:
+    # release gives them back and the churn count includes them.
+    with sqlite3.connect(journal) as conn:
+        to_release = numbers_to_release(conn)
+        assert churn_in_journal(conn, to_release[0].target) == 12
+    assert sorted((n.phone_number, n.adopted) for n in to_release) == [(n, False) for n in sorted(numbers)]
+    assert summary is not None and (summary.adopted, summary.recovered) == (0, 12)
 
 
-async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path: Path) -> None:
+async def test_not_available_after_a_lost_answer_is_checked_and_found_ours(tmp_path: Path) -> None:
     # The first answer is lost and the token forgotten at once: the retry hears "not available".
     lost = FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"}))
     async with sandbox_env(faults=lost, token_lifetime=0.0, claim_delay=0.0) as env, \
@@ -158,6 +166,8 @@ async def test_not_available_after_a_lost_answer_is_checked_and_adopted(tmp_path
     assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
     assert env.sandbox.stats()["ClaimPhoneNumber"].get("InvalidParameterException") == 1
     assert_exactly_once(env, NUMBERS[:1])
+    with sqlite3.connect(tmp_path / "j") as conn:  # our lost claim, not a number the target held before
+        assert [n.adopted for n in numbers_to_release(conn)] == [False]
 
 
 async def _plan_token(journal: Path, number: str) -> str:
@@ -496,3 +506,38 @@ async def test_canonical_but_invalid_numbers_are_checked_at_planning_and_never_s
     assert by_number["+10000000000"].status == Status.INVALID
     assert by_number["+10000000000"].source.endswith("numbers.txt:2")
     assert {e.phone_number for e in env.sandbox.ledger} == {NUMBERS[0], "+12062000001"}
+
+
+async def test_a_claim_cancelled_in_flight_is_journaled_as_possibly_sent(tmp_path: Path) -> None:
+    """Issue 12 case 2: a Claimer closed while a claim is on the wire closes the journal cleanly, so its
+    run counts as ended: the attempt must be written, or a later run would think the number was never
+    sent and leave it unsettled once it is no longer in the input."""
+    slow = FaultConfig(latency=(3.0, 3.0), operations=frozenset({"ClaimPhoneNumber"}))
+    journal = tmp_path / "j"
+    async with sandbox_env(faults=slow) as env:
+        arrived = anyio.Event()
+        delay = env.sandbox._delay
+
+        async def noting_arrival(faults: FaultConfig) -> bool:
+            arrived.set()
+            return await delay(faults)
+
+        env.sandbox._delay = noting_arrival  # type: ignore[method-assign]
+        errors: list[BaseException] = []
+
+        async def wait_for_claim(c: Claimer) -> None:
+            try:
+                await c.claim(NUMBERS[0])
+            except BulkclaimError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as outside:
+            with pytest.raises(RuntimeError, match="leaving"), anyio.fail_after(10):  # noqa: PT012
+                async with claimer(env, journal) as c:
+                    outside.start_soon(wait_for_claim, c)
+                    await arrived.wait()  # on the wire now: leaving on an error cancels it
+                    raise RuntimeError("leaving the Claimer on an error")
+        assert errors and "closed before this claim finished" in str(errors[0])
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("SELECT status, attempts FROM numbers").fetchall() == [("pending", 1)]
+        assert conn.execute("SELECT count(*) FROM runs WHERE ended_at IS NULL").fetchone() == (0,)

@@ -21,6 +21,7 @@ import pytest
 
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
+from bulkclaim.sandbox.state import LedgerEntry
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli
 
@@ -142,3 +143,139 @@ async def test_killed_between_reservation_and_send_the_rerun_sends_the_same_toke
         result = await run_cli(env, tmp_path, *args(tmp_path))
         assert result.returncode == 0, result.stderr[-1500:]
     assert {e.phone_number: e.client_token for e in env.sandbox.ledger} == reserved
+
+
+class _Ledger(list[LedgerEntry]):
+    """The sandbox's ledger, telling the test when ``claims`` claims have executed."""
+
+    def __init__(self, claims: int) -> None:
+        super().__init__()
+        self.claims, self.reached = claims, anyio.Event()
+
+    def append(self, entry: LedgerEntry) -> None:
+        super().append(entry)
+        if sum(1 for e in self if e.action == "claim") >= self.claims:
+            self.reached.set()
+
+
+async def kill_after_claims_executed(env: SandboxEnv, tmp_path: Path, claims: int, *cli_args: str) -> None:
+    """Run the CLI with every claim's answer lost (the claim takes effect, the connection drops, so no
+    outcome can be recorded) and SIGKILL it as soon as ``claims`` claims have executed."""
+    env.sandbox.set_faults(FaultConfig(lost_response_rate=1.0, operations=frozenset({"ClaimPhoneNumber"})))
+    env.sandbox.state.ledger = ledger = _Ledger(claims)
+    process = await anyio.open_process([*BULKCLAIM, *cli_args], env=cli_env(env))
+    async with process:
+        with anyio.fail_after(60):
+            await ledger.reached.wait()
+        process.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+    env.sandbox.set_faults(FaultConfig())
+
+
+def crash_args(tmp_path: Path, numbers: Path, *, rate: str = "100", burst: str = "10") -> list[str]:
+    return ["claim", str(numbers), "--instance-id", INSTANCE_ID, "--journal", str(tmp_path / "j.journal"),
+            "--report", str(tmp_path / "report.jsonl"), "--rate", rate, "--burst", burst, "--verify-timeout", "5",
+            "--grace-period", "0", "--log-format", "json"]
+
+
+async def test_claims_whose_answers_died_with_a_killed_run_are_ours_released_and_counted(tmp_path: Path) -> None:
+    """Issue 12 case 3: the numbers a killed run claimed (answers lost) are found on the target by the
+    next run. They are our claims, not adopted: release gives every one back, churn counts them."""
+    numbers = POOL[:10]
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env:
+        await kill_after_claims_executed(env, tmp_path, 10, *crash_args(tmp_path, path))
+        with sqlite3.connect(tmp_path / "j.journal") as conn:
+            assert conn.execute("SELECT count(*) FROM attempts WHERE result='accepted'").fetchone() == (0,)
+        again = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert again.returncode == 0, again.stderr[-2000:]
+        claims = [e for e in env.sandbox.ledger if e.action == "claim"]
+        assert sorted(e.phone_number for e in claims) == sorted(numbers), "each claimed once, none re-sent"
+        released = await run_cli(env, tmp_path, "release", "--journal", str(tmp_path / "j.journal"), "--yes")
+        assert released.returncode == 0, released.stderr[-2000:]
+        assert "not releasing" not in released.stdout
+        assert "released 10 of 10" in released.stdout
+        assert f"instance/{INSTANCE_ID}: 10 recorded in this journal, 20 after this release" in released.stdout
+        assert sorted(e.phone_number for e in env.sandbox.ledger if e.action == "release") == sorted(numbers)
+        assert all(env.sandbox.state.holder_of(n) is None for n in numbers)
+
+
+async def test_numbers_removed_from_the_input_after_a_killed_run_are_settled_and_reported(tmp_path: Path) -> None:
+    """Issue 12 case 2: a run is killed with claims in flight; three numbers it may have sent are then
+    removed from the file. The next runs settle them with the service (never re-sending them), report
+    them, and warn, also when a run is killed right after planning (its plan must not hide them)."""
+    numbers = POOL[:10]
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+    async with sandbox_env(claim_delay=0.0) as env:
+        # 3 claims at once, then 2 a second: the last number of the file is not sent before the kill.
+        await kill_after_claims_executed(env, tmp_path, 3, *crash_args(tmp_path, path, rate="2", burst="3"))
+        executed = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+        held, unsent = executed[:2], numbers[-1]
+        assert unsent not in executed
+        removed = [*held, unsent]
+        path.write_text("\n".join(n for n in numbers if n not in removed) + "\n", encoding="utf-8")
+        planned_only = await run_cli(env, tmp_path, *crash_args(tmp_path, path), BULKCLAIM_DEBUG_KILL_AFTER_PLAN="1")
+        assert planned_only.returncode == -signal.SIGKILL
+        result = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        warnings = [json.loads(line) for line in result.stderr.splitlines() if '"input.removed' in line]
+        assert [sorted(w["phone_numbers"]) for w in warnings if w["event"] == "input.removed"] == [sorted(removed)]
+        assert ("3 number(s) no longer in the input were sent by an earlier run: settled as claimed 2 · failed 1"
+                in result.stdout)
+        rows = {r["phone_number"]: r for r in map(json.loads, (tmp_path / "report.jsonl").read_text().splitlines())}
+        assert sorted(rows) == sorted(numbers), "every number, removed ones included, is in the report"
+        ids = {e.phone_number: e.phone_number_id for e in env.sandbox.ledger if e.action == "claim"}
+        for number in held:
+            assert (rows[number]["status"], rows[number]["phone_number_id"]) == ("claimed", ids[number])
+        assert (rows[unsent]["status"], rows[unsent]["error_code"]) == ("failed", "NotClaimed")
+        claims = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+        assert unsent not in claims and sorted(claims) == sorted(set(numbers) - {unsent}), "none sent twice"
+        status = await run_cli(env, tmp_path, "status", "--journal", str(tmp_path / "j.journal"), "--json")
+        assert json.loads(status.stdout)["counts"]["pending"] == 0, "nothing left pending, unreported"
+        released = await run_cli(env, tmp_path, "release", "--journal", str(tmp_path / "j.journal"), "--yes")
+        assert "released 9 of 9" in released.stdout, released.stdout
+        # Put back in the input, the number that was never claimed is simply claimed.
+        path.write_text(unsent + "\n", encoding="utf-8")
+        back = await run_cli(env, tmp_path, *crash_args(tmp_path, path))
+        assert back.returncode == 0, back.stderr[-2000:]
+        assert env.sandbox.state.holder_of(unsent) is not None
+
+
+@pytest.mark.slow
+async def test_sigkill_then_numbers_removed_long_variant(tmp_path: Path) -> None:
+    """The random-kill trials, with three numbers removed from the file after the kills: still no
+    double execution, and every number of ours on the target is in the last report with its id."""
+    problems: list[str] = []
+    for seed in range(200, 212):
+        trial = tmp_path / f"trial{seed}"
+        trial.mkdir()
+        rng = random.Random(seed)
+        (trial / "numbers.txt").write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
+        async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), claim_delay=0.05,
+                               throttle={api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES},
+                               foreign_claims=tuple(FOREIGN)) as env:
+            process = await anyio.open_process([*BULKCLAIM, *args(trial)], env=cli_env(env))
+            async with process:
+                await anyio.sleep(rng.uniform(0.2, 2.0))
+                if process.returncode is None:
+                    process.send_signal(signal.SIGKILL)
+                await process.wait()
+            removed = rng.sample(NUMBERS[:30], 3)
+            (trial / "numbers.txt").write_text("\n".join(n for n in NUMBERS if n not in removed) + "\n", "utf-8")
+            for _ in range(6):
+                result = await run_cli(env, trial, *args(trial))
+                if result.returncode in (0, 1):
+                    break
+            with sqlite3.connect(trial / "j.journal") as conn:
+                journaled = {n for (n,) in conn.execute("SELECT phone_number FROM numbers")}
+            rows = {r["phone_number"]: r for r in map(json.loads, (trial / "report.jsonl").read_text().splitlines())}
+            executed = [e.phone_number for e in env.sandbox.ledger if e.action == "claim"]
+            doubles = {n for n in executed if executed.count(n) > 1}
+            orphans = [n for n in NUMBERS if (h := env.sandbox.state.holder_of(n)) is not None
+                       and h.target_arn == OUR_TARGET and rows.get(n, {}).get("phone_number_id") != h.phone_number_id]
+            unreported = [n for n in removed if n in journaled and n not in rows]
+            if doubles or orphans or unreported:
+                problems.append(f"seed {seed}: doubles={doubles} orphans={orphans} unreported={unreported}")
+    assert not problems, problems

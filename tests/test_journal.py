@@ -20,7 +20,7 @@ import pytest
 from bulkclaim.journal import SqliteJournal
 from bulkclaim.journal_plan import Planned, PlanResult, new_token
 from bulkclaim.journal_schema import _V1, SCHEMA_VERSION
-from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
+from bulkclaim.model import NOT_CLAIMED, ClaimRequest, JournalError, Outcome, Rejected, Status, Target
 
 pytestmark = pytest.mark.anyio
 
@@ -625,8 +625,9 @@ async def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
     journal = SqliteJournal.open(path)
     await journal.close()
     with peek(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1, "the old rows are kept"
+        assert conn.execute("SELECT ended_at FROM runs").fetchone()[0] is None, "not known to have ended cleanly"
         assert conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
 
 
@@ -645,3 +646,46 @@ async def test_after_a_failed_write_recording_fails_at_once(tmp_path: Path) -> N
             journal.record_outcome(outcome(req(0), planned.client_token, Status.IN_PROGRESS))
     finally:
         await journal.close()
+
+
+async def test_numbers_possibly_sent_by_other_runs_and_gone_from_the_input_join_the_run(tmp_path: Path) -> None:
+    """Issue 12 case 2: join_unsettled hands a run the numbers of its targets that an earlier run may
+    have sent and left unsettled (in_progress; pending after an attempt; any pending number of a run
+    whose process died), and only those. They cannot be taken over by a reused plan any more, and a
+    number found not claimed (NotClaimed) is claimed afresh when an input names it again."""
+    path = tmp_path / "j.db"
+    async with journal_at(path) as journal:  # a run that ended cleanly
+        clean = await journal.begin_run()
+        work = {p.request.phone_number: p for p in (await plan(journal, [req(i) for i in range(4)], clean)).work}
+        journal.record_outcome(outcome(req(1), work[req(1).phone_number].client_token, Status.PENDING, attempts=1))
+        journal.record_outcome(outcome(req(2), work[req(2).phone_number].client_token, Status.IN_PROGRESS,
+                                       attempts=1, phone_number_id="id-2"))
+        journal.record_outcome(outcome(req(3), work[req(3).phone_number].client_token, Status.CLAIMED,
+                                       attempts=1, phone_number_id="id-3"))
+    async with journal_at(path) as journal:  # a run whose process dies
+        died = await journal.begin_run()
+        await plan(journal, [req(4), req(6, target=TDG)], died)
+    with peek(path) as conn:
+        conn.execute("UPDATE runs SET ended_at=NULL WHERE id=?", (died,))
+        conn.commit()
+    async with journal_at(path) as journal:
+        run = await journal.begin_run()
+        await plan(journal, [req(5)], run)
+        await journal.record_plan(run, "inputs", 0)
+        joined = await journal.join_unsettled(run)
+        assert [(number, status) for _, number, status in joined] == [
+            (req(1).phone_number, "pending"), (req(2).phone_number, "in_progress"), (req(4).phone_number, "pending")]
+        assert {target for target, _, _ in joined} == {TARGET.key}
+        assert await journal.join_unsettled(run) == [], "joined once"
+        assert await journal.reuse_plan("inputs", run) is None, "the plan no longer describes the run's numbers"
+        page, _ = await journal.work_page(run, 0, 10)
+        assert [(p.request.phone_number, p.maybe_sent) for p in page] == [
+            (req(5).phone_number, False), (req(1).phone_number, True), (req(2).phone_number, True),
+            (req(4).phone_number, True)]
+        token = page[1].client_token
+        journal.record_outcome(outcome(req(1), token, Status.FAILED, attempts=1, error_code=NOT_CLAIMED))
+        again = await journal.begin_run()
+        result = await plan(journal, [req(1)], again)
+        assert [(p.status, p.maybe_sent) for p in result.work] == [(Status.PENDING, False)]
+        assert result.work[0].client_token != token, "claimed afresh, with a new token"
+    assert numbers_table(path)[req(0).phone_number]["seen_run"] == clean, "never sent: left where it was"
