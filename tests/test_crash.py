@@ -57,12 +57,13 @@ def args(tmp_path: Path) -> list[str]:
             "--read-timeout", "0.3", "--verify-timeout", "5", "--grace-period", "0", "--log-format", "json"]
 
 
-async def run_trial(seed: int, tmp_path: Path, tally: Tally) -> None:
+async def run_trial(seed: int, tmp_path: Path, tally: Tally, *, faults: FaultConfig = FAULTS,
+                    token_lifetime: float = 8 * 3600.0) -> None:
     rng = random.Random(seed)
     (tmp_path / "numbers.txt").write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
     throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
-    async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), throttle=throttle,
-                           claim_delay=0.05, foreign_claims=tuple(FOREIGN)) as env:
+    async with sandbox_env(faults=FaultConfig(**{**faults.__dict__, "seed": seed}), throttle=throttle,
+                           claim_delay=0.05, foreign_claims=tuple(FOREIGN), token_lifetime=token_lifetime) as env:
         for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
             process = await anyio.open_process([*BULKCLAIM, *args(tmp_path)], env=cli_env(env))
             async with process:
@@ -127,6 +128,20 @@ async def test_sigkill_long_variant(tmp_path: Path) -> None:
         trial_dir = tmp_path / f"trial{seed}"
         trial_dir.mkdir()
         await run_trial(seed, trial_dir, tally)
+    print(tally.line())
+    assert not tally.problems, tally.problems
+
+
+@pytest.mark.slow
+async def test_sigkill_against_a_forgetful_service_long_variant(tmp_path: Path) -> None:
+    """Issue 12's acceptance: the service forgets a token after 0.5 s (so a resent token can claim
+    again unless the client asks first) and loses 10% of the answers after executing them."""
+    tally = Tally()
+    forgetful = FaultConfig(**{**FAULTS.__dict__, "lost_response_rate": 0.10})
+    for seed in range(200, 220):
+        trial_dir = tmp_path / f"trial{seed}"
+        trial_dir.mkdir()
+        await run_trial(seed, trial_dir, tally, faults=forgetful, token_lifetime=0.5)
     print(tally.line())
     assert not tally.problems, tally.problems
 
