@@ -6,7 +6,7 @@
               reserved   settled by one    "not available" checked with
               durably)   listing sweep)    the service when in doubt)
 
-1. **plan** reads the rows (in a worker thread, batch by batch), records invalid ones, and reserves
+1. **plan** (``planner.py``) reads the rows (in a worker thread, batch by batch), records invalid ones, and reserves
    every valid number's token in the journal — group-committed and fsync'd — before anything is sent.
    Numbers already done are reported as they are; a pending number whose parameters changed stops
    the run before the first request.
@@ -27,10 +27,9 @@ never share a stop or a summary.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -40,21 +39,19 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from bulkclaim.calls import Api, CallFailed, Withdrawn
 from bulkclaim.connect import Verdict
-from bulkclaim.inputs import check
 from bulkclaim.journal import Journal
-from bulkclaim.journal_plan import Planned, PlanReuse
+from bulkclaim.journal_plan import Planned
 from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
     Options,
     Outcome,
-    ParametersChangedError,
     Rejected,
     RunSummary,
     Status,
-    Target,
     first_cause,
 )
+from bulkclaim.planner import Emit, Planner, count_and_emit
 from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, sweep_targets
 from bulkclaim.reconcile import verify as poll_until_settled
 from bulkclaim.run import RunState, Settling
@@ -62,11 +59,7 @@ from bulkclaim.worklist import WorkList
 
 __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 
-Emit = Callable[[Outcome], Awaitable[None]]
-_PAGE = 1000
-_FINAL = (Status.CLAIMED, Status.FAILED, Status.RELEASED)  # nothing left to send or verify
 _THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
-_NAMED = 20  # numbers named in one log event
 _NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
                 "(it was not sent again)")
 
@@ -83,6 +76,7 @@ class Engine:
         self.clock = clock
         self.rng = rng or random.Random()
         self._settling: dict[tuple[str, str], Settling] = {}  # one claim per number in flight, process-wide
+        self.planner = Planner(journal, options, self.log)
 
     # -- the whole run -------------------------------------------------------------------------------
     async def run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
@@ -114,115 +108,10 @@ class Engine:
 
     async def plan(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
                    emit_done: bool = True, state: RunState | None = None) -> RunSummary:
-        """Begin a run: read every row, record invalid ones, reserve every new number's token durably.
-
-        Rows are read in a worker thread one batch ahead of the journal, so parsing overlaps the
-        commits. Nothing is sent. Raises ParametersChangedError at the end if a pending number's
-        parameters changed (before anything could be sent). ``state``: see :meth:`run`.
-        """
-        state = state or RunState()
-        if state.summary.run:
-            raise ValueError("a RunState serves one run: make a new one for each run")
-        run = await self.journal.begin_run()
-        summary = state.summary  # counted in place: whoever holds the state watches it live
-        summary.run = summary.members_run = run
-        if fingerprint is not None and not self.options.retry_failed:
-            reused = await self.journal.reuse_plan(fingerprint, summary.run)
-            if reused is not None:
-                await self._take_over(reused, summary, emit, emit_done)
-                await self._join_removed(summary)
-                return summary
-        changed: list[ClaimRequest] = []
-        batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_batches, iter(inputs), batches_tx)
-                async with batches_rx:
-                    async for batch in batches_rx:
-                        changed += await self._plan_batch(batch, summary, emit, emit_done)
-                        if state.stopping:
-                            tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise first_cause(group) from None
-        self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
-                      invalid=summary.invalid, duplicates=summary.duplicates)
-        if changed:
-            raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
-        if fingerprint is not None and not state.stopping:
-            await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
-        if not state.stopping:
-            await self._join_removed(summary)
-        return summary
-
-    async def _join_removed(self, summary: RunSummary) -> None:
-        """Numbers an earlier run may have sent that the input no longer names join this run: they are
-        settled with the service (a listing, then verify) and reported with it, never sent again."""
-        joined = await self.journal.join_unsettled(summary.members_run)
-        if joined:
-            summary.removed.update(((target, number), status) for target, number, status in joined)
-            summary.to_send += len(joined)
-            self.log.warning("input.removed", count=len(joined), phone_numbers=[n for _, n, _ in joined[:_NAMED]],
-                             note="no longer in the input, but sent by an earlier run: settled with the service "
-                                  "(not sent again) and reported with this run")
-
-    async def _take_over(self, reused: PlanReuse, summary: RunSummary, emit: Emit, emit_done: bool) -> None:
-        """Same inputs as an earlier complete plan: its numbers join this run without being read again."""
-        summary.members_run = reused.members_run
-        done = sum(reused.statuses.get(status, 0) for status in _FINAL)
-        summary.to_send = sum(reused.statuses.values()) - done
-        summary.already_done, summary.invalid, summary.duplicates = done, reused.invalid, reused.duplicates
-        if emit_done:
-            after = 0
-            while True:
-                page, after = await self.journal.run_outcomes(summary.members_run, after, _PAGE)
-                if not page:
-                    break
-                for outcome in page:
-                    await self._emit(emit, summary, outcome)
-        else:
-            for status, count in reused.statuses.items():
-                if status in _FINAL:
-                    summary.statuses[status] += count
-        summary.statuses[Status.INVALID.value] += reused.invalid  # their rows are in the journal's report
-        self.log.info("run.planned", run=summary.run, to_send=summary.to_send, already_done=summary.already_done,
-                      invalid=summary.invalid, duplicates=summary.duplicates,
-                      same_inputs_as_earlier_run=summary.members_run)
-
-    async def _read_batches(self, rows: Iterator[ClaimRequest | Rejected],
-                            tx: MemoryObjectSendStream[list[ClaimRequest | Rejected]]) -> None:
-        async with tx:
-            while batch := await anyio.to_thread.run_sync(_take, rows, self.options.plan_batch):
-                await tx.send(batch)
-
-    async def _plan_batch(self, batch: list[ClaimRequest | Rejected], summary: RunSummary, emit: Emit,
-                          emit_done: bool) -> list[ClaimRequest]:
-        requests = [r for r in batch if isinstance(r, ClaimRequest)]
-        unchecked = [r for r in requests if not r.checked]
-        if unchecked:  # numbers new to the journal get their numbering-plan check now, in input order
-            known = await self.journal.known([r.key for r in unchecked])
-            batch = await anyio.to_thread.run_sync(
-                lambda: [check(r) if isinstance(r, ClaimRequest) and not r.checked and r.key not in known else r
-                         for r in batch])
-            requests = [r for r in batch if isinstance(r, ClaimRequest)]
-        rejected = [r for r in batch if isinstance(r, Rejected)]
-        planned = await self.journal.plan(requests, summary.run, retry_failed=self.options.retry_failed)
-        if rejected:
-            await self.journal.record_rejected(rejected, summary.run)
-            summary.invalid += len(rejected)
-            for row in rejected:
-                self.log.warning("input.invalid", source=row.source, reason=row.reason)
-                await self._emit(emit, summary, _invalid_outcome(row))
-        summary.to_send += len(planned.work)
-        summary.already_done += len(planned.done)
-        summary.duplicates += len(planned.duplicates)
-        for duplicate in planned.duplicates:
-            self.log.info("input.duplicate", phone_number=duplicate.phone_number, source=duplicate.source)
-        for outcome in planned.done:
-            if emit_done:
-                await self._emit(emit, summary, outcome)
-            else:
-                summary.statuses[outcome.status.value] += 1
-        return planned.changed
+        """Begin a run: read every row, record invalid ones, reserve every new number's token durably
+        (see :class:`~bulkclaim.planner.Planner`). Nothing is sent. ``state``: see :meth:`run`."""
+        return await self.planner.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done,
+                                       state=state or RunState())
 
     async def _dispatch(self, summary: RunSummary, owned: dict[str, dict[str, Owned]], emit: Emit,
                         state: RunState) -> None:
@@ -256,7 +145,7 @@ class Engine:
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
-                    await self._emit(emit, summary, outcome)
+                    await count_and_emit(emit, summary, outcome)
 
     def _removed_not_held(self, planned: Planned, swept: bool, log: Any) -> Outcome:
         """A number no longer in the input that the target does not hold is not sent again: after a whole
@@ -272,13 +161,7 @@ class Engine:
                              state: RunState) -> None:
         async with rx:
             async for accepted in rx:
-                await self._emit(emit, summary, await self.verify(accepted, state=state))
-
-    async def _emit(self, emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
-        summary.statuses[outcome.status.value] += 1
-        if summary.removed and (key := (outcome.target, outcome.phone_number)) in summary.removed:
-            summary.removed[key] = outcome.status.value
-        await emit(outcome)
+                await count_and_emit(emit, summary, await self.verify(accepted, state=state))
 
     # -- one number ----------------------------------------------------------------------------------
     async def settle(self, planned: Planned, already: Owned | None = None, *, state: RunState,
@@ -415,18 +298,8 @@ class Engine:
         return outcome
 
 
-def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:
-    return list(itertools.islice(rows, size))
-
-
 def _outcome(planned: Planned, status: Status, attempts: int, phone_number_id: str | None = None,
              phone_number_arn: str | None = None, error: tuple[str | None, str | None] = (None, None)) -> Outcome:
     request = planned.request
     return Outcome(request.phone_number, request.source, request.target.key, status, phone_number_id,
                    phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time())
-
-
-def _invalid_outcome(row: Rejected) -> Outcome:
-    target = row.target.key if isinstance(row.target, Target) else ""
-    return Outcome(row.raw, row.source, target, Status.INVALID, error_code="InvalidInput", error_message=row.reason,
-                   updated_at=time.time())
