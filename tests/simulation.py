@@ -21,11 +21,11 @@ from bulkclaim.sandbox.config import ThrottleConfig
 from bulkclaim.sandbox.throttle import ServerBucket
 from tests.support import FakeClock
 
-__all__ = ["Outcome", "simulate"]
+__all__ = ["SimulatedRun", "simulate"]
 
 
 @dataclass
-class Outcome:
+class SimulatedRun:
     """What the service saw: attempts, 429s, and when the last number was accepted."""
 
     attempts: int = 0
@@ -40,7 +40,7 @@ class Outcome:
 
 
 def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5, latency: float = 0.03,
-             seed: int = 0, neighbour_rate: float = 0.0) -> Outcome:
+             seed: int = 0, neighbour_rate: float = 0.0) -> SimulatedRun:
     """Claim ``numbers`` against a service bucket of (``true_rate``, ``burst``) with a client told
     ``told_rate``; ``latency`` is each request's round trip (the service decides halfway). A
     neighbour sending ``neighbour_rate`` requests/s (without retries) shares the service's bucket.
@@ -50,7 +50,7 @@ def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5
     limiter = Limiter("ClaimPhoneNumber", told_rate, burst, rng=random.Random(seed + 1), clock=clock)
     service = ServerBucket(ThrottleConfig(rate=true_rate, burst=burst), now=0.0)
     backoff = Backoff()
-    result = Outcome()
+    result = SimulatedRun()
     order = itertools.count()
     events: list[tuple[float, int, str]] = []  # (time, tie-break, what)
 
