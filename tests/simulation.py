@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bulkclaim.backoff import Backoff
 from bulkclaim.ratelimit import Limiter
@@ -32,7 +32,6 @@ class SimulatedRun:
     throttled: int = 0
     finished_at: float = 0.0
     accepted: int = 0
-    rates: list[tuple[float, float]] = field(default_factory=list)  # (time, client rate) after each answer
 
     @property
     def throttled_share(self) -> float:
@@ -40,11 +39,9 @@ class SimulatedRun:
 
 
 def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5, latency: float = 0.03,
-             seed: int = 0, neighbour_rate: float = 0.0) -> SimulatedRun:
+             seed: int = 0) -> SimulatedRun:
     """Claim ``numbers`` against a service bucket of (``true_rate``, ``burst``) with a client told
-    ``told_rate``; ``latency`` is each request's round trip (the service decides halfway). A
-    neighbour sending ``neighbour_rate`` requests/s (without retries) shares the service's bucket.
-    """
+    ``told_rate``; ``latency`` is each request's round trip (the service decides halfway)."""
     clock = FakeClock(0.0)
     rng = random.Random(seed)
     limiter = Limiter("ClaimPhoneNumber", told_rate, burst, rng=random.Random(seed + 1), clock=clock)
@@ -61,15 +58,10 @@ def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5
     for _ in range(min(limiter.max_in_flight, numbers)):
         waiting -= 1
         at(0.0, "ask")
-    if neighbour_rate:
-        for k in range(int(numbers / true_rate * 3 * neighbour_rate)):
-            at((k + rng.random()) / neighbour_rate, "neighbour")
     while events:
         now, _, what = heapq.heappop(events)
         clock.now = max(clock.now, now)
-        if what == "neighbour":
-            service.try_take(now)
-        elif what == "ask":  # a worker asks the limiter for its turn, then sends
+        if what == "ask":  # a worker asks the limiter for its turn, then sends
             at(now + limiter.bucket.reserve(), "send")
         elif what == "send":
             result.attempts += 1
@@ -78,16 +70,12 @@ def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5
         elif what == "throttled":
             result.throttled += 1
             limiter.on_throttle()
-            result.rates.append((now, limiter.rate))
             at(now + backoff.delay(1, rng), "ask")
         else:  # accepted: this worker takes the next number, if any
             limiter.on_success()
-            result.rates.append((now, limiter.rate))
             result.accepted += 1
             result.finished_at = now
             if waiting:
                 waiting -= 1
                 at(now, "ask")
-        if result.accepted == numbers and not any(e[2] != "neighbour" for e in events):
-            break
     return result
