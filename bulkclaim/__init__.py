@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from bulkclaim.acquire import AcquireSpec
     from bulkclaim.backoff import Backoff
     from bulkclaim.claimer import Claimer
-    from bulkclaim.journal import Journal, SqliteJournal
+    from bulkclaim.journal import Journal, open_journal
     from bulkclaim.model import (
         BulkclaimError,
         ClaimRequest,
@@ -46,7 +46,7 @@ _WHERE = {
     "RunSummary": "model",
     "RunState": "run",
     "Journal": "journal",
-    "SqliteJournal": "journal",
+    "open_journal": "journal",
     "BulkclaimError": "model",
     "ClaimRequest": "model",
     "ConfigurationError": "model",
@@ -85,9 +85,9 @@ __all__ = [
     "Rejected",
     "RunState",
     "RunSummary",
-    "SqliteJournal",
     "Status",
     "Target",
+    "open_journal",
     "read_quotas",
 ]
 

@@ -21,26 +21,22 @@ it), so the write-ahead rule of ``claim`` holds here too:
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from types import MappingProxyType
 
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.engine import Engine, first_cause
-from bulkclaim.journal import SqliteJournal
-from bulkclaim.journal_plan import Planned, plan_batch, planned_from_row
-from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Status, Target
+from bulkclaim.journal.protocol import Journal
+from bulkclaim.model import ClaimRequest, Outcome, Planned, Status, Target
 from bulkclaim.reconcile import Owned, sweep
 from bulkclaim.run import RunState
 from bulkclaim.search import SearchInterrupted, search_page
 
-__all__ = ["AcquireSpec", "Acquirer", "CandidatePool", "slot_outcomes"]
+__all__ = ["AcquireSpec", "Acquirer", "CandidatePool"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ class CandidatePool:
 class Acquirer:
     """Fills the slots of one named acquisition, using the engine's claim and verify steps."""
 
-    def __init__(self, engine: Engine, journal: SqliteJournal, target: Target, spec: AcquireSpec, name: str, *,
+    def __init__(self, engine: Engine, journal: Journal, target: Target, spec: AcquireSpec, name: str, *,
                  max_candidates_per_slot: int = 25, state: RunState | None = None) -> None:
         self.engine, self.journal, self.target, self.spec, self.name = engine, journal, target, spec, name
         self.state = state or RunState()  # this acquisition's stop (``state.request_stop()``)
@@ -120,26 +116,11 @@ class Acquirer:
     async def slots(self) -> list[tuple[int, Planned | None]]:
         """Each slot and its current candidate, writing nothing (all empty for a new acquisition).
         Raises ConfigurationError if this name was used with other parameters."""
-        return await self.journal.execute(self._read_slots)
+        return await self._slots(create=False)
 
-    def _read_slots(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None]]:
-        found = conn.execute("SELECT target, params FROM acquisitions WHERE name=?", (self.name,)).fetchone()
-        if found is not None and tuple(found) != (self.target.key, self.spec.as_json()):
-            raise ConfigurationError(f"acquisition {self.name!r} in this journal was started with other "
-                                     f"parameters ({found[1]} to {found[0]}); give another --name")
-        candidates = {slot: planned_from_row(row) for slot, *row in conn.execute(
-            "SELECT s.slot, n.target, n.phone_number, n.description, n.tags, n.source, n.client_token, n.status, "
-            "n.attempts, 1, n.phone_number_id, n.phone_number_arn FROM slots s JOIN numbers n "
-            "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=?", (self.target.key, self.name))}
-        return [(slot, candidates.get(slot)) for slot in range(1, self.spec.count + 1)]
-
-    def _create(self, conn: sqlite3.Connection) -> list[tuple[int, Planned | None]]:
-        slots = self._read_slots(conn)
-        conn.execute("INSERT OR IGNORE INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?)",
-                     (self.name, self.target.key, self.spec.as_json(), time.time()))
-        conn.executemany("INSERT OR IGNORE INTO slots (acquisition, slot) VALUES (?, ?)",
-                         [(self.name, slot) for slot, _ in slots])
-        return slots
+    async def _slots(self, *, create: bool) -> list[tuple[int, Planned | None]]:
+        return await self.journal.acquisition_slots(self.name, self.target.key, self.spec.as_json(), self.spec.count,
+                                                    create=create)
 
     async def holdings(self) -> dict[str, Owned] | None:
         """What the target holds now (one listing), or ``None`` if it cannot be listed."""
@@ -160,7 +141,7 @@ class Acquirer:
         """Fill every open slot (at most ``limit`` of them); the slots' outcomes, in slot order.
         ``owned``: a listing of the target made just before (else one is made if a slot needs it)."""
         self._run = await self.journal.begin_run()
-        slots = await self.journal.execute(self._create)
+        slots = await self._slots(create=True)
         open_slots = [(slot, planned) for slot, planned in slots
                       if planned is None or planned.status not in (Status.CLAIMED, Status.IN_PROGRESS)]
         if owned is None and any(p is not None and p.status == Status.PENDING for _, p in open_slots):
@@ -183,7 +164,7 @@ class Acquirer:
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
         await self.journal.flush()
-        return await self.journal.execute(lambda conn: slot_outcomes(conn, self.name))
+        return await self.journal.slot_outcomes(self.name)
 
     async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:
         while queue and not self.state.stopping:
@@ -226,42 +207,12 @@ class Acquirer:
         while (number := await self.pool.take()) is not None:
             request = ClaimRequest(number, self.target, self.spec.description, self.spec.tags,
                                    source=f"acquire:{self.name}:slot {slot}")
-            planned = await self.journal.execute(partial(self._assign_job, slot=slot, expected=expected,
-                                                         request=request))
+            planned = await self.journal.assign_candidate(self.name, slot, expected, request, self._run)
             if planned is not None:
                 return planned
         return None
-
-    def _assign_job(self, conn: sqlite3.Connection, slot: int, expected: str | None,
-                    request: ClaimRequest) -> Planned | None:
-        if conn.execute("SELECT 1 FROM numbers WHERE target=? AND phone_number=?", request.key).fetchone():
-            return None  # the journal knows this number already (another slot, or an earlier claim)
-        moved = conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? "
-                             "AND slot=? AND phone_number IS ?", (request.phone_number, self.name, slot, expected))
-        if moved.rowcount == 0:  # another worker gave the slot a candidate since we looked: carry on with it
-            current = dict(self._read_slots(conn))[slot]
-            assert current is not None
-            return current
-        return plan_batch(conn, [request], self._run, retry_failed=False, dedupe=False).work[0]
 
 
 def _needs_candidate(planned: Planned) -> bool:
     """A slot whose number is certainly not ours (failed) or given back (released) takes a new one."""
     return planned.status in (Status.FAILED, Status.RELEASED)
-
-
-def slot_outcomes(conn: sqlite3.Connection, name: str) -> list[Outcome]:
-    """Each slot's current number and status (``pending`` with no number: not filled)."""
-    rows = conn.execute(
-        "SELECT s.slot, s.phone_number, n.source, a.target, n.status, n.phone_number_id, n.phone_number_arn, "
-        "n.client_token, n.attempts, n.error_code, n.error_message, n.updated_at, n.seen_run FROM slots s "
-        "JOIN acquisitions a ON a.name=s.acquisition LEFT JOIN numbers n ON n.target=a.target "
-        "AND n.phone_number=s.phone_number WHERE s.acquisition=? ORDER BY s.slot", (name,)).fetchall()
-    outcomes = []
-    for slot, number, source, target, status, *rest in rows:
-        if number is None:
-            outcomes.append(Outcome("", f"acquire:{name}:slot {slot}", target, Status.PENDING,
-                                    error_code="NotFilled", error_message="no candidate claimed for this slot yet"))
-        else:
-            outcomes.append(Outcome(number, source or "", target, Status(status), *rest))
-    return outcomes

@@ -38,7 +38,7 @@ from bulkclaim.calls import Api
 from bulkclaim.connect import connect_client
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
-from bulkclaim.journal import Journal, SqliteJournal
+from bulkclaim.journal import Journal, open_journal
 from bulkclaim.model import (
     BulkclaimError,
     ClaimRequest,
@@ -129,7 +129,7 @@ class Claimer:
                 # Opened in a worker thread (it migrates and fsyncs: the event loop must not wait), and
                 # shielded: a journal that is open reaches the exit stack, so a cancelled owner closes it.
                 with anyio.CancelScope(shield=True):
-                    opened = await anyio.to_thread.run_sync(SqliteJournal.open, self._journal_spec)
+                    opened = await anyio.to_thread.run_sync(open_journal, self._journal_spec)
                 self.journal: Journal = opened
                 stack.push_async_callback(opened.close)  # shielded: always finishes
             else:
@@ -215,8 +215,6 @@ class Claimer:
         """Claim ``spec.count`` new numbers found by search (see :mod:`bulkclaim.acquire`): each slot's
         candidate and token are journaled before its claim, and calling again with the same ``name``
         resumes the same acquisition. ``limit``: fill at most this many open slots now."""
-        if not isinstance(self.journal, SqliteJournal):
-            raise BulkclaimError("acquire needs the SQLite journal")
         name = name or spec.default_name()
         # Exclusive per name: a second call waits, then finds the slots filled (never 2N numbers).
         async with self._acquisitions.setdefault(name, anyio.Lock()):

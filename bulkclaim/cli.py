@@ -53,7 +53,7 @@ from bulkclaim.sandbox.command import sandbox_command
 # usage errors answer without loading it.
 if TYPE_CHECKING:
     from bulkclaim.engine import RunSummary
-    from bulkclaim.journal_views import JournalStatus
+    from bulkclaim.journal import JournalStatus
 
 __all__ = ["cli", "main"]
 
@@ -111,7 +111,7 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
 
             sys.exit(dry_run(rows, target, journal, opts))
         expect_report(opts["report"], journal)
-        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).execute(rows))
+        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -125,11 +125,11 @@ class _Run:
     opts: dict[str, Any]
     summary: RunSummary | None = None
 
-    def execute(self, rows: Any) -> int:
+    def run(self, rows: Any) -> int:
         from bulkclaim.cli_run import Harness
 
         self.harness = Harness(self.journal, self.opts, before_abort=self._write_report)
-        self.harness.execute(lambda: self._main(rows))
+        self.harness.run_main(lambda: self._main(rows))
         return self._finish()
 
     async def _main(self, rows: Any) -> None:
@@ -191,7 +191,7 @@ class _Run:
             report_written()
 
     def _finish(self) -> int:
-        from bulkclaim.journal_views import run_counts
+        from bulkclaim.journal import read_existing_journal
 
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
@@ -204,7 +204,8 @@ class _Run:
                 fail(f"{problem}. Every outcome is in the journal: `bulkclaim report --journal {self.journal} "
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
-            counts = run_counts(self.journal, run)
+            with read_existing_journal(self.journal) as reader:
+                counts = reader.run_counts(run)
         shown = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"{shown}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if removed := (self.summary.removed if self.summary else {}):
@@ -232,10 +233,11 @@ async def _ignore(_: Any) -> None:
 def status_command(journal: Path, as_json: bool) -> None:
     """Whether a run is live, counts by status and by run, the claim rate and ETA of a live run, and the
     numbers that currently have an error (safe during a run: reads only, takes no lock)."""
-    from bulkclaim.journal_views import journal_status
+    from bulkclaim.journal import read_existing_journal
 
     try:
-        status = journal_status(journal)
+        with read_existing_journal(journal) as reader:
+            status = reader.status()
     except JournalError as exc:
         fail(str(exc), EXIT_USAGE)
     if as_json:

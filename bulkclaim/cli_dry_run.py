@@ -31,7 +31,8 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
     """Plan against the journal read-only and check the quotas; claim nothing."""
     import anyio
 
-    from bulkclaim.journal_views import dry_run_plan, journal_churn
+    from bulkclaim.dry_run import dry_run_plan
+    from bulkclaim.journal import read_journal
     from bulkclaim.preflight import Preflight
     from bulkclaim.quotas import Quotas
 
@@ -46,7 +47,8 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
     try:
         plan = dry_run_plan(rows, journal, retry_failed=opts["retry_failed"], owned=owned or ())
         if not opts["no_preflight"]:
-            churn = journal_churn(journal, target.key)
+            with read_journal(journal) as reader:
+                churn = 0 if reader is None else reader.churn(target.key)
             quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
             quota_check = Preflight(target.key, quota, source, None if owned is None else len(owned),
                                     plan.to_claim, churn)

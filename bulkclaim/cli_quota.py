@@ -41,9 +41,9 @@ from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
 if TYPE_CHECKING:
     from bulkclaim.acquire import Acquirer, AcquireSpec
     from bulkclaim.cli_run import Harness
+    from bulkclaim.model import ToRelease
     from bulkclaim.quotas import Quotas
     from bulkclaim.reconcile import Owned
-    from bulkclaim.release import ToRelease
 
 __all__ = ["acquire_command", "release_command"]
 
@@ -113,7 +113,7 @@ def acquire_command(**opts: Any) -> None:
 
     expect_report(opts["report"], journal)
     harness = Harness(journal, opts, before_abort=write_slots)
-    harness.execute(partial(_acquire, harness, target, spec, opts["name"] or spec.default_name(), slots))
+    harness.run_main(partial(_acquire, harness, target, spec, opts["name"] or spec.default_name(), slots))
     try:
         write_slots()
     except OSError as exc:
@@ -134,9 +134,8 @@ def acquire_command(**opts: Any) -> None:
 async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: str, slots: list[Outcome]) -> None:
     import anyio
 
-    from bulkclaim.acquire import Acquirer, slot_outcomes
+    from bulkclaim.acquire import Acquirer
     from bulkclaim.claimer import Claimer
-    from bulkclaim.journal import SqliteJournal
     from bulkclaim.model import Options
 
     opts = harness.opts
@@ -145,7 +144,6 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
     async with Claimer(journal=harness.journal, instance_id=target.instance_id, target_arn=target.target_arn,
                        client_settings=client_settings(opts), rates=rate_settings(opts, quotas), options=options,
                        fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
-        assert isinstance(claimer.journal, SqliteJournal)
         acquirer = Acquirer(claimer.engine, claimer.journal, target, spec, name)
         with anyio.CancelScope() as scope:
             harness.install_signals(acquirer.state.request_stop, scope)
@@ -157,7 +155,7 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
             finally:
                 harness.count_requests(claimer)
         if not slots:  # stopped by a signal: report the slots as the journal has them
-            slots.extend(await claimer.journal.execute(partial(slot_outcomes, name=name)))
+            slots.extend(await claimer.journal.slot_outcomes(name))
 
 
 async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
@@ -166,12 +164,12 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
     Returns how many open slots to fill (None: all) and the target's listing, for adoption."""
     from bulkclaim.acquire import Acquirer
     from bulkclaim.cli_run import judge_preflight
-    from bulkclaim.preflight import Preflight, churn_in_journal
+    from bulkclaim.preflight import Preflight
 
     slots = await acquirer.slots()
     owned = await acquirer.holdings()
     quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
-    churn = await acquirer.journal.execute(partial(churn_in_journal, target=target.key))
+    churn = await acquirer.journal.churn(target.key)
     problems = [] if owned is not None else [f"cannot list the numbers of {target.key}"]
     found = Preflight(target.key, quota, source, None if owned is None else len(owned),
                       Acquirer.still_to_claim(slots, owned or {}), churn, problems)
@@ -200,15 +198,14 @@ def release_command(**opts: Any) -> None:
     import anyio
 
     from bulkclaim.cli_run import Harness
-    from bulkclaim.journal_views import read_only
+    from bulkclaim.journal import read_journal
     from bulkclaim.logs import configure_logging
-    from bulkclaim.release import numbers_to_release
 
     configure_logging(opts["log_format"], verbosity=verbosity(opts))
     journal_path: Path = opts["journal"]
     try:
-        with read_only(journal_path) as conn:
-            found = [] if conn is None else numbers_to_release(conn, opts["run"])
+        with read_journal(journal_path) as reader:
+            found = [] if reader is None else reader.numbers_to_release(opts["run"])
     except BulkclaimError as exc:
         fail(str(exc), EXIT_USAGE)
     adopted = [n for n in found if n.adopted]
@@ -231,7 +228,7 @@ def release_command(**opts: Any) -> None:
             sys.exit(EXIT_INCOMPLETE)
     harness = Harness(journal_path, opts)
     counts: Counter[str] = Counter()
-    harness.execute(partial(_release, harness, numbers, quotas, counts))
+    harness.run_main(partial(_release, harness, numbers, quotas, counts))
     released = counts.pop("released", 0)
     click.echo(f"released {released} of {len(numbers)}" + "".join(f" · {code} {n}" for code, n in counts.items()))
     if harness.signal_received is not None:
@@ -243,8 +240,8 @@ def release_command(**opts: Any) -> None:
 
 def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None:
     """What releasing means, on stdout (stderr stays for logs and the question)."""
-    from bulkclaim.journal_views import journal_churn
-    from bulkclaim.quotas import CHURN_LIMIT, CHURN_WINDOW_DAYS
+    from bulkclaim.journal import read_journal
+    from bulkclaim.model import CHURN_LIMIT, CHURN_WINDOW_DAYS
 
     targets = sorted({n.target for n in numbers})
     click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {journal}):")
@@ -254,8 +251,9 @@ def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None
         click.echo(f"  … and {len(numbers) - 10} more")
     click.echo("Released numbers enter a cooldown of up to 180 days: nobody, you included, can claim them "
                "again until it ends.")
-    for target in targets:
-        churn = journal_churn(journal, target)
+    with read_journal(journal) as reader:
+        churns = {target: 0 if reader is None else reader.churn(target) for target in targets}
+    for target, churn in churns.items():
         after = churn + sum(1 for n in numbers if n.target == target)
         limit = "unknown (quota not readable)" if quota is None else str(int(CHURN_LIMIT * quota))
         click.echo(f"Each release counts toward Connect's rule of at most {CHURN_LIMIT:.0%} of the phone-number "
@@ -267,7 +265,6 @@ async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, c
     import anyio
 
     from bulkclaim.claimer import Claimer
-    from bulkclaim.journal import SqliteJournal
     from bulkclaim.release import release_all
 
     opts = harness.opts
@@ -283,7 +280,6 @@ async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, c
                                target_arn=target.target_arn, client_settings=client_settings(opts),
                                rates=rate_settings(opts, quotas), fatal_cooldown=None,
                                outage_timeout=opts["outage_timeout"]) as claimer:
-                assert isinstance(claimer.journal, SqliteJournal)
                 try:
                     counts.update(await release_all(
                         claimer.api, claimer.journal, group, stopping=stop.is_set,

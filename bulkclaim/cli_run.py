@@ -21,7 +21,6 @@ from bulkclaim.claimer import Claimer
 from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
 from bulkclaim.cli_signals import install_quit_handlers, quit_now, set_aside_report
 from bulkclaim.inputs import InputFileError
-from bulkclaim.journal import SqliteJournal
 from bulkclaim.logs import stderr_console
 from bulkclaim.model import (
     BulkclaimError,
@@ -51,7 +50,7 @@ class Harness:
     #: the report of what the journal holds then, so ``--report`` is never an earlier run's.
     before_abort: Callable[[], None] | None = None
 
-    def execute(self, main: Callable[[], Awaitable[None]]) -> None:
+    def run_main(self, main: Callable[[], Awaitable[None]]) -> None:
         """Run ``main``; exits the process (with a one-line message) on a configuration, input,
         journal or fatal service error. Returns normally when ``main`` finished or was stopped."""
         log = structlog.get_logger("bulkclaim")
@@ -116,11 +115,8 @@ class Harness:
 
 async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Quotas, opts: dict[str, Any]) -> Preflight:
     """The preflight of a claim run, before its first claim (see :func:`judge_preflight`)."""
-    journal = claimer.journal
-    if not isinstance(journal, SqliteJournal):
-        raise ConfigurationError("the quota preflight needs the SQLite journal")
-    found = await preflight(claimer.api, journal, target, run, quotas, configured_quota=opts["phone_number_quota"],
-                            allow_partial=opts["allow_partial"])
+    found = await preflight(claimer.api, claimer.journal, target, run, quotas,
+                            configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
     judge_preflight(found, opts)
     return found
 

@@ -39,13 +39,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from bulkclaim.calls import Api, CallFailed, Withdrawn
 from bulkclaim.connect import Verdict
-from bulkclaim.journal import Journal
-from bulkclaim.journal_plan import Planned
+from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
     Options,
     Outcome,
+    Planned,
     Rejected,
     RunSummary,
     Status,

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import unicodedata
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,12 +25,17 @@ __all__ = [
     "Options",
     "Outcome",
     "ParametersChangedError",
+    "PlanResult",
+    "PlanReuse",
+    "Planned",
     "QuotaExceededError",
     "Rejected",
     "RunSummary",
     "Status",
     "Target",
+    "ToRelease",
     "first_cause",
+    "new_token",
     "valid_tag_key",
 ]
 
@@ -172,6 +178,57 @@ class Outcome:
         }
 
 
+def new_token() -> str:
+    """A ClientToken: a lowercase UUID, as the service requires."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A number to work on in this run, with its durable token."""
+
+    request: ClaimRequest
+    client_token: str
+    status: Status  # PENDING (to send) or IN_PROGRESS (to verify)
+    attempts: int
+    maybe_sent: bool  # an earlier run may have sent this token: its outcome is unknown
+    phone_number_id: str | None = None
+    phone_number_arn: str | None = None
+
+
+@dataclass
+class PlanResult:
+    """What planning one batch found: work to do, numbers already done, duplicates, changed rows."""
+
+    work: list[Planned]
+    done: list[Outcome]
+    duplicates: list[ClaimRequest]
+    changed: list[ClaimRequest]
+
+
+@dataclass(frozen=True)
+class PlanReuse:
+    """An earlier run's plan taken over by this run (same inputs): its counts."""
+
+    members_run: int  # the earlier run whose numbers (and invalid rows) are this run's
+    statuses: dict[str, int]
+    invalid: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class ToRelease:
+    """A claimed number the journal may give back (``bulkclaim release``)."""
+
+    target: str
+    phone_number: str
+    phone_number_id: str
+    #: No claim of ours took it: the target held it already before bulkclaim could have sent its
+    #: token (a claim of ours whose answer was lost is recorded as ``recovered``, not adopted).
+    #: Released only when the user says so.
+    adopted: bool = False
+
+
 class BulkclaimError(Exception):
     """Base of every error bulkclaim raises on purpose; ``str()`` is a message for users."""
 
@@ -251,6 +308,11 @@ class Options:
 #: have been sent: no claim of ours took effect, and it was not sent again. A later input naming it
 #: claims it afresh (a new token), as if it had never been planned.
 NOT_CLAIMED = "NotClaimed"
+
+#: Connect's churn rule: claims + releases above this multiple of the phone-number quota in a rolling
+#: window of this many days block claiming (DESIGN §2).
+CHURN_LIMIT = 2.0
+CHURN_WINDOW_DAYS = 180
 
 
 @dataclass

@@ -17,13 +17,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from bulkclaim.inputs import check
-from bulkclaim.journal import Journal
-from bulkclaim.journal_plan import PlanReuse
+from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import (
     ClaimRequest,
     Options,
     Outcome,
     ParametersChangedError,
+    PlanReuse,
     Rejected,
     RunSummary,
     Status,

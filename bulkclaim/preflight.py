@@ -14,18 +14,16 @@ is sent the preflight compares what the run would claim with what the quota stil
 
 from __future__ import annotations
 
-import sqlite3
-import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.journal import SqliteJournal
-from bulkclaim.model import Target
-from bulkclaim.quotas import CHURN_LIMIT, CHURN_WINDOW_DAYS, Quotas
+from bulkclaim.journal.protocol import Journal
+from bulkclaim.model import CHURN_LIMIT, CHURN_WINDOW_DAYS, Target
+from bulkclaim.quotas import Quotas
 from bulkclaim.reconcile import sweep
 
-__all__ = ["DEFERRED", "Preflight", "churn_in_journal", "preflight"]
+__all__ = ["DEFERRED", "Preflight", "preflight"]
 
 DEFERRED = "PhoneNumberQuotaExceeded"  # error code of numbers left out by --allow-partial
 _WARN_AT = 0.8  # share of the churn limit at which the preflight starts warning
@@ -88,40 +86,7 @@ class Preflight:
         return shown
 
 
-def churn_in_journal(conn: sqlite3.Connection, target: str, now: float | None = None) -> int:
-    """Claims (accepted or recovered attempts, one per token) and releases this journal made to ``target`` lately."""
-    since = (now if now is not None else time.time()) - CHURN_WINDOW_DAYS * 86400.0
-    (claims,) = conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT phone_number, client_token FROM attempts "
-        "WHERE target=? AND result IN ('accepted', 'recovered') AND at>=?)", (target, since)).fetchone()
-    (releases,) = conn.execute("SELECT count(*) FROM releases WHERE target=? AND status='released' AND updated_at>=?",
-                               (target, since)).fetchone()
-    return int(claims) + int(releases)
-
-
-def _still_to_claim(conn: sqlite3.Connection, run: int, target: str, owned: Collection[str]) -> Iterator[str]:
-    """The numbers of ``run`` still to claim to ``target`` that it does not hold, in input order."""
-    rows = conn.execute("SELECT phone_number FROM numbers WHERE seen_run=? AND target=? AND status='pending' "
-                        "ORDER BY ord", (run, target))
-    return (number for (number,) in rows if number not in owned)
-
-
-def _defer_beyond(conn: sqlite3.Connection, run: int, target: str, owned: Collection[str], allowed: int,
-                  reason: str) -> None:
-    """Mark what does not fit failed, in input order — but never a number that may have been sent
-    already (an earlier run's attempt): its outcome is unknown, not failed, and it keeps its place."""
-    rows = conn.execute("SELECT phone_number, attempts > 0 OR maybe_sent FROM numbers WHERE seen_run=? AND "
-                        "target=? AND status='pending' ORDER BY ord", (run, target)).fetchall()
-    rows = [(number, bool(sent)) for number, sent in rows if number not in owned]
-    room = allowed - sum(1 for _, sent in rows if sent)
-    never_sent = [number for number, sent in rows if not sent]
-    left_out = never_sent[max(0, room):]
-    conn.executemany("UPDATE numbers SET status='failed', error_code=?, error_message=?, updated_at=? "
-                     "WHERE target=? AND phone_number=? AND status='pending'",
-                     [(DEFERRED, reason, time.time(), target, n) for n in left_out])
-
-
-async def preflight(api: Api, journal: SqliteJournal, target: Target, run: int, quotas: Quotas, *,
+async def preflight(api: Api, journal: Journal, target: Target, run: int, quotas: Quotas, *,
                     configured_quota: int | None = None, allow_partial: bool = False) -> Preflight:
     """Check ``run`` against the quota; with ``allow_partial`` leave out what does not fit.
 
@@ -137,12 +102,12 @@ async def preflight(api: Api, journal: SqliteJournal, target: Target, run: int, 
         problems.append(f"cannot list the numbers of {target.key}: {failed.classified.code}: "
                         f"{failed.classified.message}")
     held: Collection[str] = owned or ()
-    to_claim = await journal.execute(lambda conn: sum(1 for _ in _still_to_claim(conn, run, target.key, held)))
-    churn = await journal.execute(lambda conn: churn_in_journal(conn, target.key))
+    to_claim = await journal.count_to_claim(run, target.key, held)
+    churn = await journal.churn(target.key)
     result = Preflight(target.key, quota, source, None if owned is None else len(owned), to_claim, churn, problems)
     allowed = result.allowed
     if allow_partial and result.over and allowed is not None:
         reason = (f"not sent: the phone-number quota {quota} of {target.key} allows {allowed} more "
                   "(--allow-partial); raise the quota and run again with --retry-failed")
-        await journal.execute(lambda conn: _defer_beyond(conn, run, target.key, held, allowed, reason))
+        await journal.defer_beyond(run, target.key, held, allowed, (DEFERRED, reason))
     return result

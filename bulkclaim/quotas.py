@@ -16,7 +16,7 @@ import anyio
 from botocore import exceptions as botocore_errors
 
 from bulkclaim.connect import ClientSettings, Verdict, aws_client, classify
-from bulkclaim.model import ConfigurationError
+from bulkclaim.model import CHURN_LIMIT, CHURN_WINDOW_DAYS, ConfigurationError
 
 __all__ = [
     "CHURN_LIMIT",
@@ -30,9 +30,6 @@ __all__ = [
 
 PHONE_NUMBER_QUOTA = "L-8F812903"
 CLAIM_RATE_QUOTA = "L-21385E28"
-#: Claims + releases above this multiple of the phone-number quota in a rolling window block claiming.
-CHURN_LIMIT = 2.0
-CHURN_WINDOW_DAYS = 180
 _ATTEMPTS = 3
 
 

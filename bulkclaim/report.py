@@ -11,15 +11,14 @@ import csv
 import json
 import os
 import re
-import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from bulkclaim.journal_schema import connect_read_only
-from bulkclaim.model import JournalError, Outcome, Status
+from bulkclaim.journal import read_existing_journal
+from bulkclaim.model import Outcome
 
 __all__ = [
     "FIELDS",
@@ -128,38 +127,9 @@ def write_report(outcomes: Iterable[Outcome], handle: IO[str], fmt: str) -> int:
     return count
 
 
-def journal_outcomes(journal: Path, *, run: int | None = None, statuses: frozenset[str] | None = None
-                     ) -> Iterator[Outcome]:
+def journal_outcomes(journal: str | os.PathLike[str], *, run: int | None = None,
+                     statuses: frozenset[str] | None = None) -> Iterator[Outcome]:
     """Every number of the journal (or of one run, in input order), then the invalid rows of that run
-    (or of the latest run).
-
-    Reads through a separate read-only connection: safe while a run is writing (WAL).
-    """
-    if not journal.exists():
-        raise JournalError(f"no journal at {journal}")
-    try:
-        with closing(connect_read_only(journal)) as conn:
-            where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
-            for row in conn.execute(
-                    "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                    f"attempts, error_code, error_message, updated_at, seen_run FROM numbers {where} "
-                    "ORDER BY seen_run, ord", args):
-                number, source, target, status, number_id, arn, token, attempts, code, message, updated, seen = row
-                outcome = Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts,
-                                  code, message, updated, seen)
-                if statuses is None or outcome.status.value in statuses:
-                    yield outcome
-            if statuses is not None and Status.INVALID.value not in statuses:
-                return
-            for raw, source, target, reason, at, rejected_in in conn.execute(
-                    "SELECT raw, source, target, reason, at, run FROM rejected WHERE run=? ORDER BY id",
-                    (run if run is not None else _last_run(conn),)):
-                yield Outcome(raw, source, target or "", Status.INVALID, error_code="InvalidInput",
-                              error_message=reason, updated_at=at, run=rejected_in)
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"cannot read journal {journal}: {exc}") from None
-
-
-def _last_run(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute("SELECT MAX(id) FROM runs").fetchone()
-    return row[0] if row else None
+    (or of the latest run). Reads beside a run that may be writing (see :func:`read_journal`)."""
+    with read_existing_journal(journal) as reader:
+        yield from reader.outcomes(run, statuses)

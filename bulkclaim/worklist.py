@@ -8,8 +8,8 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from bulkclaim.journal import Journal
-from bulkclaim.journal_plan import Planned
+from bulkclaim.journal.protocol import Journal
+from bulkclaim.model import Planned
 
 __all__ = ["WorkList"]
 

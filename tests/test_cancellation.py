@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from bulkclaim import Claimer, JournalError, Status, journal_schema
+from bulkclaim import Claimer, JournalError, Status
 from bulkclaim.journal import SqliteJournal
+from bulkclaim.journal import schema as journal_schema
 from bulkclaim.sandbox import InventorySpec
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env

@@ -27,10 +27,8 @@ from bulkclaim import (
     Status,
 )
 from bulkclaim.inputs import read_inputs
-from bulkclaim.journal import SqliteJournal
+from bulkclaim.journal import SqliteJournal, read_existing_journal
 from bulkclaim.model import Target
-from bulkclaim.preflight import churn_in_journal
-from bulkclaim.release import numbers_to_release
 from bulkclaim.sandbox import API_NAMES, Credentials, FaultConfig, InventorySpec, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, FakeClock, SandboxEnv, sandbox_env
@@ -142,9 +140,9 @@ async def test_forgotten_tokens_are_reconciled_as_our_own_claims_not_adopted(tmp
     assert {n: o.phone_number_id for n, o in second.items()} == ids
     # Our tokens were sent, so the numbers the target holds are our claims (answers lost), not adopted:
     # release gives them back and the churn count includes them.
-    with sqlite3.connect(journal) as conn:
-        to_release = numbers_to_release(conn)
-        assert churn_in_journal(conn, to_release[0].target) == 12
+    with read_existing_journal(journal) as reader:
+        to_release = reader.numbers_to_release()
+        assert reader.churn(to_release[0].target) == 12
     assert sorted((n.phone_number, n.adopted) for n in to_release) == [(n, False) for n in sorted(numbers)]
     assert summary is not None and (summary.adopted, summary.recovered) == (0, 12)
 
@@ -166,8 +164,8 @@ async def test_not_available_after_a_lost_answer_is_checked_and_found_ours(tmp_p
     assert outcome.phone_number_id == env.sandbox.ledger[0].phone_number_id
     assert env.sandbox.stats()["ClaimPhoneNumber"].get("InvalidParameterException") == 1
     assert_exactly_once(env, NUMBERS[:1])
-    with sqlite3.connect(tmp_path / "j") as conn:  # our lost claim, not a number the target held before
-        assert [n.adopted for n in numbers_to_release(conn)] == [False]
+    with read_existing_journal(tmp_path / "j") as reader:  # our lost claim, not a number the target held before
+        assert [n.adopted for n in reader.numbers_to_release()] == [False]
 
 
 async def _plan_token(journal: Path, number: str) -> str:

@@ -16,7 +16,8 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from bulkclaim import ClaimRequest, SqliteJournal, Target
+from bulkclaim import ClaimRequest, Target
+from bulkclaim.journal import SqliteJournal
 from bulkclaim.sandbox import FaultConfig, ThrottleConfig
 from tests.support import INSTANCE_ID, SandboxEnv
 from tests.test_cli import BULKCLAIM, DENIED, NUMBERS, claim_args, cli_env, env, no_traceback, run_cli, write_numbers

@@ -18,9 +18,19 @@ from typing import Any
 import pytest
 
 from bulkclaim.journal import SqliteJournal
-from bulkclaim.journal_plan import Planned, PlanResult, new_token
-from bulkclaim.journal_schema import _V1, SCHEMA_VERSION
-from bulkclaim.model import NOT_CLAIMED, ClaimRequest, JournalError, Outcome, Rejected, Status, Target
+from bulkclaim.journal.schema import _V1, SCHEMA_VERSION
+from bulkclaim.model import (
+    NOT_CLAIMED,
+    ClaimRequest,
+    JournalError,
+    Outcome,
+    Planned,
+    PlanResult,
+    Rejected,
+    Status,
+    Target,
+    new_token,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -639,7 +649,7 @@ async def test_after_a_failed_write_recording_fails_at_once(tmp_path: Path) -> N
         run = await journal.begin_run()
         (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
         with pytest.raises(JournalError):  # a database error, as a full disk gives: the journal is broken
-            await journal.execute(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+            await journal._submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
         with pytest.raises(JournalError):
             journal.record_attempt(planned, "accepted", None)
         with pytest.raises(JournalError):

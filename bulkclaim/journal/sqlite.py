@@ -1,104 +1,45 @@
-"""The durable journal: every number's client token is committed here before its first request.
+"""The SQLite journal: every number's client token is committed here before its first request.
 
 SQLite in WAL mode with ``synchronous=FULL``. One writer thread owns the write connection (see
-``journal_writer``); callers hand it jobs and it commits every job waiting in its queue in *one*
-transaction (group commit), so reserving tokens for a batch of numbers costs one fsync. Outcomes
-are handed over without waiting: losing the last few outcomes in a crash only means the same token
-is sent again on resume, which the service answers idempotently.
-
-An exclusive ``flock`` on the database file itself (released by the kernel even on ``kill -9``) keeps
-a second process out, whatever path it comes by: a hard link or a symlink is the same file, and there
-is no lock file to delete. SQLite's own locks are POSIX ``fcntl`` locks, which are independent of
-``flock`` on Linux and on local filesystems elsewhere, so the two never interfere; readers (``status``,
-``report``) take no ``flock`` and read beside a run. (On NFS, Linux emulates ``flock`` with ``fcntl``
-locks: SQLite on NFS is not supported anyway.) The :class:`Journal` protocol is what the engine needs,
-so another backend can be added.
+``writer``); callers hand it jobs and it commits every job waiting in its queue in *one*
+transaction (group commit), so reserving tokens for a batch of numbers costs one fsync. Attempts and
+outcomes are handed over without waiting (see ``lazy``): losing the last few in a crash only means the
+same token is sent again on resume, which the service answers idempotently. One process at a time:
+see ``lock``. The SQL lives in this package's modules by subject (``planning``, ``acquisitions``,
+``releases``); this class is the :class:`~bulkclaim.journal.protocol.Journal` they make up.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import anyio
 
-from bulkclaim.journal_lazy import LazyWrites, Statement, run_statements
-from bulkclaim.journal_plan import Planned, PlanResult, PlanReuse, plan_batch, planned_from_row
-from bulkclaim.journal_writer import Job, Writer
-from bulkclaim.model import ClaimRequest, JournalError, Outcome, Rejected, Status, Target
+from bulkclaim.journal import acquisitions, planning, releases
+from bulkclaim.journal.lazy import LazyWrites, Statement, run_statements
+from bulkclaim.journal.lock import lock_file
+from bulkclaim.journal.writer import Job, Writer
+from bulkclaim.model import (
+    ClaimRequest,
+    Outcome,
+    Planned,
+    PlanResult,
+    PlanReuse,
+    Rejected,
+    Status,
+    Target,
+    ToRelease,
+)
 
-__all__ = ["Journal", "LockHolder", "SqliteJournal", "lock_holder"]
+__all__ = ["SqliteJournal"]
 
 _T = TypeVar("_T")
-_MAX_GROUP = 2000
-
-
-class Journal(Protocol):
-    """What the engine needs from a journal."""
-
-    async def begin_run(self) -> int: ...
-    async def plan(self, requests: Sequence[ClaimRequest], run: int, *, retry_failed: bool,
-                   dedupe: bool = True) -> PlanResult: ...
-    async def record_rejected(self, rows: Sequence[Rejected], run: int) -> None: ...
-    def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None: ...
-    def record_outcome(self, outcome: Outcome) -> None: ...
-    async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]: ...
-    async def targets_to_reconcile(self, run: int) -> list[Target]: ...
-    async def join_unsettled(self, run: int) -> list[tuple[str, str, str]]: ...
-    async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
-    async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None: ...
-    async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None: ...
-    async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]: ...
-    async def flush(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    """Whether a process has the journal open (holds its lock): ``held`` is None where this system
-    cannot tell; ``pid`` is the holder's, when known."""
-
-    held: bool | None
-    pid: int | None = None
-
-
-def lock_holder(journal: str | os.PathLike[str], *, expected_pid: int | None = None,
-                proc_locks: str | os.PathLike[str] = "/proc/locks") -> LockHolder:
-    """Who holds ``journal``'s lock, found *without* taking it (a ``status`` that took the lock even
-    for a moment could make a claim starting at that moment refuse the journal).
-
-    Linux lists every ``flock`` in /proc/locks as ``FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode>``.
-    Under overlayfs (containers) the device there can differ from ``stat``'s, so an inode-only match
-    counts when its pid is ``expected_pid`` (the pid the journal recorded for its latest run).
-    Elsewhere (no /proc/locks) the answer is unknown.
-    """
-    try:
-        found = os.stat(journal)  # the lock is on the journal file itself
-    except FileNotFoundError:
-        return LockHolder(False)
-    except OSError:
-        return LockHolder(None)
-    try:
-        with open(proc_locks, encoding="ascii", errors="replace") as handle:
-            table = handle.read()
-    except OSError:
-        return LockHolder(None)
-    exact = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
-    for line in table.splitlines():
-        fields = line.split()
-        if len(fields) < 6 or fields[1] != "FLOCK" or "->" in fields:  # "->": a waiter, not the holder
-            continue
-        pid, where = int(fields[4]), fields[5]
-        if where == exact or (where.rsplit(":", 1)[-1] == str(found.st_ino) and pid == expected_pid):
-            return LockHolder(True, pid)
-    return LockHolder(False)
 
 
 class SqliteJournal:
@@ -122,7 +63,7 @@ class SqliteJournal:
         It blocks (the writer thread opens and migrates the database, fsyncs included): from async
         code, call it in a worker thread (``anyio.to_thread.run_sync``), as :class:`Claimer` does."""
         journal_path = Path(path)
-        return cls(journal_path, _lock(journal_path))
+        return cls(journal_path, lock_file(journal_path))
 
     async def _submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
         self._lazy.ship()  # everything recorded before this job is written before it
@@ -144,7 +85,7 @@ class SqliteJournal:
 
         With ``dedupe`` a number met twice in one run is a duplicate; without it (one-off library
         claims) it is simply looked up again."""
-        return await self._submit(lambda conn: plan_batch(conn, requests, run, retry_failed, dedupe))
+        return await self._submit(lambda conn: planning.plan_batch(conn, requests, run, retry_failed, dedupe))
 
     async def record_rejected(self, rows: Sequence[Rejected], run: int) -> None:
         values = [(run, r.source, r.raw, r.reason, r.target.key if r.target else None, time.time()) for r in rows]
@@ -179,7 +120,7 @@ class SqliteJournal:
                 "WHERE seen_run=? AND ord>? AND status IN ('pending', 'in_progress') ORDER BY ord LIMIT ?",
                 (run, after, limit)).fetchall()
             targets: dict[str, Target] = {}
-            return [planned_from_row(r[1:], targets) for r in rows], (rows[-1][0] if rows else after)
+            return [planning.planned_from_row(r[1:], targets) for r in rows], (rows[-1][0] if rows else after)
         return await self._submit(query)
 
     async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -213,23 +154,7 @@ class SqliteJournal:
         settled, counted and reported with it. Numbers of runs this process began are
         left alone (a concurrent claim of this process may be sending them). Any plan of ``run``'s
         numbers stops being reusable (its members changed). Returns (target, number, status) of each."""
-        mine = sorted(self._runs_begun | {run})
-
-        def join(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            rows = conn.execute(
-                "SELECT target, phone_number, status FROM numbers WHERE status IN ('pending', 'in_progress') "
-                f"AND seen_run NOT IN ({','.join('?' * len(mine))}) AND (status='in_progress' OR attempts>0 "
-                "OR maybe_sent=1 OR seen_run NOT IN (SELECT id FROM runs WHERE ended_at IS NOT NULL)) "
-                "AND target IN (SELECT DISTINCT target FROM numbers WHERE seen_run=?) ORDER BY seen_run, ord",
-                (*mine, run)).fetchall()
-            if rows:
-                (after,) = conn.execute("SELECT COALESCE(MAX(ord), 0) FROM numbers WHERE seen_run=?", (run,)).fetchone()
-                conn.executemany("UPDATE numbers SET seen_run=?, ord=?, maybe_sent=1 WHERE target=? AND phone_number=?",
-                                 [(run, after + i, t, n) for i, (t, n, _) in enumerate(rows, 1)])
-                # -1 never matches a count: reuse_plan plans these inputs again, and finds them again
-                conn.execute("UPDATE plans SET members=-1 WHERE members_run=?", (run,))
-            return [(str(t), str(n), str(s)) for t, n, s in rows]
-        return await self._submit(join)
+        return await self._submit(partial(planning.join_unsettled, run=run, mine=sorted(self._runs_begun | {run})))
 
     async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None:
         """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
@@ -243,23 +168,7 @@ class SqliteJournal:
         that plan's (no later run has taken one of them into its own input). Nothing is rewritten:
         ``run`` records that its numbers are those of the earlier run (``members_run``), and only
         pending ones are marked as possibly sent. ``None``: plan the inputs row by row instead."""
-        def take_over(conn: sqlite3.Connection) -> PlanReuse | None:
-            found = conn.execute("SELECT members_run, members, duplicates FROM plans WHERE fingerprint=? "
-                                 "ORDER BY run DESC LIMIT 1", (fingerprint,)).fetchone()
-            if found is None:
-                return None
-            members_run, members, duplicates = found
-            statuses = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
-                                         (members_run,)).fetchall())
-            if sum(statuses.values()) != members:
-                return None
-            conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
-                         (members_run,))
-            conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) "
-                         "VALUES (?, ?, ?, ?, ?)", (run, fingerprint, members_run, members, duplicates))
-            (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (members_run,)).fetchone()
-            return PlanReuse(members_run, statuses, invalid, duplicates)
-        return await self._submit(take_over)
+        return await self._submit(partial(planning.reuse_plan, fingerprint=fingerprint, run=run))
 
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
         """The numbers of ``run`` that are done (claimed / failed / released), in input order after ``after``."""
@@ -272,10 +181,51 @@ class SqliteJournal:
             return outcomes, (rows[-1][0] if rows else after)
         return await self._submit(query)
 
-    async def execute(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``job`` in the writer thread, inside a group transaction; its result once committed."""
-        return await self._submit(job)
+    # -- the quota preflight ---------------------------------------------------------------------------
+    async def count_to_claim(self, run: int, target: str, owned: Collection[str]) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT phone_number FROM numbers WHERE seen_run=? AND target=? "
+                                "AND status='pending'", (run, target))
+            return sum(1 for (number,) in rows if number not in owned)
+        return await self._submit(count)
 
+    async def defer_beyond(self, run: int, target: str, owned: Collection[str], allowed: int,
+                           error: tuple[str, str]) -> None:
+        def defer(conn: sqlite3.Connection) -> None:
+            rows = [(number, bool(sent)) for number, sent in conn.execute(
+                "SELECT phone_number, attempts > 0 OR maybe_sent FROM numbers WHERE seen_run=? AND target=? "
+                "AND status='pending' ORDER BY ord", (run, target)) if number not in owned]
+            room = allowed - sum(1 for _, sent in rows if sent)  # possibly sent: unknown, not failed; keeps its place
+            left_out = [number for number, sent in rows if not sent][max(0, room):]
+            conn.executemany("UPDATE numbers SET status='failed', error_code=?, error_message=?, updated_at=? "
+                             "WHERE target=? AND phone_number=? AND status='pending'",
+                             [(*error, time.time(), target, number) for number in left_out])
+        await self._submit(defer)
+
+    async def churn(self, target: str, now: float | None = None) -> int:
+        return await self._submit(partial(releases.churn, target=target, now=now))
+
+    # -- acquisitions and releases ---------------------------------------------------------------------
+    async def acquisition_slots(self, name: str, target: str, params: str, count: int, *,
+                                create: bool) -> list[tuple[int, Planned | None]]:
+        return await self._submit(partial(acquisitions.read_slots, name=name, target=target, params=params,
+                                          count=count, create=create))
+
+    async def assign_candidate(self, name: str, slot: int, expected: str | None, request: ClaimRequest,
+                               run: int) -> Planned | None:
+        return await self._submit(partial(acquisitions.assign_candidate, name=name, slot=slot, expected=expected,
+                                          request=request, run=run))
+
+    async def slot_outcomes(self, name: str) -> list[Outcome]:
+        return await self._submit(partial(acquisitions.slot_outcomes, name=name))
+
+    async def release_token(self, number: ToRelease) -> str:
+        return await self._submit(partial(releases.release_token, number=number))
+
+    async def record_release(self, number: ToRelease, status: str, error: tuple[str, str] | None) -> None:
+        await self._submit(partial(releases.record_release, number=number, status=status, error=error))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
     async def flush(self) -> None:
         """Wait until everything handed over so far is committed."""
         await self._submit(lambda conn: None)
@@ -302,22 +252,3 @@ class SqliteJournal:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def _lock(path: Path) -> int:
-    """Open the journal file itself (created 0600 if missing) and take an exclusive ``flock`` on it; the
-    descriptor holds the lock until it is closed. A file we may only read is locked through a read-only
-    descriptor (SQLite then says it is read-only)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM) or not path.is_file():
-            raise JournalError(f"cannot open the journal {path}: {exc.strerror}") from None
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise JournalError(f"journal {path} is in use by another bulkclaim process; "
-                           "wait for it to finish (or stop it) and run again") from None
-    return fd

@@ -1,4 +1,4 @@
-"""What planning does inside the journal: the records it hands out and the SQL of one batch.
+"""What planning does inside the SQLite journal: the SQL of one batch.
 
 Planning runs in the journal's writer thread, inside a group-committed transaction: a batch of
 requests is looked up with one query per target, new numbers get their token, numbers met in an
@@ -10,53 +10,23 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from bulkclaim.model import NOT_CLAIMED, ClaimRequest, Outcome, Status, Target
+from bulkclaim.model import (
+    NOT_CLAIMED,
+    ClaimRequest,
+    Outcome,
+    Planned,
+    PlanResult,
+    PlanReuse,
+    Status,
+    Target,
+    new_token,
+)
 
-__all__ = ["PlanResult", "PlanReuse", "Planned", "new_token", "plan_batch", "planned_from_row"]
-
-
-def new_token() -> str:
-    """A ClientToken: a lowercase UUID, as the service requires."""
-    return str(uuid.uuid4())
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A number to work on in this run, with its durable token."""
-
-    request: ClaimRequest
-    client_token: str
-    status: Status  # PENDING (to send) or IN_PROGRESS (to verify)
-    attempts: int
-    maybe_sent: bool  # an earlier run may have sent this token: its outcome is unknown
-    phone_number_id: str | None = None
-    phone_number_arn: str | None = None
-
-
-@dataclass
-class PlanResult:
-    """What planning one batch found: work to do, numbers already done, duplicates, changed rows."""
-
-    work: list[Planned]
-    done: list[Outcome]
-    duplicates: list[ClaimRequest]
-    changed: list[ClaimRequest]
-
-
-@dataclass(frozen=True)
-class PlanReuse:
-    """An earlier run's plan taken over by this run (same inputs): its counts."""
-
-    members_run: int  # the earlier run whose numbers (and invalid rows) are this run's
-    statuses: dict[str, int]
-    invalid: int
-    duplicates: int
+__all__ = ["join_unsettled", "plan_batch", "planned_from_row", "reuse_plan"]
 
 
 class _Existing(NamedTuple):
@@ -156,3 +126,45 @@ def planned_from_row(row: Sequence[Any], targets: dict[str, Target] | None = Non
     request = ClaimRequest(number, found, description, MappingProxyType(json.loads(tags)) if tags else _NO_TAGS,
                            source or "")
     return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)
+
+
+def join_unsettled(conn: sqlite3.Connection, run: int, mine: Sequence[int]) -> list[tuple[str, str, str]]:
+    """Numbers of ``run``'s targets left unsettled by a run not in ``mine`` (runs of this process) with a
+    token that may have been sent — ``in_progress``; ``pending`` after an attempt; or reserved by a run
+    whose process died before closing the journal — join ``run`` after its own numbers, marked possibly
+    sent. Any plan of ``run``'s numbers stops being reusable (its members changed)."""
+    rows = conn.execute(
+        "SELECT target, phone_number, status FROM numbers WHERE status IN ('pending', 'in_progress') "
+        f"AND seen_run NOT IN ({','.join('?' * len(mine))}) AND (status='in_progress' OR attempts>0 "
+        "OR maybe_sent=1 OR seen_run NOT IN (SELECT id FROM runs WHERE ended_at IS NOT NULL)) "
+        "AND target IN (SELECT DISTINCT target FROM numbers WHERE seen_run=?) ORDER BY seen_run, ord",
+        (*mine, run)).fetchall()
+    if rows:
+        (after,) = conn.execute("SELECT COALESCE(MAX(ord), 0) FROM numbers WHERE seen_run=?", (run,)).fetchone()
+        conn.executemany("UPDATE numbers SET seen_run=?, ord=?, maybe_sent=1 WHERE target=? AND phone_number=?",
+                         [(run, after + i, t, n) for i, (t, n, _) in enumerate(rows, 1)])
+        # -1 never matches a count: reuse_plan plans these inputs again, and finds them again
+        conn.execute("UPDATE plans SET members=-1 WHERE members_run=?", (run,))
+    return [(str(t), str(n), str(s)) for t, n, s in rows]
+
+
+def reuse_plan(conn: sqlite3.Connection, fingerprint: str, run: int) -> PlanReuse | None:
+    """Take over the latest complete plan of ``fingerprint`` if every number of it is still that plan's
+    (no later run has taken one into its own input). Nothing is rewritten: ``run`` records that its
+    numbers are those of the earlier run (``members_run``), and only pending ones are marked as
+    possibly sent."""
+    found = conn.execute("SELECT members_run, members, duplicates FROM plans WHERE fingerprint=? "
+                         "ORDER BY run DESC LIMIT 1", (fingerprint,)).fetchone()
+    if found is None:
+        return None
+    members_run, members, duplicates = found
+    statuses = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
+                                 (members_run,)).fetchall())
+    if sum(statuses.values()) != members:
+        return None
+    conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
+                 (members_run,))
+    conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) "
+                 "VALUES (?, ?, ?, ?, ?)", (run, fingerprint, members_run, members, duplicates))
+    (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (members_run,)).fetchone()
+    return PlanReuse(members_run, statuses, invalid, duplicates)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from bulkclaim.journal_schema import migrate, refuse_foreign
+from bulkclaim.journal.schema import migrate, refuse_foreign
 from bulkclaim.model import JournalError
 
 __all__ = ["Job", "Writer", "journal_error"]

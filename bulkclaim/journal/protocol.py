@@ -1,0 +1,190 @@
+"""What bulkclaim needs from a journal, as two protocols: :class:`Journal` (a run's, writable, one
+process at a time) and :class:`JournalReader` (``status``, ``report``, the dry run: read-only, beside
+a run). Nothing outside this package builds SQL: a backend is added by implementing both, and
+``tests/test_journal_contract.py`` holds every backend to the same behaviour.
+
+The write-ahead rule (DESIGN §3) is the contract's heart: :meth:`Journal.plan`,
+:meth:`Journal.assign_candidate` and :meth:`Journal.release_token` return only once the tokens they
+hand out are durable; attempts and outcomes (``record_*``) may be written lazily, because losing
+one only means the same token is sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bulkclaim.model import ClaimRequest, Outcome, Planned, PlanResult, PlanReuse, Rejected, Status, Target, ToRelease
+
+__all__ = ["Journal", "JournalReader", "JournalStatus"]
+
+
+class Journal(Protocol):
+    """A run's journal: tokens, attempts and outcomes of claims, acquisitions and releases."""
+
+    # -- runs and planning -----------------------------------------------------------------------------
+    async def begin_run(self) -> int:
+        """A new run's id (runs of one journal are numbered in the order they began)."""
+        ...
+
+    async def plan(self, requests: Sequence[ClaimRequest], run: int, *, retry_failed: bool,
+                   dedupe: bool = True) -> PlanResult:
+        """Reserve tokens for new numbers (durably, before this returns) and sort the rest. With
+        ``dedupe`` a number met twice in one run is a duplicate; without it (one-off library claims)
+        it is simply looked up again."""
+        ...
+
+    async def record_rejected(self, rows: Sequence[Rejected], run: int) -> None: ...
+
+    async def record_plan(self, run: int, fingerprint: str, duplicates: int) -> None:
+        """Remember that ``run`` planned the inputs of ``fingerprint`` completely."""
+        ...
+
+    async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
+        """Take over the latest complete plan of the same inputs, if every number of it is still that
+        plan's; ``None``: plan the inputs row by row instead."""
+        ...
+
+    async def known(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (target, number) keys the journal already has."""
+        ...
+
+    async def join_unsettled(self, run: int) -> list[tuple[str, str, str]]:
+        """Numbers of ``run``'s targets that an earlier run left unsettled with a token that may have
+        been sent, and that ``run``'s input no longer names: they join ``run`` (after its own numbers,
+        marked possibly sent) to be settled and reported with it. (target, number, status) of each."""
+        ...
+
+    # -- claiming --------------------------------------------------------------------------------------
+    def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None:
+        """One request's result (``accepted``, ``recovered``, or a verdict); may be written lazily."""
+        ...
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        """A number's new state; may be written lazily."""
+        ...
+
+    async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
+        """The next ``limit`` numbers of ``run`` still to send or verify, in input order after the
+        position ``after``; and the position to continue from."""
+        ...
+
+    async def targets_to_reconcile(self, run: int) -> list[Target]:
+        """Targets holding numbers of ``run`` that an earlier run may have sent (outcome unknown)."""
+        ...
+
+    async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
+        """The numbers of ``run`` that are done (claimed / failed / released), in input order."""
+        ...
+
+    # -- the quota preflight ---------------------------------------------------------------------------
+    async def count_to_claim(self, run: int, target: str, owned: Collection[str]) -> int:
+        """Numbers of ``run`` still to claim to ``target`` that it does not hold (``owned``)."""
+        ...
+
+    async def defer_beyond(self, run: int, target: str, owned: Collection[str], allowed: int,
+                           error: tuple[str, str]) -> None:
+        """Mark failed with ``error`` (code, message) the numbers of ``run`` to ``target`` beyond the
+        first ``allowed`` still to claim, in input order; never one that may have been sent already."""
+        ...
+
+    async def churn(self, target: str, now: float | None = None) -> int:
+        """Claims (one per token) and releases made to ``target`` within the churn window."""
+        ...
+
+    # -- acquisitions (``bulkclaim acquire``) ---------------------------------------------------------
+    async def acquisition_slots(self, name: str, target: str, params: str, count: int, *,
+                                create: bool) -> list[tuple[int, Planned | None]]:
+        """Each slot (1..``count``) of acquisition ``name`` and its current candidate; with ``create``,
+        the acquisition is recorded if new. Raises ConfigurationError if ``name`` was used with another
+        target or ``params``."""
+        ...
+
+    async def assign_candidate(self, name: str, slot: int, expected: str | None, request: ClaimRequest,
+                               run: int) -> Planned | None:
+        """Compare-and-set: give ``slot`` the candidate ``request`` (with a new token, durable before
+        this returns) if its candidate is still ``expected``; if another worker moved it first, its
+        current candidate. ``None``: the journal knows this number already; offer another."""
+        ...
+
+    async def slot_outcomes(self, name: str) -> list[Outcome]:
+        """Each slot's current number and status (``pending`` with no number: not filled)."""
+        ...
+
+    # -- releases (``bulkclaim release``) --------------------------------------------------------------
+    async def release_token(self, number: ToRelease) -> str:
+        """The release token of ``number``: the one journaled before, or a new one, durable now."""
+        ...
+
+    async def record_release(self, number: ToRelease, status: str, error: tuple[str, str] | None) -> None:
+        """A release's result (``released`` or ``failed``); a released number is ``released`` from now on."""
+        ...
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Wait until everything handed over so far is durable."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is buffered and let the next process in. Completes even when cancelled."""
+        ...
+
+
+@dataclass
+class JournalStatus:
+    journal: str
+    #: a bulkclaim process holds the journal's lock (a run is going on); None: cannot tell here
+    live: bool | None
+    pid: int | None  # the process holding it, when known
+    counts: dict[str, int]
+    runs: int
+    latest_run: int | None
+    #: the run whose numbers the latest run works on: itself, or an earlier run whose plan of identical
+    #: inputs it took over (the ``run`` column of those numbers, what ``release --run`` takes)
+    latest_run_numbers: int | None
+    last_run_started_at: float | None
+    claims_per_second: float | None  # None unless live
+    eta_seconds: float | None
+    #: per run (the run that last acted on each number), counts by status, invalid rows included
+    run_counts: dict[int, dict[str, int]]
+    #: numbers whose *current* state carries an error (failed, or left pending / in_progress after
+    #: an error), latest first; a throttled retry of a number that then succeeded is not one
+    last_errors: list[dict[str, Any]]
+    error_count: int
+    #: the run the live process is doing (the latest run, if that process started it)
+    live_run: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = dict(self.__dict__)
+        fields["run_counts"] = {str(run): counts for run, counts in self.run_counts.items()}
+        return fields
+
+
+class JournalReader(Protocol):
+    """A journal opened for reading only: it takes no lock, creates nothing and reserves nothing, so
+    it can read beside a run that is writing."""
+
+    def status(self, *, now: float | None = None, errors: int = 5) -> JournalStatus:
+        """Whether a run is live, counts by status (overall and per run), while live the recent claim
+        rate and an ETA for what is pending, and the ``errors`` latest numbers with an error."""
+        ...
+
+    def run_counts(self, run: int) -> dict[str, int]:
+        """How many numbers of ``run`` ended in each status, invalid rows included (non-zero only)."""
+        ...
+
+    def churn(self, target: str, now: float | None = None) -> int: ...
+
+    def lookup(self, target: str, phone_number: str) -> tuple[Status, str] | None:
+        """A number's status and the hash of the parameters it was planned with, if the journal has it."""
+        ...
+
+    def outcomes(self, run: int | None = None, statuses: frozenset[str] | None = None) -> Iterator[Outcome]:
+        """Every number (of one ``run``, or all), in input order, then the invalid rows of that run
+        (or of the latest run); only those of ``statuses`` if given."""
+        ...
+
+    def numbers_to_release(self, run: int | None = None) -> list[ToRelease]:
+        """The claimed numbers (of one ``run``, or all), marking those no claim of ours took."""
+        ...
