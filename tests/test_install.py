@@ -7,6 +7,7 @@ that crashed on import without them (a type-stub package imported at run time).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -33,8 +34,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv holding only the bulkclaim wheel and its runtime dependencies (pinned by constraints.txt)."""
     root = tmp_path_factory.mktemp("install")
     wheels = root / "wheels"
+    # Built from a copy without the repository's build/ directory: setuptools never cleans it, so a
+    # module since moved or deleted would still be in a wheel built in place (users build from a clean tree).
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "results"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
-                  str(REPO)], root)
+                  str(source)], root)
     assert built.returncode == 0, built.stderr
     wheel = next(wheels.glob("bulkclaim-*.whl"))
     venv.EnvBuilder(with_pip=True).create(root / "venv")
