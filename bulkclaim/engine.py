@@ -52,8 +52,7 @@ from bulkclaim.model import (
     first_cause,
 )
 from bulkclaim.planner import Emit, Planner, count_and_emit
-from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, sweep_targets
-from bulkclaim.reconcile import verify as poll_until_settled
+from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, poll_until_settled, sweep_targets
 from bulkclaim.run import RunState, Settling
 from bulkclaim.worklist import WorkList
 

@@ -28,8 +28,8 @@ from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
 from bulkclaim.model import Target
 
-__all__ = ["RECOVERED", "Owned", "VerifyResult", "by_status", "find_owned", "sweep", "sweep_targets",
-           "verify"]
+__all__ = ["RECOVERED", "Owned", "PollResult", "by_status", "find_owned", "poll_until_settled", "sweep",
+           "sweep_targets"]
 
 #: The attempt result recorded when the target holds a number whose token we may have sent: our
 #: claim took effect, its answer was lost (release and the churn count treat it like "accepted").
@@ -43,7 +43,7 @@ class Owned:
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class PollResult:
     status: str  # CLAIMED, FAILED, NOT_FOUND, DENIED (no DescribePhoneNumber), or IN_PROGRESS (the wait ended)
     message: str
     describes: int
@@ -100,10 +100,10 @@ async def find_owned(api: Api, target: Target, phone_number: str, *, stop: anyio
     return listed.get(phone_number)
 
 
-async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
+async def poll_until_settled(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
                  max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
                  clock: Callable[[], float] = time.monotonic,
-                 stopping: Callable[[], bool] = lambda: False, stop: anyio.Event | None = None) -> VerifyResult:
+                 stopping: Callable[[], bool] = lambda: False, stop: anyio.Event | None = None) -> PollResult:
     """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
     deadline = clock() + wait_limit
     wait = first_poll
@@ -111,20 +111,20 @@ async def verify(api: Api, phone_number_id: str, *, wait_limit: float, first_pol
     while True:
         await sleep(min(wait, max(0.0, deadline - clock())))
         if stopping():
-            return VerifyResult("IN_PROGRESS", "stopped before the claim settled", describes)
+            return PollResult("IN_PROGRESS", "stopped before the claim settled", describes)
         try:
             answer = await api.call("DescribePhoneNumber", "describe_phone_number", stop=stop,
                                     PhoneNumberId=phone_number_id)
         except CallFailed as failed:
             if failed.classified.code == "ResourceNotFoundException":  # the id is not (or no longer) ours
-                return VerifyResult("NOT_FOUND", failed.classified.message, describes)
+                return PollResult("NOT_FOUND", failed.classified.message, describes)
             if failed.classified.verdict == Verdict.FATAL:  # not allowed to describe: no use asking again
-                return VerifyResult("DENIED", failed.classified.message, describes)
-            return VerifyResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
+                return PollResult("DENIED", failed.classified.message, describes)
+            return PollResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
         describes += 1
         status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})
         if status.get("Status") in ("CLAIMED", "FAILED"):
-            return VerifyResult(status["Status"], status.get("Message", ""), describes)
+            return PollResult(status["Status"], status.get("Message", ""), describes)
         if clock() >= deadline:
-            return VerifyResult("IN_PROGRESS", "still IN_PROGRESS when the wait ended", describes)
+            return PollResult("IN_PROGRESS", "still IN_PROGRESS when the wait ended", describes)
         wait = min(max_poll, wait * 1.5)

@@ -167,7 +167,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
 
-        def settle(value: Any, error: BaseException | None) -> None:
+        def deliver(value: Any, error: BaseException | None) -> None:
             def apply() -> None:
                 if future.done():
                     return  # the waiter was cancelled; the work itself is committed regardless
@@ -177,7 +177,7 @@ class Writer:
                     future.set_result(value)
             loop.call_soon_threadsafe(apply)
 
-        self.put(Job(run, settle))
+        self.put(Job(run, deliver))
         return await future
 
     def put(self, job: Job) -> None:
