@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -28,27 +28,12 @@ from bulkclaim.connect import Classified, Verdict, check_answer, classify
 from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
+from bulkclaim.retry import Sleep, sleep_unless_stopped
 
-__all__ = ["Api", "CallFailed", "Sleep", "Withdrawn", "sleep_unless_stopped"]
+__all__ = ["Api", "CallFailed", "Withdrawn"]
 
-Sleep = Callable[[float], Awaitable[None]]
 # Denials that concern one read-only operation, not the caller: they do not open the breaker.
 _DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
-
-
-async def sleep_unless_stopped(sleep: Sleep, seconds: float, stop: anyio.Event) -> bool:
-    """Sleep ``seconds`` with ``sleep`` unless ``stop`` is set first (or already); True if stopped."""
-    if stop.is_set():
-        return True
-    async with anyio.create_task_group() as tg:
-        async def wake_on_stop() -> None:
-            await stop.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(wake_on_stop)
-        await sleep(seconds)
-        tg.cancel_scope.cancel()
-    return stop.is_set()
 
 
 class CallFailed(Exception):
