@@ -28,9 +28,9 @@ from bulkclaim.connect import Classified, Verdict, check_answer, classify
 from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
-from bulkclaim.retry import Sleep, sleep_unless_stopped
+from bulkclaim.retry import FAILED, Retrying, Sleep
 
-__all__ = ["Api", "CallFailed", "Withdrawn"]
+__all__ = ["Api", "CallFailed", "Withdrawn", "retryable"]
 
 # Denials that concern one read-only operation, not the caller: they do not open the breaker.
 _DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
@@ -150,20 +150,20 @@ class Api:
 
         ``stop`` (a run's stop): once it is set no retry is made; a backoff in progress ends at once
         and the last failure is raised, so a stopped run never waits out a backoff."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
+        retrying = Retrying(self.backoff, retryable, stop=stop, sleep=self.sleep, clock=self.clock, rng=self.rng)
+        async for attempt in retrying:
+            with attempt:
                 return await self.send(operation, method, **params)
-            except CallFailed as failed:
-                if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
-                    raise
-                last = failed
-            delay = self.backoff.delay(attempt, self.rng)
-            if stop is None:
-                await self.sleep(delay)
-            elif await sleep_unless_stopped(self.sleep, delay, stop):
-                raise last
+        assert retrying.failure is not None  # only a stop after a failed attempt ends the loop here
+        raise retrying.failure
+
+
+def retryable(error: Exception, throttled: str = FAILED) -> str | None:
+    """How a call's ``error`` is retried (a :class:`~bulkclaim.retry.Classify`): a RETRY verdict is,
+    charged to the attempt limit or, if throttled, to the allowance ``throttled``; anything else is not."""
+    if not isinstance(error, CallFailed) or error.classified.verdict != Verdict.RETRY:
+        return None
+    return throttled if error.classified.throttled else FAILED
 
 
 class Withdrawn(Exception):
