@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from botocore.exceptions import ClientError
 
+from bulkclaim import Claimer, Options, RateSettings, Status
 from bulkclaim.backoff import Backoff
 from bulkclaim.retry import FAILED, Retrying
-from tests.support import FakeClock
+from tests.support import INSTANCE_ID, FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +209,40 @@ async def test_a_stop_ends_a_backoff_in_progress_at_once() -> None:
             assert await run(retrying, [Flaky()] * 10) == "stopped"
     assert retrying.attempts == 1 and len(waits) == 1 and isinstance(retrying.failure, Flaky)
 
+
+
+# -- the claim loop's rule, through the primitive ------------------------------------------------------
+
+class ScriptedClaims:
+    """A Connect client stand-in: answers each claim with the next scripted error, then accepts."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self.sent = 0
+
+    async def claim_phone_number(self, **params: Any) -> dict[str, Any]:
+        self.sent += 1
+        await anyio.lowlevel.checkpoint()
+        if self.sent <= len(self.errors):
+            code = self.errors[self.sent - 1]
+            status = 429 if code == "ThrottlingException" else 500
+            response: Any = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+            raise ClientError(response, "ClaimPhoneNumber")
+        return {"PhoneNumberId": f"id{params['PhoneNumber']}", "PhoneNumberArn": f"arn:id{params['PhoneNumber']}"}
+
+
+@pytest.mark.parametrize(("errors", "status", "error_code"), [
+    (["InternalFailure"] * 2 + ["ThrottlingException"] * 27, Status.IN_PROGRESS, None),
+    (["ThrottlingException"] * 29 + ["InternalFailure"] * 2, Status.IN_PROGRESS, None),
+    (["ThrottlingException"] * 30, Status.PENDING, "ThrottlingException"),
+    (["ThrottlingException"] * 5 + ["InternalFailure"] * 3, Status.PENDING, "InternalFailure"),
+], ids=["failures-then-throttles", "throttles-then-failures", "throttles-spent", "failures-spent"])
+async def test_a_claim_has_max_attempts_failures_and_ten_times_as_many_throttles(
+        errors: list[str], status: Status, error_code: str | None, clock: FakeClock, tmp_path: Path) -> None:
+    client = ScriptedClaims(errors)
+    async with Claimer(instance_id=INSTANCE_ID, journal=tmp_path / "j", client=client, clock=clock,
+                       sleep=Waits(clock), rng=random.Random(7), rates=RateSettings(1000.0, 100),
+                       options=Options(verify=False), backoff=Backoff(max_attempts=3)) as claimer:
+        [outcome] = [o async for o in claimer.claim_many(["+12025550100"])]
+    assert (outcome.status, outcome.error_code) == (status, error_code)
+    assert outcome.attempts == client.sent == len(errors) + (status == Status.IN_PROGRESS)
