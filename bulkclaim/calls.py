@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -30,8 +31,9 @@ from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
 from bulkclaim.retry import FAILED, Retrying, Sleep
 
-__all__ = ["Api", "CallFailed", "Withdrawn", "retryable"]
+__all__ = ["Api", "CallFailed", "Withdrawn"]
 
+_THROTTLED = "throttled"  # the allowance of 429s, where they have one of their own
 # Denials that concern one read-only operation, not the caller: they do not open the breaker.
 _DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
 
@@ -150,17 +152,27 @@ class Api:
 
         ``stop`` (a run's stop): once it is set no retry is made; a backoff in progress ends at once
         and the last failure is raised, so a stopped run never waits out a backoff."""
-        retrying = Retrying(self.backoff, retryable, stop=stop, sleep=self.sleep, clock=self.clock, rng=self.rng)
+        retrying = self.retrying(stop=stop)
         async for attempt in retrying:
             with attempt:
                 return await self.send(operation, method, **params)
         assert retrying.failure is not None  # only a stop after a failed attempt ends the loop here
         raise retrying.failure
 
+    def retrying(self, *, stop: anyio.Event | None = None, throttles: int | None = None,
+                 rng: random.Random | None = None) -> Retrying:
+        """A series of attempts at one call (see :mod:`bulkclaim.retry`) on this API's backoff, sleep and
+        clock: a RETRY verdict is retried until ``backoff.max_attempts`` attempts have failed. With
+        ``throttles``, 429s have an allowance of their own, ``throttles`` times as large, and do not
+        grow the backoff. ``rng`` draws the jitter (this API's by default)."""
+        allowances = {_THROTTLED: self.backoff.max_attempts * throttles} if throttles else None
+        return Retrying(self.backoff, partial(_retryable, throttled=_THROTTLED if throttles else FAILED),
+                        allowances=allowances, stop=stop, sleep=self.sleep, clock=self.clock, rng=rng or self.rng)
 
-def retryable(error: Exception, throttled: str = FAILED) -> str | None:
-    """How a call's ``error`` is retried (a :class:`~bulkclaim.retry.Classify`): a RETRY verdict is,
-    charged to the attempt limit or, if throttled, to the allowance ``throttled``; anything else is not."""
+
+def _retryable(error: Exception, throttled: str) -> str | None:
+    """A call's error as :class:`~bulkclaim.retry.Retrying` sees it: a RETRY verdict is retried, charged
+    to the allowance ``throttled`` if it is a 429, else to the attempt limit; anything else is not."""
     if not isinstance(error, CallFailed) or error.classified.verdict != Verdict.RETRY:
         return None
     return throttled if error.classified.throttled else FAILED
