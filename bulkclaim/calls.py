@@ -1,11 +1,11 @@
 """Connect calls as the engine makes them: each attempt through its API's limiter, classified.
 
-``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
-reads (Describe, List, Search) with jittered backoff, and a stop ends its backoff at once. Either
-way every request, retries included, passes the in-flight cap and the token bucket of its API, and
-every 429 feeds the adaptive controller. Before that, every request passes the endpoint's gate
-(outage.py): while the endpoint cannot be reached no request spends an attempt, and one probe at a
-time finds out when it is back.
+``send`` is one attempt (the claim loop owns its tokens and bookkeeping, and retries in a series from
+``retrying``); ``call`` retries reads (Describe, List, Search) in such a series: jittered backoff, and
+a stop ends its backoff at once (see retry.py). Either way every request, retries included, passes
+the in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller.
+Before that, every request passes the endpoint's gate (outage.py): while the endpoint cannot be
+reached no request spends an attempt, and one probe at a time finds out when it is back.
 
 A fatal answer (403, unknown target) opens the circuit breaker: nothing more is sent. One deliberate
 exception: AccessDenied on DescribePhoneNumber, a read-only check that a narrower IAM policy may leave
