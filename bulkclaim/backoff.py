@@ -11,7 +11,8 @@ Defaults and why:
   ``pending`` (unknown), to be settled by the next run rather than guessed.
 
 Backoff only spaces a number's own retries; every retry still queues in the limiter, so the pace of
-the whole run is set by the rate limit, not by these numbers.
+the whole run is set by the rate limit, not by these numbers. Whether to retry at all, and the
+stop-aware wait itself, belong to :class:`bulkclaim.retry.Retrying`.
 """
 
 from __future__ import annotations

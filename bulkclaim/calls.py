@@ -1,11 +1,11 @@
 """Connect calls as the engine makes them: each attempt through its API's limiter, classified.
 
-``send`` is one attempt (the claim loop owns its retries, tokens and bookkeeping); ``call`` retries
-reads (Describe, List, Search) with jittered backoff, and a stop ends its backoff at once. Either
-way every request, retries included, passes the in-flight cap and the token bucket of its API, and
-every 429 feeds the adaptive controller. Before that, every request passes the endpoint's gate
-(outage.py): while the endpoint cannot be reached no request spends an attempt, and one probe at a
-time finds out when it is back.
+``send`` is one attempt (the claim loop owns its tokens and bookkeeping, and retries in a series from
+``retrying``); ``call`` retries reads (Describe, List, Search) in such a series: jittered backoff, and
+a stop ends its backoff at once (see retry.py). Either way every request, retries included, passes
+the in-flight cap and the token bucket of its API, and every 429 feeds the adaptive controller.
+Before that, every request passes the endpoint's gate (outage.py): while the endpoint cannot be
+reached no request spends an attempt, and one probe at a time finds out when it is back.
 
 A fatal answer (403, unknown target) opens the circuit breaker: nothing more is sent. One deliberate
 exception: AccessDenied on DescribePhoneNumber, a read-only check that a narrower IAM policy may leave
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -28,27 +29,13 @@ from bulkclaim.connect import Classified, Verdict, check_answer, classify
 from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
+from bulkclaim.retry import FAILED, Retrying, Sleep
 
-__all__ = ["Api", "CallFailed", "Sleep", "Withdrawn", "sleep_unless_stopped"]
+__all__ = ["Api", "CallFailed", "Withdrawn"]
 
-Sleep = Callable[[float], Awaitable[None]]
+_THROTTLED = "throttled"  # the allowance of 429s, where they have one of their own
 # Denials that concern one read-only operation, not the caller: they do not open the breaker.
 _DENIALS_OF_READS_ONLY = {("DescribePhoneNumber", "AccessDeniedException")}
-
-
-async def sleep_unless_stopped(sleep: Sleep, seconds: float, stop: anyio.Event) -> bool:
-    """Sleep ``seconds`` with ``sleep`` unless ``stop`` is set first (or already); True if stopped."""
-    if stop.is_set():
-        return True
-    async with anyio.create_task_group() as tg:
-        async def wake_on_stop() -> None:
-            await stop.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(wake_on_stop)
-        await sleep(seconds)
-        tg.cancel_scope.cancel()
-    return stop.is_set()
 
 
 class CallFailed(Exception):
@@ -165,20 +152,30 @@ class Api:
 
         ``stop`` (a run's stop): once it is set no retry is made; a backoff in progress ends at once
         and the last failure is raised, so a stopped run never waits out a backoff."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
+        retrying = self.retrying(stop=stop)
+        async for attempt in retrying:
+            with attempt:
                 return await self.send(operation, method, **params)
-            except CallFailed as failed:
-                if failed.classified.verdict != Verdict.RETRY or attempt >= self.backoff.max_attempts:
-                    raise
-                last = failed
-            delay = self.backoff.delay(attempt, self.rng)
-            if stop is None:
-                await self.sleep(delay)
-            elif await sleep_unless_stopped(self.sleep, delay, stop):
-                raise last
+        assert retrying.failure is not None  # only a stop after a failed attempt ends the loop here
+        raise retrying.failure
+
+    def retrying(self, *, stop: anyio.Event | None = None, throttles: int | None = None,
+                 rng: random.Random | None = None) -> Retrying:
+        """A series of attempts at one call (see :mod:`bulkclaim.retry`) on this API's backoff, sleep and
+        clock: a RETRY verdict is retried until ``backoff.max_attempts`` attempts have failed. With
+        ``throttles``, 429s have an allowance of their own, ``throttles`` times as large, and do not
+        grow the backoff. ``rng`` draws the jitter (this API's by default)."""
+        allowances = {_THROTTLED: self.backoff.max_attempts * throttles} if throttles else None
+        return Retrying(self.backoff, partial(_retryable, throttled=_THROTTLED if throttles else FAILED),
+                        allowances=allowances, stop=stop, sleep=self.sleep, clock=self.clock, rng=rng or self.rng)
+
+
+def _retryable(error: Exception, throttled: str) -> str | None:
+    """A call's error as :class:`~bulkclaim.retry.Retrying` sees it: a RETRY verdict is retried, charged
+    to the allowance ``throttled`` if it is a 429, else to the attempt limit; anything else is not."""
+    if not isinstance(error, CallFailed) or error.classified.verdict != Verdict.RETRY:
+        return None
+    return throttled if error.classified.throttled else FAILED
 
 
 class Withdrawn(Exception):

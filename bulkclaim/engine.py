@@ -58,7 +58,7 @@ from bulkclaim.worklist import WorkList
 
 __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 
-_THROTTLE_ALLOWANCE = 10  # a number may be throttled this many times max_attempts before it is left pending
+_THROTTLE_ALLOWANCE = 10  # 429s (certainly not executed) a number may get: this many times max_attempts
 _NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
                 "(it was not sent again)")
 
@@ -205,62 +205,61 @@ class Engine:
     async def _claim(self, planned: Planned, log: Any, state: RunState) -> Outcome:
         params = planned.request.claim_params(planned.client_token)
         attempts = planned.attempts
-        failures = throttles = 0  # 429s are certainly not executed: they get their own, larger allowance
         maybe_sent = planned.maybe_sent or planned.attempts > 0  # a request with this token may have executed
-        while True:
-            if state.stopping:
-                return _outcome(planned, Status.PENDING, attempts)
-            attempts += 1
-            log.debug("claim.sent", attempt=attempts)
-            try:
-                answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number", withdraw_if=state.stop.is_set,
-                                             **params)
-            except Withdrawn:  # stopped while it waited for its turn: never sent
-                return _outcome(planned, Status.PENDING, attempts - 1)
-            except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent
-                with contextlib.suppress(Exception):  # a broken journal must not hide the cancellation
-                    self.journal.record_outcome(_outcome(planned, Status.PENDING, attempts))
-                raise
-            except CallFailed as failed:
-                error = failed.classified
-                self.journal.record_attempt(planned, error.verdict.value, error.code)
-                if error.verdict == Verdict.RETRY:
-                    throttles, failures = (throttles + 1, failures) if error.throttled else (throttles, failures + 1)
-                    maybe_sent = maybe_sent or not error.throttled
-                    limit = self.api.backoff.max_attempts
-                    exhausted = failures >= limit or throttles >= limit * _THROTTLE_ALLOWANCE
-                    if exhausted and error.code != "IncompleteAnswer":
-                        log.warning("claim.unknown", attempts=attempts, error_code=error.code)
-                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                    if not exhausted:
-                        log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
-                        await state.pause(self.api.sleep, self.api.backoff.delay(max(failures, 1), self.rng))
-                        continue
-                if error.verdict in (Verdict.UNAVAILABLE, Verdict.RETRY):
-                    # Unknown is not failed: our own earlier attempt (its answer lost, its token since
-                    # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
-                    # (RETRY here: 200s without the answer in them, as many as retries allow.)
+        if state.stopping:
+            return _outcome(planned, Status.PENDING, attempts)
+        try:
+            async for attempt in self.api.retrying(stop=state.stop, throttles=_THROTTLE_ALLOWANCE, rng=self.rng):
+                with attempt:
+                    attempts += 1
+                    log.debug("claim.sent", attempt=attempts)
                     try:
-                        ours = await find_owned(self.api, planned.request.target, planned.request.phone_number,
-                                                stop=state.stop)
-                    except CallFailed as lookup:
-                        log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
-                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                    if ours is not None and maybe_sent:
-                        return self._recovered(planned, attempts, ours, log, state)
-                    if ours is not None:  # held before any request with our token could have executed
-                        log.info("claim.adopted", phone_number_id=ours.phone_number_id)
-                        state.summary.adopted += 1
-                        return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id,
-                                        ours.phone_number_arn)
-                    if error.verdict == Verdict.RETRY:  # not (or no longer) held: still unknown, not failed
-                        log.warning("claim.unknown", attempts=attempts, error_code=error.code)
-                        return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
-                log.warning("claim.failed", error_code=error.code, error_message=error.message)
-                return _outcome(planned, Status.FAILED, attempts, error=(error.code, error.message))
-            self.journal.record_attempt(planned, "accepted", None)
-            log.info("claim.accepted", phone_number_id=answer["PhoneNumberId"], attempts=attempts)
-            return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"], answer["PhoneNumberArn"])
+                        answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number",
+                                                     withdraw_if=state.stop.is_set, **params)
+                    except Withdrawn:  # stopped while it waited for its turn: never sent
+                        return _outcome(planned, Status.PENDING, attempts - 1)
+                    except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent
+                        with contextlib.suppress(Exception):  # a broken journal must not hide the cancellation
+                            self.journal.record_outcome(_outcome(planned, Status.PENDING, attempts))
+                        raise
+                    except CallFailed as failed:
+                        error = failed.classified
+                        self.journal.record_attempt(planned, error.verdict.value, error.code)
+                        maybe_sent = maybe_sent or (error.verdict == Verdict.RETRY and not error.throttled)
+                        raise
+                    self.journal.record_attempt(planned, "accepted", None)
+                    log.info("claim.accepted", phone_number_id=answer["PhoneNumberId"], attempts=attempts)
+                    return _outcome(planned, Status.IN_PROGRESS, attempts, answer["PhoneNumberId"],
+                                    answer["PhoneNumberArn"])
+                # Here only when the attempt failed with ``error`` and will be retried, after its backoff.
+                log.info("claim.retry", attempt=attempts, error_code=error.code, throttled=error.throttled)
+            return _outcome(planned, Status.PENDING, attempts)  # stopped before a retry, or during its backoff
+        except CallFailed as failed:  # not retried, or its allowance spent
+            error = failed.classified
+        if error.verdict == Verdict.RETRY and error.code != "IncompleteAnswer":
+            log.warning("claim.unknown", attempts=attempts, error_code=error.code)
+            return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
+        if error.verdict in (Verdict.UNAVAILABLE, Verdict.RETRY):
+            # Unknown is not failed: our own earlier attempt (its answer lost, its token since
+            # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
+            # (RETRY here: 200s without the answer in them, as many as retries allow.)
+            try:
+                ours = await find_owned(self.api, planned.request.target, planned.request.phone_number,
+                                        stop=state.stop)
+            except CallFailed as lookup:
+                log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
+                return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
+            if ours is not None and maybe_sent:
+                return self._recovered(planned, attempts, ours, log, state)
+            if ours is not None:  # held before any request with our token could have executed
+                log.info("claim.adopted", phone_number_id=ours.phone_number_id)
+                state.summary.adopted += 1
+                return _outcome(planned, Status.IN_PROGRESS, attempts, ours.phone_number_id, ours.phone_number_arn)
+            if error.verdict == Verdict.RETRY:  # not (or no longer) held: still unknown, not failed
+                log.warning("claim.unknown", attempts=attempts, error_code=error.code)
+                return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
+        log.warning("claim.failed", error_code=error.code, error_message=error.message)
+        return _outcome(planned, Status.FAILED, attempts, error=(error.code, error.message))
 
     async def verify(self, accepted: Outcome, *, state: RunState) -> Outcome:
         """Wait (bounded) for an accepted claim to settle; record and return the result.

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from botocore import exceptions as botocore_errors
 
+from bulkclaim.backoff import Backoff
 from bulkclaim.connect import ClientSettings, Verdict, aws_client, classify
 from bulkclaim.model import CHURN_LIMIT, CHURN_WINDOW_DAYS, ConfigurationError
+from bulkclaim.retry import FAILED, Retrying
 
 __all__ = [
     "CHURN_LIMIT",
@@ -30,7 +31,8 @@ __all__ = [
 
 PHONE_NUMBER_QUOTA = "L-8F812903"
 CLAIM_RATE_QUOTA = "L-21385E28"
-_ATTEMPTS = 3
+#: Three attempts, about 0.4 and 0.8 s apart at most: the quotas are a preflight, not the run.
+_BACKOFF = Backoff(base=0.4, floor=0.2, cap=0.8, max_attempts=3)
 
 
 @dataclass
@@ -72,25 +74,29 @@ async def read_quotas_with(client: Any) -> Quotas:
 
 
 async def _value(client: Any, code: str, problems: list[str]) -> float | None:
-    operation = "get_service_quota"
-    attempt = 0
-    while True:
-        attempt += 1
+    # A quota never adjusted has no applied value (NoSuchResourceException): AWS's default applies.
+    for operation in ("get_service_quota", "get_aws_default_service_quota"):
         try:
-            answer = await getattr(client, operation)(ServiceCode="connect", QuotaCode=code)
-            return float(answer["Quota"]["Value"])
+            async for attempt in Retrying(_BACKOFF, _retryable):
+                with attempt:
+                    answer = await getattr(client, operation)(ServiceCode="connect", QuotaCode=code)
+                    return float(answer["Quota"]["Value"])
         except Exception as exc:
             verdict = classify(exc, "GetServiceQuota")  # re-raises what is not an AWS or transport error
             if verdict.code == "NoSuchResourceException" and operation == "get_service_quota":
-                operation, attempt = "get_aws_default_service_quota", 0  # never adjusted: the default applies
-                continue
-            if verdict.verdict == Verdict.RETRY and attempt < _ATTEMPTS and not verdict.unreachable:
-                await anyio.sleep(0.2 * 2 ** attempt)
                 continue
             problems.append(f"cannot read quota connect/{code}: {verdict.code}: {verdict.message}")
             if verdict.unreachable:
                 raise _Unreachable from exc
             return None
+    raise AssertionError("unreachable: without a stop, a series ends by returning or raising")
+
+
+def _retryable(error: Exception) -> str | None:
+    """Retry what may pass (429, 500, a timeout), but not an endpoint that cannot be reached: the
+    run's own requests wait for that (outage.py). An error ``classify`` does not know propagates."""
+    verdict = classify(error, "GetServiceQuota")
+    return FAILED if verdict.verdict == Verdict.RETRY and not verdict.unreachable else None
 
 
 class _Unreachable(Exception):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import anyio
 
-from bulkclaim.calls import Sleep, sleep_unless_stopped
 from bulkclaim.model import Outcome, RunSummary
+from bulkclaim.retry import Sleep, sleep_unless_stopped
 
 __all__ = ["RunState", "Settling"]
 
