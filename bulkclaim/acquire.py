@@ -190,7 +190,7 @@ class Acquirer:
                     return
                 log.info("acquire.candidate", phone_number=planned.request.phone_number,
                          client_token=planned.client_token)
-            outcome = await self.engine.settle(planned, self._owned.get(planned.request.phone_number),
+            outcome = await self.engine.claim_number(planned, self._owned.get(planned.request.phone_number),
                                                state=self.state)
             if outcome.status == Status.IN_PROGRESS and self.engine.options.verify:
                 outcome = await self.engine.verify(outcome, state=self.state)

@@ -193,7 +193,7 @@ class Claimer:
             shared.fail(exc)
         finally:
             self._inflight.pop(request.key, None)
-            if not shared.settled:  # cancelled: the Claimer is closing; callers must not wait forever
+            if not shared.done:  # cancelled: the Claimer is closing; callers must not wait forever
                 shared.fail(BulkclaimError("the Claimer closed before this claim finished; its token is kept "
                                            "in the journal and a later claim of the number resumes it"))
 
@@ -205,7 +205,7 @@ class Claimer:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
             return planned.done[0]
-        outcome = await self.engine.settle(planned.work[0], state=self._claims)
+        outcome = await self.engine.claim_number(planned.work[0], state=self._claims)
         if outcome.status == Status.IN_PROGRESS and self.options.verify:
             outcome = await self.engine.verify(outcome, state=self._claims)
         return outcome
@@ -357,7 +357,7 @@ class _Shared:
         self._error: Exception | None = None
 
     @property
-    def settled(self) -> bool:
+    def done(self) -> bool:
         return self._done.is_set()
 
     def set(self, outcome: Outcome) -> None:

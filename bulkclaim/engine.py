@@ -53,7 +53,7 @@ from bulkclaim.model import (
 )
 from bulkclaim.planner import Emit, Planner, count_and_emit
 from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, poll_until_settled, sweep_targets
-from bulkclaim.run import RunState, Settling
+from bulkclaim.run import InFlight, RunState
 from bulkclaim.worklist import WorkList
 
 __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
@@ -74,7 +74,7 @@ class Engine:
         self.log = log if log is not None else structlog.get_logger("bulkclaim")
         self.clock = clock
         self.rng = rng or random.Random()
-        self._settling: dict[tuple[str, str], Settling] = {}  # one claim per number in flight, process-wide
+        self._in_flight: dict[tuple[str, str], InFlight] = {}  # one claim per number in flight, process-wide
         self.planner = Planner(journal, options, self.log)
 
     # -- the whole run -------------------------------------------------------------------------------
@@ -137,10 +137,10 @@ class Engine:
             while (planned := await work.next()) is not None:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
                 if (summary.removed and already is None and planned.status == Status.PENDING
-                        and planned.request.key in summary.removed and planned.request.key not in self._settling):
+                        and planned.request.key in summary.removed and planned.request.key not in self._in_flight):
                     outcome = self._removed_not_held(planned, planned.request.target.key in owned, log)
                 else:
-                    outcome = await self.settle(planned, already, log=log, state=state)
+                    outcome = await self.claim_number(planned, already, log=log, state=state)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
                     await tx.send(outcome)
                 else:
@@ -163,29 +163,29 @@ class Engine:
                 await count_and_emit(emit, summary, await self.verify(accepted, state=state))
 
     # -- one number ----------------------------------------------------------------------------------
-    async def settle(self, planned: Planned, already: Owned | None = None, *, state: RunState,
-                     log: Any = None) -> Outcome:
+    async def claim_number(self, planned: Planned, already: Owned | None = None, *, state: RunState,
+                           log: Any = None) -> Outcome:
         """Bring one planned number as far as a claim goes: accepted (in_progress), failed, or pending.
         ``state`` is the run it belongs to (its stop, its counts).
 
-        At most one settle per number runs at a time in this engine; a second caller for the same
+        At most one claim per number runs at a time in this engine; a second caller for the same
         number waits for the first one's outcome (and takes over if the first was interrupted).
         ``log`` is the logger this number's events go to (the engine's by default).
         """
         key = planned.request.key
-        while (running := self._settling.get(key)) is not None:
+        while (running := self._in_flight.get(key)) is not None:
             await running.wait()
             if running.outcome is not None:
                 return running.outcome
-        running = self._settling[key] = Settling()
+        running = self._in_flight[key] = InFlight()
         try:
-            running.outcome = await self._settle(planned, already, self.log if log is None else log, state)
+            running.outcome = await self._claim_number(planned, already, self.log if log is None else log, state)
             return running.outcome
         finally:
-            del self._settling[key]
+            del self._in_flight[key]
             running.finish()
 
-    async def _settle(self, planned: Planned, already: Owned | None, log: Any, state: RunState) -> Outcome:
+    async def _claim_number(self, planned: Planned, already: Owned | None, log: Any, state: RunState) -> Outcome:
         log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
             return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,

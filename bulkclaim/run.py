@@ -9,7 +9,7 @@ here, so one run's stop or counts never leak into another's:
   make the RunState first, hand it to the run, and the run sends nothing;
 - ``verify_denied``: the principal may not call DescribePhoneNumber; this run stops verifying.
 
-What runs share lives on the engine; :class:`Settling` is its one claim in flight per number, which
+What runs share lives on the engine; :class:`InFlight` is its one claim in flight per number, which
 a second run (or ``claim()``) asking for the same number waits for. The ``emit`` callback of a run
 is an argument of ``Engine.run``, never stored on the engine. Make a RunState inside the event loop
 that runs it.
@@ -22,7 +22,7 @@ import anyio
 from bulkclaim.model import Outcome, RunSummary
 from bulkclaim.retry import Sleep, sleep_unless_stopped
 
-__all__ = ["RunState", "Settling"]
+__all__ = ["InFlight", "RunState"]
 
 
 class RunState:
@@ -49,8 +49,8 @@ class RunState:
         await sleep_unless_stopped(sleep, seconds, self.stop)
 
 
-class Settling:
-    """A settle in flight: its outcome once known (``None`` if it was interrupted).
+class InFlight:
+    """One number's claim in flight (``Engine.claim_number``): its outcome once known (``None`` if it was interrupted).
 
     The event is made only when a second caller waits for the same number, which is rare: making one
     per claim would cost more than the rest of the bookkeeping of that claim."""
