@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
@@ -76,10 +76,14 @@ def verify(
     service: str,
     credentials: Mapping[str, Credentials],
     now: datetime | None = None,
+    regions: Collection[str] | None = None,
 ) -> Credentials:
     """Check the request's SigV4 signature; return the matching credentials or raise AuthError.
 
-    ``headers`` must be case-insensitive (aiohttp's CIMultiDict is).
+    ``headers`` must be case-insensitive (aiohttp's CIMultiDict is). ``regions``: the regions this
+    endpoint serves; a credential scoped to another is refused as AWS's regional endpoints refuse it
+    (403 InvalidSignatureException "Credential should be scoped to a valid region, not '...'. "),
+    before the signature itself is checked.
     """
     header = headers.get("Authorization")
     if not header:
@@ -95,6 +99,8 @@ def verify(
     if scope_service != service:
         raise AuthError("InvalidSignatureException",
                         f"Credential should be scoped to correct service: '{service}'.")
+    if regions is not None and region not in regions:
+        raise AuthError("InvalidSignatureException", f"Credential should be scoped to a valid region, not '{region}'. ")
     amz_date = headers.get("X-Amz-Date", "")
     try:
         signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
