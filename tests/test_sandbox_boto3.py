@@ -32,8 +32,8 @@ for _ in range(100):
 listed = [n["PhoneNumber"] for n in connect.list_phone_numbers_v2(InstanceId=instance)["ListPhoneNumbersSummaryList"]]
 released = connect.release_phone_number(PhoneNumberId=claimed["PhoneNumberId"])
 quota = boto3.client("service-quotas").get_service_quota(ServiceCode="connect", QuotaCode="L-8F812903")
-print(json.dumps({"number": number, "status": status, "listed": listed, "released": released["ResponseMetadata"]["HTTPStatusCode"],
-                  "quota": quota["Quota"]["Value"]}))
+print(json.dumps({"number": number, "status": status, "listed": listed, "quota": quota["Quota"]["Value"],
+                  "released": released["ResponseMetadata"]["HTTPStatusCode"]}))
 """
 
 

@@ -24,7 +24,8 @@ from aiohttp import web
 from bulkclaim.sandbox import inventory, service_quotas
 from bulkclaim.sandbox.config import API_NAMES, FaultConfig, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.pagination import Paginator
-from bulkclaim.sandbox.sigv4 import AuthError, verify
+from bulkclaim.sandbox.regions import alternate_region_answer
+from bulkclaim.sandbox.sigv4 import AuthError, scope_region, verify
 from bulkclaim.sandbox.state import LedgerEntry, SandboxState, ServiceError
 from bulkclaim.sandbox.throttle import ServerBucket
 from bulkclaim.sandbox.validation import http_route, validate
@@ -145,7 +146,11 @@ class Sandbox:
             return self._fail(api, ServiceError("SerializationException", 400, "Could not parse the request body."))
         try:
             validate(api, body, request.match_info, request.query)
-            result = operation(request, body)
+            region = scope_region(request.headers)
+            result = None if region == self.config.region else alternate_region_answer(
+                api, body, dict(request.match_info), self.state, region)
+            if result is None:
+                result = operation(request, body)
         except ServiceError as exc:
             return self._fail(api, exc)
         if faults is not None and self._fault_rng.random() < faults.lost_response_rate:
@@ -188,7 +193,7 @@ class Sandbox:
 
     def _regions(self) -> frozenset[str]:
         """The regions whose endpoint the sandbox plays: requests signed for any other are refused."""
-        return frozenset({self.config.region})
+        return frozenset(r for r in (self.config.region, self.config.replica_region) if r)
 
     async def _delay(self, faults: FaultConfig) -> bool:
         low, high = faults.latency

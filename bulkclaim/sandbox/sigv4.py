@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 
 from bulkclaim.sandbox.config import Credentials
 
-__all__ = ["AuthError", "verify"]
+__all__ = ["AuthError", "scope_region", "verify"]
 
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _MAX_SKEW = timedelta(minutes=15)
@@ -64,6 +64,11 @@ def _parse_authorization(header: str) -> dict[str, str]:
         raise AuthError("IncompleteSignatureException",
                         "Authorization header requires Credential, SignedHeaders and Signature.")
     return fields
+
+
+def scope_region(headers: Mapping[str, str]) -> str:
+    """The Region a request's credential is scoped to (call after :func:`verify` accepted it)."""
+    return _parse_authorization(headers.get("Authorization", "")).get("Credential", "").split("/")[2]
 
 
 def verify(
