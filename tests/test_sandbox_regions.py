@@ -13,7 +13,8 @@ from tests.support import INSTANCE_ID, error_of, sandbox_env
 pytestmark = pytest.mark.anyio
 
 TDG_ARN = "arn:aws:connect:us-east-1:123456789012:traffic-distribution-group/tdg-1"
-SETUP = {"traffic_distribution_group_ids": ("tdg-1",), "replica_region": "us-west-2", "claim_delay": 0.0}
+SETUP: dict[str, Any] = {"traffic_distribution_group_ids": ("tdg-1",), "replica_region": "us-west-2",
+                         "claim_delay": 0.0}
 
 
 async def test_alternate_region_follows_the_api_reference() -> None:
