@@ -101,3 +101,19 @@ def test_preflight_arithmetic_and_churn_warning() -> None:
 
 def test_quota_codes_are_the_documented_ones() -> None:
     assert (PHONE_NUMBER_QUOTA, CLAIM_RATE_QUOTA) == ("L-8F812903", "L-21385E28")
+
+
+async def test_every_phone_number_api_rate_quota_is_served_from_its_bucket() -> None:
+    codes = {"ClaimPhoneNumber": "L-21385E28", "ReleasePhoneNumber": "L-91A40F24",
+             "DescribePhoneNumber": "L-34F440B5", "ListPhoneNumbersV2": "L-B07B2C56",
+             "SearchAvailablePhoneNumbers": "L-AF3C38D5"}
+    throttle = {api: ThrottleConfig(rate=10.0 + i, burst=5) for i, api in enumerate(codes)}
+    async with sandbox_env(throttle=throttle) as env, aws_client("service-quotas", env.settings) as quotas:
+        for i, (api, code) in enumerate(codes.items()):
+            applied = (await quotas.get_service_quota(ServiceCode="connect", QuotaCode=code))["Quota"]
+            assert (applied["Value"], applied["QuotaName"]) == (10.0 + i, f"Rate of {api} API requests")
+            default = await quotas.get_aws_default_service_quota(ServiceCode="connect", QuotaCode=code)
+            assert default["Quota"]["Value"] == 2.0
+        env.sandbox.set_throttle("ReleasePhoneNumber", ThrottleConfig(rate=0.5, burst=1))  # runtime changes show
+        applied = await quotas.get_service_quota(ServiceCode="connect", QuotaCode=codes["ReleasePhoneNumber"])
+        assert applied["Quota"]["Value"] == 0.5

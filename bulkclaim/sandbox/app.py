@@ -1,7 +1,9 @@
 """The sandbox's HTTP face: Connect's rest-json wire protocol, SigV4, throttling and fault injection.
 
 Every Connect call goes through one pipeline, in the order the real service applies them:
-authenticate -> throttle -> injected latency / stall / 500 -> execute -> (maybe) lose the response.
+authenticate (SigV4, scoped to the sandbox's region) -> throttle -> injected latency / stall / 500 ->
+validate against botocore's model (``validation.py``) -> execute -> (maybe) lose the response.
+Every answer of the service, success or error, carries an ``x-amzn-RequestId``.
 Admin routes under ``/_sandbox/`` are unsigned and expose the ledger, counters and runtime settings.
 """
 
@@ -21,9 +23,12 @@ from aiohttp import web
 
 from bulkclaim.sandbox import inventory, service_quotas
 from bulkclaim.sandbox.config import API_NAMES, FaultConfig, SandboxConfig, ThrottleConfig
-from bulkclaim.sandbox.sigv4 import AuthError, verify
+from bulkclaim.sandbox.pagination import Paginator
+from bulkclaim.sandbox.regions import alternate_region_answer
+from bulkclaim.sandbox.sigv4 import AuthError, scope_region, verify
 from bulkclaim.sandbox.state import LedgerEntry, SandboxState, ServiceError
 from bulkclaim.sandbox.throttle import ServerBucket
+from bulkclaim.sandbox.validation import http_route, validate
 
 __all__ = ["Sandbox"]
 
@@ -60,6 +65,7 @@ class Sandbox:
                          for api in API_NAMES}
         self._fault_rng = random.Random(self.config.faults.seed)
         self._credentials = {c.access_key_id: c for c in self.config.credentials}
+        self._pages = Paginator()  # a new signing key: tokens issued before a reset are refused
 
     @property
     def ledger(self) -> list[LedgerEntry]:
@@ -89,12 +95,14 @@ class Sandbox:
     # -- application ---------------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
-        app.router.add_post("/phone-number/claim", self._route("ClaimPhoneNumber", self._claim))
-        app.router.add_post("/phone-number/list", self._route("ListPhoneNumbersV2", self._list))
-        app.router.add_post("/phone-number/search-available",
-                            self._route("SearchAvailablePhoneNumbers", self._search))
-        app.router.add_get("/phone-number/{id}", self._route("DescribePhoneNumber", self._describe))
-        app.router.add_delete("/phone-number/{id}", self._route("ReleasePhoneNumber", self._release))
+        operations: dict[str, _Operation] = {
+            "ClaimPhoneNumber": self._claim, "ListPhoneNumbersV2": self._list,
+            "SearchAvailablePhoneNumbers": self._search, "DescribePhoneNumber": self._describe,
+            "ReleasePhoneNumber": self._release,
+        }
+        for api, operation in operations.items():  # method and path as botocore's model says
+            method, path = http_route(api)
+            app.router.add_route(method, path, self._route(api, operation))
         app.router.add_post("/", self._service_quotas)  # Service Quotas: JSON protocol, X-Amz-Target
         app.router.add_get("/_sandbox/ledger", self._admin_ledger)
         app.router.add_get("/_sandbox/stats", self._admin_stats)
@@ -112,7 +120,8 @@ class Sandbox:
         try:
             identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
                               raw_query=request.rel_url.raw_query_string, headers=request.headers,
-                              body=body_bytes, service="connect", credentials=self._credentials)
+                              body=body_bytes, service="connect", credentials=self._credentials,
+                              regions=self._regions())
         except AuthError as exc:
             self.state.count(api, exc.code)
             return _error(exc.code, 403, exc.message, lower_case_message=True)
@@ -136,7 +145,12 @@ class Sandbox:
         except ValueError:
             return self._fail(api, ServiceError("SerializationException", 400, "Could not parse the request body."))
         try:
-            result = operation(request, body)
+            validate(api, body, request.match_info, request.query)
+            region = scope_region(request.headers)
+            result = None if region == self.config.region else alternate_region_answer(
+                api, body, dict(request.match_info), self.state, region)
+            if result is None:
+                result = operation(request, body)
         except ServiceError as exc:
             return self._fail(api, exc)
         if faults is not None and self._fault_rng.random() < faults.lost_response_rate:
@@ -159,7 +173,8 @@ class Sandbox:
         try:
             identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
                               raw_query=request.rel_url.raw_query_string, headers=request.headers,
-                              body=body_bytes, service="servicequotas", credentials=self._credentials)
+                              body=body_bytes, service="servicequotas", credentials=self._credentials,
+                              regions=self._regions())
             if identity.denied:
                 raise service_quotas.QuotaError("AccessDeniedException",
                                                 f"User is not authorized to perform: servicequotas:{operation}")
@@ -173,7 +188,12 @@ class Sandbox:
             self.state.count(f"ServiceQuotas.{operation}", exc.code)
             return _json_error(exc.code, exc.message)
         self.state.count(f"ServiceQuotas.{operation}", "ok")
-        return web.json_response(result, content_type="application/x-amz-json-1.1")
+        return web.json_response(result, content_type="application/x-amz-json-1.1",
+                                 headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+    def _regions(self) -> frozenset[str]:
+        """The regions whose endpoint the sandbox plays: requests signed for any other are refused."""
+        return frozenset(r for r in (self.config.region, self.config.replica_region) if r)
 
     async def _delay(self, faults: FaultConfig) -> bool:
         low, high = faults.latency
@@ -192,17 +212,18 @@ class Sandbox:
         return self.state.claim(body)
 
     def _describe(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        return self.state.describe(request.match_info["id"])
+        return self.state.describe(request.match_info["PhoneNumberId"])
 
     def _release(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        return self.state.release(request.match_info["id"], request.query.get("clientToken"))
+        return self.state.release(request.match_info["PhoneNumberId"], request.query.get("clientToken"))
 
     def _list(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        page, token = _paginate(self.state.list_claimed(body), body, default_size=100, max_size=1000)
+        page, token = self._pages.page("ListPhoneNumbersV2", self.state.list_claimed(body), body, default_size=100)
         return {"ListPhoneNumbersSummaryList": page, **({"NextToken": token} if token else {})}
 
     def _search(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        page, token = _paginate(self.state.search_available(body), body, default_size=10, max_size=10)
+        page, token = self._pages.page("SearchAvailablePhoneNumbers", self.state.search_available(body), body,
+                                       default_size=10)
         return {"AvailableNumbersList": page, **({"NextToken": token} if token else {})}
 
     # -- admin -----------------------------------------------------------------------------------------
@@ -261,18 +282,3 @@ def _drop_connection(request: web.Request) -> None:
     if transport is not None:
         transport.abort()
 
-
-def _paginate(rows: list[dict[str, Any]], body: dict[str, Any], *, default_size: int,
-              max_size: int) -> tuple[list[dict[str, Any]], str | None]:
-    size = body.get("MaxResults") or default_size
-    if not isinstance(size, int) or not 1 <= size <= max_size:
-        raise ServiceError("InvalidParameterException", 400, f"MaxResults must be between 1 and {max_size}.")
-    start = 0
-    if body.get("NextToken"):
-        try:
-            start = int(bytes.fromhex(str(body["NextToken"])).decode().removeprefix("offset:"))
-        except ValueError:
-            raise ServiceError("InvalidParameterException", 400, "The NextToken is not valid.") from None
-    end = start + size
-    token = f"offset:{end}".encode().hex() if end < len(rows) else None
-    return rows[start:end], token

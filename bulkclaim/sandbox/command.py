@@ -56,6 +56,7 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("account-id", default="123456789012", help="The account in every ARN.")
 @_option("instance-id", multiple=True, help="Instance ids that exist (repeatable).")
 @_option("tdg-id", multiple=True, help="Traffic distribution group ids that exist (repeatable).")
+@_option("replica-region", help="The TDGs' alternate Region: requests signed for it follow Connect's rules there.")
 @_option("inventory", multiple=True, help="Available numbers COUNTRY:TYPE:PREFIX:COUNT (repeatable).")
 @_option("inventory-file", type=click.Path(exists=True, dir_okay=False), help="CSV: phone_number[,type].")
 @_option("foreign", multiple=True, help="A number already claimed by someone else (repeatable).")
@@ -87,7 +88,7 @@ def sandbox_command(**opts: Any) -> None:
 
     throttle = ThrottleConfig(rate=None if opts["no_throttle"] else opts["rate"], burst=opts["burst"])
     config = SandboxConfig(
-        region=opts["region"], account_id=opts["account_id"],
+        region=opts["region"], replica_region=opts["replica_region"], account_id=opts["account_id"],
         instance_ids=tuple(opts["instance_id"]) or SandboxConfig().instance_ids,
         traffic_distribution_group_ids=tuple(opts["tdg_id"]),
         inventory=tuple(_inventory(v) for v in opts["inventory"]) or SandboxConfig().inventory,

@@ -96,6 +96,9 @@ class SandboxConfig:
     """Everything a sandbox needs; the defaults mirror the real service's documented defaults."""
 
     region: str = "us-east-1"
+    #: The alternate Region of the traffic distribution groups: requests signed for it are served by
+    #: the rules Connect documents for that Region (see ``regions.py``); ``None``: one Region only.
+    replica_region: str | None = None
     account_id: str = "123456789012"
     instance_ids: tuple[str, ...] = ("11111111-2222-3333-4444-555555555555",)
     traffic_distribution_group_ids: tuple[str, ...] = ()

@@ -12,14 +12,24 @@ from typing import Any
 
 from bulkclaim.sandbox.config import SandboxConfig
 
-__all__ = ["CLAIM_RATE", "DEFAULTS", "PHONE_NUMBERS", "TARGET_PREFIX", "QuotaError", "answer"]
+__all__ = ["CLAIM_RATE", "DEFAULTS", "PHONE_NUMBERS", "RATE_QUOTAS", "TARGET_PREFIX", "QuotaError", "answer"]
 
 TARGET_PREFIX = "ServiceQuotasV20190624."
 PHONE_NUMBERS = "L-8F812903"  # Phone numbers per instance
 CLAIM_RATE = "L-21385E28"  # Rate of ClaimPhoneNumber API requests (per second)
+#: The request-rate quota of each phone-number API the sandbox throttles (DESIGN §2); the applied value
+#: is the rate of that API's bucket in the sandbox's throttle settings.
+RATE_QUOTAS: dict[str, str] = {
+    CLAIM_RATE: "ClaimPhoneNumber",
+    "L-91A40F24": "ReleasePhoneNumber",
+    "L-34F440B5": "DescribePhoneNumber",
+    "L-B07B2C56": "ListPhoneNumbersV2",
+    "L-AF3C38D5": "SearchAvailablePhoneNumbers",
+}
 #: AWS's documented defaults, as GetAWSDefaultServiceQuota reports them.
-DEFAULTS = {PHONE_NUMBERS: 5.0, CLAIM_RATE: 2.0}
-_NAMES = {PHONE_NUMBERS: "Phone numbers per instance", CLAIM_RATE: "Rate of ClaimPhoneNumber API requests"}
+DEFAULTS = {PHONE_NUMBERS: 5.0, **dict.fromkeys(RATE_QUOTAS, 2.0)}
+_NAMES = {PHONE_NUMBERS: "Phone numbers per instance",
+          **{code: f"Rate of {api} API requests" for code, api in RATE_QUOTAS.items()}}
 
 
 class QuotaError(Exception):
@@ -55,5 +65,6 @@ def answer(operation: str, body: dict[str, Any], config: SandboxConfig) -> dict[
 def _applied(code: str, config: SandboxConfig) -> float:
     if code == PHONE_NUMBERS:
         return float(config.phone_number_quota)
-    rate = config.throttle.get("ClaimPhoneNumber")
-    return float(rate.rate) if rate is not None and rate.rate is not None else DEFAULTS[CLAIM_RATE]
+    rate = config.throttle.get(RATE_QUOTAS[code])
+    # Throttling switched off has no quota to show: report AWS's default, as an unadjusted account would.
+    return float(rate.rate) if rate is not None and rate.rate is not None else DEFAULTS[code]

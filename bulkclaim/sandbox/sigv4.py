@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
 from bulkclaim.sandbox.config import Credentials
 
-__all__ = ["AuthError", "verify"]
+__all__ = ["AuthError", "scope_region", "verify"]
 
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _MAX_SKEW = timedelta(minutes=15)
@@ -66,6 +66,11 @@ def _parse_authorization(header: str) -> dict[str, str]:
     return fields
 
 
+def scope_region(headers: Mapping[str, str]) -> str:
+    """The Region a request's credential is scoped to (call after :func:`verify` accepted it)."""
+    return _parse_authorization(headers.get("Authorization", "")).get("Credential", "").split("/")[2]
+
+
 def verify(
     *,
     method: str,
@@ -76,10 +81,14 @@ def verify(
     service: str,
     credentials: Mapping[str, Credentials],
     now: datetime | None = None,
+    regions: Collection[str] | None = None,
 ) -> Credentials:
     """Check the request's SigV4 signature; return the matching credentials or raise AuthError.
 
-    ``headers`` must be case-insensitive (aiohttp's CIMultiDict is).
+    ``headers`` must be case-insensitive (aiohttp's CIMultiDict is). ``regions``: the regions this
+    endpoint serves; a credential scoped to another is refused as AWS's regional endpoints refuse it
+    (403 InvalidSignatureException "Credential should be scoped to a valid region, not '...'. "),
+    before the signature itself is checked.
     """
     header = headers.get("Authorization")
     if not header:
@@ -95,6 +104,8 @@ def verify(
     if scope_service != service:
         raise AuthError("InvalidSignatureException",
                         f"Credential should be scoped to correct service: '{service}'.")
+    if regions is not None and region not in regions:
+        raise AuthError("InvalidSignatureException", f"Credential should be scoped to a valid region, not '{region}'. ")
     amz_date = headers.get("X-Amz-Date", "")
     try:
         signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
