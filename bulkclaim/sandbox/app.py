@@ -25,7 +25,7 @@ from bulkclaim.sandbox import inventory, service_quotas
 from bulkclaim.sandbox.config import API_NAMES, FaultConfig, SandboxConfig, ThrottleConfig
 from bulkclaim.sandbox.pagination import Paginator
 from bulkclaim.sandbox.regions import alternate_region_answer
-from bulkclaim.sandbox.sigv4 import AuthError, scope_region, verify
+from bulkclaim.sandbox.sigv4 import AuthError, check_signature, scope_region
 from bulkclaim.sandbox.state import LedgerEntry, SandboxState, ServiceError
 from bulkclaim.sandbox.throttle import ServerBucket
 from bulkclaim.sandbox.validation import http_route, validate
@@ -118,7 +118,7 @@ class Sandbox:
     async def _handle(self, api: str, operation: _Operation, request: web.Request) -> web.StreamResponse:
         body_bytes = await request.read()
         try:
-            identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
+            identity = check_signature(method=request.method, raw_path=request.rel_url.raw_path,
                               raw_query=request.rel_url.raw_query_string, headers=request.headers,
                               body=body_bytes, service="connect", credentials=self._credentials,
                               regions=self._regions())
@@ -171,7 +171,7 @@ class Sandbox:
         operation = target.removeprefix(service_quotas.TARGET_PREFIX) if target.startswith(
             service_quotas.TARGET_PREFIX) else "?"
         try:
-            identity = verify(method=request.method, raw_path=request.rel_url.raw_path,
+            identity = check_signature(method=request.method, raw_path=request.rel_url.raw_path,
                               raw_query=request.rel_url.raw_query_string, headers=request.headers,
                               body=body_bytes, service="servicequotas", credentials=self._credentials,
                               regions=self._regions())

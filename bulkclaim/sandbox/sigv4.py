@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 
 from bulkclaim.sandbox.config import Credentials
 
-__all__ = ["AuthError", "scope_region", "verify"]
+__all__ = ["AuthError", "check_signature", "scope_region"]
 
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _MAX_SKEW = timedelta(minutes=15)
@@ -71,7 +71,7 @@ def scope_region(headers: Mapping[str, str]) -> str:
     return _parse_authorization(headers.get("Authorization", "")).get("Credential", "").split("/")[2]
 
 
-def verify(
+def check_signature(
     *,
     method: str,
     raw_path: str,
