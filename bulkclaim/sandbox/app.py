@@ -1,7 +1,7 @@
 """The sandbox's HTTP face: Connect's rest-json wire protocol, SigV4, throttling and fault injection.
 
 Every Connect call goes through one pipeline, in the order the real service applies them:
-authenticate -> throttle -> injected latency / stall / 500 -> execute -> (maybe) lose the response.
+authenticate -> throttle -> injected latency / stall / 500 -> execute -> (maybe) answer late or lose the response.
 Admin routes under ``/_sandbox/`` are unsigned and expose the ledger, counters and runtime settings.
 """
 
@@ -27,6 +27,9 @@ from bulkclaim.sandbox.throttle import ServerBucket
 
 __all__ = ["Sandbox"]
 
+# The settings of the undocumented behaviours (README: "The sandbox's choices"), changeable at runtime.
+_BEHAVIOUR_SETTINGS = ("failed_claim_reservation", "release_delay", "quota_reached", "list_in_progress",
+                       "list_failed", "list_releasing", "listing_lag")
 _Operation = Callable[[web.Request, dict[str, Any]], dict[str, Any]]
 # 200 answers that are not the operation's answer (FaultConfig.garbage_rate): what a proxy or load
 # balancer in the way can send after the request took effect.
@@ -139,6 +142,9 @@ class Sandbox:
             result = operation(request, body)
         except ServiceError as exc:
             return self._fail(api, exc)
+        if faults is not None and faults.late_answer_rate and self._fault_rng.random() < faults.late_answer_rate:
+            self.state.count(api, "late")  # executed; the answer comes after the client has given up
+            await asyncio.sleep(faults.late_answer_seconds)
         if faults is not None and self._fault_rng.random() < faults.lost_response_rate:
             self.state.count(api, "lost")
             _drop_connection(request)
@@ -230,7 +236,8 @@ class Sandbox:
                     faults["latency"] = tuple(faults["latency"])
                 self.set_faults(FaultConfig(**faults))
             allowed = {"claim_delay", "claim_failure_rate", "token_lifetime", "release_cooldown",
-                       "phone_number_quota", "churn_limit", "competition_rate", "service_quotas_access"}
+                       "phone_number_quota", "churn_limit", "competition_rate", "service_quotas_access",
+                       *_BEHAVIOUR_SETTINGS}
             if set(update) - allowed:
                 raise ValueError(f"unknown settings: {sorted(set(update) - allowed)}")
             self.configure(**update)
