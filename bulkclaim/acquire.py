@@ -164,6 +164,7 @@ class Acquirer:
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
         await self.journal.flush()
+        self.state.raise_if_aborted()  # a slot's claim found the target at its quota: no more were sent
         return await self.journal.slot_outcomes(self.name)
 
     async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:

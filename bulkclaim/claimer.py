@@ -208,6 +208,7 @@ class Claimer:
         outcome = await self.engine.claim_number(planned.work[0], state=self._claims)
         if outcome.status == Status.IN_PROGRESS and self.options.verify:
             outcome = await self.engine.verify(outcome, state=self._claims)
+        self._claims.raise_if_aborted()  # the target's quota reached: this and every later claim() raise
         return outcome
 
     # -- acquire by search ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from bulkclaim.model import (
     JournalError,
     ParametersChangedError,
     QuotaExceededError,
+    QuotaReachedError,
     Target,
 )
 from bulkclaim.preflight import Preflight, preflight
@@ -58,9 +59,10 @@ class Harness:
             anyio.run(main)
         except (ParametersChangedError, ConfigurationError) as exc:
             fail(str(exc), EXIT_USAGE)
-        except QuotaExceededError as exc:
-            log.error("run.refused", error_code=exc.code, error_message=exc.message)
-            self._abort(f"refused: {exc.message}")
+        except QuotaExceededError as exc:  # refused by the preflight, or reached during the run
+            reached = isinstance(exc, QuotaReachedError)
+            log.error("run.aborted" if reached else "run.refused", error_code=exc.code, error_message=exc.message)
+            self._abort(f"aborted: {exc.message} (journal {self.journal})" if reached else f"refused: {exc.message}")
         except EndpointUnreachableError as exc:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message, endpoint=exc.endpoint)
             how_long = f"{'unreachable for' if exc.ever_answered else 'no answer in'} {exc.seconds:.0f}s"

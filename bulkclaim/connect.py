@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # stubs are a dev dependency: never imported at run time
     from types_aiobotocore_connect import ConnectClient
 
 __all__ = ["Classified", "ClientSettings", "IncompleteAnswer", "Verdict", "aws_client", "check_answer", "classify",
-           "client_config", "connect_client"]
+           "client_config", "connect_client", "limit_reached"]
 
 # Errors that say the caller, not the number, is wrong: every further request would fail the same way.
 _FATAL_CODES = frozenset({
@@ -38,6 +38,12 @@ _FATAL_CODES = frozenset({
 })
 _THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
                              "RequestLimitExceeded"})
+
+
+def limit_reached(status_message: str) -> bool:
+    """Does a FAILED claim's status message say its target is at its phone-number quota? The
+    PhoneNumberStatus reference: the target "has reached its limit of total claimed numbers"."""
+    return "limit of total claimed numbers" in status_message.lower()
 
 
 class Verdict(StrEnum):

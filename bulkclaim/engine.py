@@ -100,6 +100,7 @@ class Engine:
                                         self.log, stop=state.stop)
             await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
+        state.raise_if_aborted()  # e.g. the target's quota reached (see RunState.claim_failed)
         if summary.removed:
             self.log.warning("input.removed_settled", **by_status(summary.removed))
         self.log.info("run.finished", run=summary.run, **summary.statuses)
@@ -273,8 +274,8 @@ class Engine:
             return accepted
         result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
                               first_poll=self.options.verify_first_poll,
-                              sleep=lambda seconds: state.pause(self.api.sleep, seconds), clock=self.clock,
-                              stopping=lambda: state.stopping, stop=state.stop)
+                              sleep=lambda seconds: state.pause_unless_halted(self.api.sleep, seconds),
+                              clock=self.clock, stopping=lambda: state.halted, stop=state.halt)
         if result.status == "DENIED":
             if not state.verify_denied:
                 state.verify_denied = True
@@ -289,6 +290,8 @@ class Engine:
                           updated_at=time.time())
         self.log.info(f"claim.{status.value}", phone_number=accepted.phone_number, client_token=accepted.client_token,
                       phone_number_id=accepted.phone_number_id, describes=result.describes)
+        if result.status == "FAILED" and state.claim_failed(accepted.target, result.message):  # quota: stop the run
+            self.log.error("run.quota_reached", target=accepted.target, error_message=result.message)
         return self._record(outcome)
 
     def _record(self, outcome: Outcome) -> Outcome:

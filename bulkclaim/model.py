@@ -29,6 +29,7 @@ __all__ = [
     "PlanReuse",
     "Planned",
     "QuotaExceededError",
+    "QuotaReachedError",
     "Rejected",
     "RunSummary",
     "Status",
@@ -265,6 +266,20 @@ class QuotaExceededError(FatalServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__("PhoneNumberQuotaExceeded", message)
+
+
+class QuotaReachedError(QuotaExceededError):
+    """A claim settled FAILED because its target "has reached its limit of total claimed numbers": the
+    run sent no further claim (each failed claim may count toward the churn rule). Claims accepted
+    before stay ``in_progress``, numbers not sent stay ``pending``; after the quota is raised, the same
+    run with ``retry_failed`` claims the failed numbers (reserved for us for a day) and the rest."""
+
+    def __init__(self, target: str, service_message: str) -> None:
+        super().__init__(f"{target} reached its phone-number quota (Service Quotas L-8F812903): a claim settled "
+                         f"FAILED ({service_message}). No further claims were sent; numbers not sent stay pending. "
+                         "Raise the quota or release numbers, then run again with --retry-failed")
+        self.target = target
+        self.service_message = service_message
 
 
 class JournalError(BulkclaimError):

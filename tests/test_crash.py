@@ -30,7 +30,9 @@ pytestmark = pytest.mark.anyio
 POOL = [s.phone_number for s in generate(InventorySpec(count=40))]
 FOREIGN = POOL[-2:]
 NUMBERS = POOL[:30] + FOREIGN
+# Late answers (executed, answered after --read-timeout): issue 14's "executed, answer late".
 FAULTS = FaultConfig(lost_response_rate=0.03, error_rate=0.03, stall_rate=0.02, stall_seconds=1.0,
+                     late_answer_rate=0.03, late_answer_seconds=1.0,
                      operations=frozenset({"ClaimPhoneNumber", "DescribePhoneNumber"}))
 OUR_TARGET = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE_ID}"
 

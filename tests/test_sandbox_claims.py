@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from types_aiobotocore_connect import ConnectClient
 
 from bulkclaim.sandbox import SandboxConfig
 from tests.support import INSTANCE_ID, FakeClock, error_of, sandbox_env
@@ -39,21 +39,45 @@ async def test_claim_is_asynchronous_in_progress_then_claimed(clock: FakeClock) 
         assert [e.phone_number for e in env.sandbox.ledger] == [NUMBER]
 
 
-async def test_claim_can_settle_failed_and_the_number_stays_reserved(clock: FakeClock) -> None:
-    async with sandbox_env(clock=clock, claim_delay=1.0, claim_failure_rate=1.0,
-                           failed_claim_cooldown=100.0) as env, env.client() as client:
+async def searchable(client: ConnectClient) -> list[str]:
+    """NUMBER if SearchAvailablePhoneNumbers offers it (to anyone), else nothing."""
+    found = await client.search_available_phone_numbers(InstanceId=INSTANCE_ID, PhoneNumberCountryCode="US",
+                                                        PhoneNumberType="DID", PhoneNumberPrefix=NUMBER)
+    return [n["PhoneNumber"] for n in found["AvailableNumbersList"]]
+
+
+async def test_a_failed_claim_keeps_the_number_for_our_retry_and_from_everyone_else(clock: FakeClock) -> None:
+    """Issue 14 gap 2: "you have one day to retry claiming the phone number before the number is
+    released back to the inventory" (PhoneNumberStatus): our retry (a new token) claims it; meanwhile
+    it is not in the inventory (search) and no other account can take it."""
+    async with sandbox_env(clock=clock, claim_delay=1.0, claim_failure_rate=1.0, competition_rate=1.0,
+                           failed_claim_reservation=100.0) as env, env.client() as client:
+        env.sandbox.configure(competition_rate=0.0)  # the first claim must reach the number
         answer = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
         clock.advance(1.0)
         status = (await client.describe_phone_number(PhoneNumberId=answer["PhoneNumberId"])
                   )["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]
-        assert status["Status"] == "FAILED"
-        assert status["Message"] == SandboxConfig().claim_failure_message
+        assert status == {"Status": "FAILED", "Message": SandboxConfig().claim_failure_message}
+        assert await searchable(client) == []
+        env.sandbox.configure(competition_rate=1.0, claim_failure_rate=0.0)  # a rival would win any free number
+        retried = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        clock.advance(1.0)
+        assert env.sandbox.state.holder_of(NUMBER).phone_number_id == retried["PhoneNumberId"]  # type: ignore[union-attr]
+        assert [e.outcome for e in env.sandbox.ledger] == ["FAILED", "CLAIMED"]
+
+
+async def test_the_reservation_of_a_failed_claim_ends(clock: FakeClock) -> None:
+    async with sandbox_env(clock=clock, claim_delay=1.0, claim_failure_rate=1.0,
+                           failed_claim_reservation=100.0) as env, env.client() as client:
+        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
+        clock.advance(100.5)
+        assert await searchable(client) == []
+        clock.advance(1.0)  # settled at 1.0, reserved until 101.0: back in the inventory for anyone
+        assert await searchable(client) == [NUMBER]
+        env.sandbox.configure(competition_rate=1.0)
         with pytest.raises(ClientError) as caught:
             await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
         assert error_of(caught.value) == ("InvalidParameterException", 400, f"Phone number not available: {NUMBER}")
-        clock.advance(100.0)
-        env.sandbox.state.config = env.sandbox.config = replace(env.sandbox.config, claim_failure_rate=0.0)
-        await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBER, ClientToken=token())
 
 
 @pytest.mark.parametrize(

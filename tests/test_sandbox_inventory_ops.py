@@ -93,8 +93,11 @@ async def test_list_paginates_and_filters(clock: FakeClock) -> None:
         assert error_of(caught.value)[:2] == ("InvalidParameterException", 400)
 
 
-async def test_release_puts_the_number_in_cooldown(clock: FakeClock) -> None:
-    async with sandbox_env(clock=clock, claim_delay=1.0, release_cooldown=3600.0) as env, env.client() as client:
+async def test_release_shows_in_progress_then_puts_the_number_in_cooldown(clock: FakeClock) -> None:
+    """Issue 14 gap 4: a released number shows IN_PROGRESS for a while before it is gone (as
+    terraform-provider-aws's waitPhoneNumberDeleted expects); its cooldown runs from then."""
+    async with sandbox_env(clock=clock, claim_delay=1.0, release_cooldown=3600.0, release_delay=5.0) as env, \
+            env.client() as client:
         number = "+12062000000"
         number_id = await claim(client, number)
         with pytest.raises(ClientError) as caught:  # still IN_PROGRESS
@@ -104,10 +107,18 @@ async def test_release_puts_the_number_in_cooldown(clock: FakeClock) -> None:
         release_token = str(uuid.uuid4())
         await client.release_phone_number(PhoneNumberId=number_id, ClientToken=release_token)
         await client.release_phone_number(PhoneNumberId=number_id, ClientToken=release_token)  # replay
+        await client.release_phone_number(PhoneNumberId=number_id, ClientToken=str(uuid.uuid4()))  # releasing
         assert [e.action for e in env.sandbox.ledger] == ["claim", "release"]
         assert env.sandbox.state.in_cooldown(number)
+        described = await client.describe_phone_number(PhoneNumberId=number_id)
+        assert described["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"] == {"Status": "IN_PROGRESS", "Message": ""}
         listed = await client.list_phone_numbers_v2(InstanceId=INSTANCE_ID)
-        assert listed["ListPhoneNumbersSummaryList"] == []
+        assert [n["PhoneNumberId"] for n in listed["ListPhoneNumbersSummaryList"]] == [number_id]  # list_releasing
+        env.sandbox.configure(list_releasing=False)
+        assert (await client.list_phone_numbers_v2(InstanceId=INSTANCE_ID))["ListPhoneNumbersSummaryList"] == []
+        clock.advance(5.0)
+        env.sandbox.configure(list_releasing=True)
+        assert (await client.list_phone_numbers_v2(InstanceId=INSTANCE_ID))["ListPhoneNumbersSummaryList"] == []
         for call in (client.describe_phone_number(PhoneNumberId=number_id),
                      client.release_phone_number(PhoneNumberId=number_id, ClientToken=str(uuid.uuid4()))):
             with pytest.raises(ClientError) as caught:
@@ -118,6 +129,26 @@ async def test_release_puts_the_number_in_cooldown(clock: FakeClock) -> None:
         assert error_of(caught.value)[2] == f"Phone number not available: {number}"
         clock.advance(3600.0)
         await claim(client, number)
+
+
+async def test_describe_and_release_accept_the_phone_number_arn(clock: FakeClock) -> None:
+    """Issue 14 gap 3: PhoneNumberId may be the number's ARN (DescribePhoneNumber's reference); another
+    account's ARN, or our ARN of a number that does not exist, is not found."""
+    async with sandbox_env(clock=clock, claim_delay=0.0, release_delay=0.0) as env, env.client() as client:
+        await claim(client, "+12062000000")
+        arn = (await client.list_phone_numbers_v2(InstanceId=INSTANCE_ID))["ListPhoneNumbersSummaryList"][0][
+            "PhoneNumberArn"]
+        described = await client.describe_phone_number(PhoneNumberId=arn)
+        assert described["ClaimedPhoneNumberSummary"]["PhoneNumberArn"] == arn
+        for wrong in (arn.replace("123456789012", "999999999999"), arn[:-4] + "0000"):
+            with pytest.raises(ClientError) as caught:
+                await client.describe_phone_number(PhoneNumberId=wrong)
+            assert error_of(caught.value)[:2] == ("ResourceNotFoundException", 404)
+        await client.release_phone_number(PhoneNumberId=arn, ClientToken=str(uuid.uuid4()))
+        assert [e.action for e in env.sandbox.ledger] == ["claim", "release"]
+        with pytest.raises(ClientError) as caught:
+            await client.describe_phone_number(PhoneNumberId=arn)
+        assert error_of(caught.value)[:2] == ("ResourceNotFoundException", 404)
 
 
 def test_inventory_from_file_and_bad_specs(tmp_path: Path) -> None:

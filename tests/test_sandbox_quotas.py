@@ -44,8 +44,9 @@ async def test_rate_quota_is_the_claim_bucket_and_unreadable_quotas_are_reported
         assert all("AccessDeniedException" in problem for problem in denied.problems) and len(denied.problems) == 2
 
 
-async def test_instance_quota_refuses_the_claim_beyond_it() -> None:
-    async with sandbox_env(phone_number_quota=2, claim_delay=0.0) as env, env.client() as client:
+async def test_instance_quota_refuses_the_claim_beyond_it_in_refuse_mode() -> None:
+    async with sandbox_env(phone_number_quota=2, claim_delay=0.0, quota_reached="refuse") as env, \
+            env.client() as client:
         for number in NUMBERS[:2]:
             await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=number)
         with pytest.raises(ClientError) as refused:
@@ -57,6 +58,31 @@ async def test_instance_quota_refuses_the_claim_beyond_it() -> None:
         await client.release_phone_number(PhoneNumberId=listed["ListPhoneNumbersSummaryList"][0]["PhoneNumberId"])
         await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBERS[2])  # room again
         assert env.sandbox.state.in_cooldown(listed["ListPhoneNumbersSummaryList"][0]["PhoneNumber"])
+
+
+async def test_a_claim_beyond_the_quota_is_accepted_then_fails_with_the_limit_message(clock: FakeClock) -> None:
+    """Issue 14 gap 1: ClaimPhoneNumber's model has no ServiceQuotaExceeded error; the PhoneNumberStatus
+    reference says a claim can settle FAILED because the target "has reached its limit of total claimed
+    numbers". The failed claim is executed (it counts toward churn) and the number stays ours to retry."""
+    async with sandbox_env(clock=clock, phone_number_quota=2, claim_delay=1.0) as env, env.client() as client:
+        for number in NUMBERS[:2]:
+            await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=number)
+        over = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBERS[2])
+        described = await client.describe_phone_number(PhoneNumberId=over["PhoneNumberId"])
+        assert described["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]["Status"] == "IN_PROGRESS"
+        clock.advance(1.0)
+        status = (await client.describe_phone_number(PhoneNumberId=over["PhoneNumberId"])
+                  )["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]
+        target = f"arn:aws:connect:us-east-1:123456789012:instance/{INSTANCE_ID}"
+        assert status == {"Status": "FAILED",
+                          "Message": f"The TargetArn {target} has reached its limit of total claimed numbers."}
+        assert [e.outcome for e in env.sandbox.ledger] == ["CLAIMED", "CLAIMED", "FAILED"]
+        assert env.sandbox.state.limits.churn(target, clock()) == 3
+        env.sandbox.configure(phone_number_quota=3)  # the quota raised: our retry (a new token) gets the number
+        retried = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=NUMBERS[2])
+        clock.advance(1.0)
+        described = await client.describe_phone_number(PhoneNumberId=retried["PhoneNumberId"])
+        assert described["ClaimedPhoneNumberSummary"]["PhoneNumberStatus"]["Status"] == "CLAIMED"
 
 
 async def test_churn_rule_blocks_claims_until_the_window_passes() -> None:

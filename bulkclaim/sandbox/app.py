@@ -2,7 +2,7 @@
 
 Every Connect call goes through one pipeline, in the order the real service applies them:
 authenticate (SigV4, scoped to the sandbox's region) -> throttle -> injected latency / stall / 500 ->
-validate against botocore's model (``validation.py``) -> execute -> (maybe) lose the response.
+validate against botocore's model (``validation.py``) -> execute -> (maybe) answer late or lose the response.
 Every answer of the service, success or error, carries an ``x-amzn-RequestId``.
 Admin routes under ``/_sandbox/`` are unsigned and expose the ledger, counters and runtime settings.
 """
@@ -32,6 +32,9 @@ from bulkclaim.sandbox.validation import http_route, validate
 
 __all__ = ["Sandbox"]
 
+# The settings of the undocumented behaviours (README: "The sandbox's choices"), changeable at runtime.
+_BEHAVIOUR_SETTINGS = ("failed_claim_reservation", "release_delay", "quota_reached", "list_in_progress",
+                       "list_failed", "list_releasing", "listing_lag")
 _Operation = Callable[[web.Request, dict[str, Any]], dict[str, Any]]
 # 200 answers that are not the operation's answer (FaultConfig.garbage_rate): what a proxy or load
 # balancer in the way can send after the request took effect.
@@ -153,6 +156,9 @@ class Sandbox:
                 result = operation(request, body)
         except ServiceError as exc:
             return self._fail(api, exc)
+        if faults is not None and faults.late_answer_rate and self._fault_rng.random() < faults.late_answer_rate:
+            self.state.count(api, "late")  # executed; the answer comes after the client has given up
+            await asyncio.sleep(faults.late_answer_seconds)
         if faults is not None and self._fault_rng.random() < faults.lost_response_rate:
             self.state.count(api, "lost")
             _drop_connection(request)
@@ -251,7 +257,8 @@ class Sandbox:
                     faults["latency"] = tuple(faults["latency"])
                 self.set_faults(FaultConfig(**faults))
             allowed = {"claim_delay", "claim_failure_rate", "token_lifetime", "release_cooldown",
-                       "phone_number_quota", "churn_limit", "competition_rate", "service_quotas_access"}
+                       "phone_number_quota", "churn_limit", "competition_rate", "service_quotas_access",
+                       *_BEHAVIOUR_SETTINGS}
             if set(update) - allowed:
                 raise ValueError(f"unknown settings: {sorted(set(update) - allowed)}")
             self.configure(**update)

@@ -9,6 +9,7 @@ import click
 
 from bulkclaim.sandbox.config import (
     API_NAMES,
+    QUOTA_REACHED_MODES,
     TEST_CREDENTIALS,
     FaultConfig,
     InventorySpec,
@@ -46,7 +47,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
-    return click.option(f"--{name}", envvar=_env(name), show_default=True, **kwargs)
+    """``name``, or ``on/--off`` for a boolean pair (its environment variable is named after ``on``)."""
+    return click.option(f"--{name}", envvar=_env(name.partition("/")[0]), show_default=True, **kwargs)
 
 
 @click.command("sandbox", short_help="Serve a local Connect phone-number API for rehearsals.")
@@ -66,12 +68,30 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("claim-delay", type=float, default=0.5, help="Seconds a claim stays IN_PROGRESS.")
 @_option("claim-failure-rate", type=float, default=0.0, help="Share of claims that settle FAILED.")
 @_option("token-lifetime", type=float, default=8 * 3600.0, help="Seconds a ClientToken is remembered.")
+@_option("quota-reached", type=click.Choice(QUOTA_REACHED_MODES), default=SandboxConfig.quota_reached,
+         help="A claim beyond the quota: fail = accepted, then FAILED (as Connect); refuse = 402 at once.")
+@_option("failed-claim-reservation", type=click.FloatRange(min=0), default=SandboxConfig.failed_claim_reservation,
+         help="Seconds a FAILED claim's number stays reserved for a retry of ours (others: not available).")
+@_option("release-delay", type=click.FloatRange(min=0), default=SandboxConfig.release_delay,
+         help="Seconds a released number shows IN_PROGRESS before it is gone.")
+@_option("list-in-progress/--no-list-in-progress", default=SandboxConfig.list_in_progress,
+         help="ListPhoneNumbersV2 shows claims still IN_PROGRESS.")
+@_option("list-failed/--no-list-failed", default=SandboxConfig.list_failed,
+         help="ListPhoneNumbersV2 shows FAILED claims (while reserved).")
+@_option("list-releasing/--no-list-releasing", default=SandboxConfig.list_releasing,
+         help="ListPhoneNumbersV2 shows numbers being released.")
+@_option("listing-lag", type=click.FloatRange(min=0), default=SandboxConfig.listing_lag,
+         help="Seconds before an accepted claim appears in ListPhoneNumbersV2.")
 @_option("error-rate", type=float, default=0.0, help="Share of requests answered 500 before any effect.")
 @_option("lost-response-rate", type=float, default=0.0, help="Share executed, then the connection dropped.")
 @_option("garbage-rate", type=float, default=0.0,
          help="Share executed, then answered 200 with a body that is not the answer (empty, truncated, HTML).")
 @_option("stall-rate", type=float, default=0.0, help="Share of requests that stall before executing.")
 @_option("stall-seconds", type=float, default=30.0, help="How long a stalled request sits before executing.")
+@_option("late-answer-rate", type=click.FloatRange(0, 1), default=0.0,
+         help="Share executed at once, then answered only after --late-answer-seconds.")
+@_option("late-answer-seconds", type=click.FloatRange(min=0), default=30.0,
+         help="How long a late answer is held back (longer than a client's timeout).")
 @_option("latency", default="0", help="Added latency LOW[:HIGH] seconds.")
 @_option("phone-number-quota", type=click.IntRange(min=0), default=SandboxConfig.phone_number_quota,
          help="Numbers one instance may hold (the real default is 5).")
@@ -96,11 +116,15 @@ def sandbox_command(**opts: Any) -> None:
         claim_delay=opts["claim_delay"], claim_failure_rate=opts["claim_failure_rate"],
         token_lifetime=opts["token_lifetime"], throttle=dict.fromkeys(API_NAMES, throttle),
         faults=FaultConfig(error_rate=opts["error_rate"], lost_response_rate=opts["lost_response_rate"],
-                           garbage_rate=opts["garbage_rate"],
+                           garbage_rate=opts["garbage_rate"], late_answer_rate=opts["late_answer_rate"],
+                           late_answer_seconds=opts["late_answer_seconds"],
                            stall_rate=opts["stall_rate"], stall_seconds=opts["stall_seconds"],
                            latency=_latency(opts["latency"]), seed=opts["seed"]),
         phone_number_quota=opts["phone_number_quota"], competition_rate=opts["competition_rate"],
         service_quotas_access=not opts["no_service_quotas_access"], seed=opts["seed"],
+        quota_reached=opts["quota_reached"], failed_claim_reservation=opts["failed_claim_reservation"],
+        release_delay=opts["release_delay"], list_in_progress=opts["list_in_progress"],
+        list_failed=opts["list_failed"], list_releasing=opts["list_releasing"], listing_lag=opts["listing_lag"],
     )
     try:
         sandbox = Sandbox(config)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "API_NAMES",
+    "QUOTA_REACHED_MODES",
     "TEST_CREDENTIALS",
     "Credentials",
     "FaultConfig",
@@ -79,6 +80,9 @@ class FaultConfig:
     - ``latency``: added to every request, uniformly drawn from ``(low, high)`` seconds.
     - ``garbage_rate``: the operation takes effect, then a 200 arrives whose body is not the answer
       (empty, truncated JSON or an HTML page), as a proxy or load balancer in the way can send.
+    - ``late_answer_rate``/``late_answer_seconds``: the operation takes effect at once, and its answer
+      is held back ``late_answer_seconds`` (past a client's timeout): executed, answer late. A client
+      that then retries with a *new* token makes a second claim; the same token gets the same answer.
     """
 
     error_rate: float = 0.0
@@ -87,6 +91,8 @@ class FaultConfig:
     stall_seconds: float = 30.0
     latency: tuple[float, float] = (0.0, 0.0)
     garbage_rate: float = 0.0
+    late_answer_rate: float = 0.0
+    late_answer_seconds: float = 30.0
     operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber"})
     seed: int = 0
 
@@ -110,9 +116,25 @@ class SandboxConfig:
     claim_delay: float = 0.5
     claim_failure_rate: float = 0.0
     claim_failure_message: str = "The phone number could not be provisioned."
+    #: How long a ClientToken is remembered (not documented for Connect; see the README's table).
     token_lifetime: float = 8 * 3600.0
     release_cooldown: float = 180 * 86400.0
-    failed_claim_cooldown: float = 86400.0
+    #: A claim that settles FAILED keeps its number for the claimant this long ("you have one day to
+    #: retry claiming the phone number"): our retry with a new token claims it, others cannot.
+    failed_claim_reservation: float = 86400.0
+    #: Seconds a released number shows IN_PROGRESS (Describe, and List if ``list_releasing``) before
+    #: it is gone. The real duration is not documented.
+    release_delay: float = 0.5
+    #: A claim beyond the phone-number quota: "fail" accepts it and settles it FAILED ("... has reached
+    #: its limit of total claimed numbers"), as the real service does; "refuse" answers 402
+    #: ServiceQuotaExceededException at once (the sandbox's earlier behaviour).
+    quota_reached: str = "fail"
+    #: What ListPhoneNumbersV2 shows besides CLAIMED numbers (not documented for Connect).
+    list_in_progress: bool = True
+    list_failed: bool = False
+    list_releasing: bool = True
+    #: Seconds before an accepted claim appears in ListPhoneNumbersV2 (eventual consistency).
+    listing_lag: float = 0.0
     #: Numbers one instance (or TDG) may hold. The real default is 5 (Service Quotas L-8F812903); the
     #: sandbox plays an account whose quota was raised for a migration. Set 5 to rehearse a fresh one.
     phone_number_quota: int = 10_000
@@ -130,3 +152,11 @@ class SandboxConfig:
     seed: int = 0
     #: Keep (monotonic time, API, outcome) of every request, for benchmark plots.
     record_timeline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quota_reached not in QUOTA_REACHED_MODES:
+            raise ValueError(f"quota_reached must be one of {QUOTA_REACHED_MODES}, not {self.quota_reached!r}")
+
+
+#: ``SandboxConfig.quota_reached``: settle the claim FAILED (the real service), or refuse it (402).
+QUOTA_REACHED_MODES = ("fail", "refuse")

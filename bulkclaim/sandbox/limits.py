@@ -1,8 +1,9 @@
 """The sandbox's account limits per target: the phone-number quota and the claim/release churn rule.
 
-Connect refuses a claim that would take an instance past its phone-number quota, and blocks
-claiming altogether once claims plus releases within 180 days exceed 200% of that quota (a support
-case lifts it). Both answer ``ServiceQuotaExceededException`` (HTTP 402, Connect's shape for it).
+A claim that would take an instance past its phone-number quota is accepted and then settles FAILED
+(the real service; ``SandboxConfig.quota_reached="refuse"`` answers 402 at once instead), and
+claiming is blocked altogether once claims plus releases within 180 days exceed 200% of that quota
+(a support case lifts it): ``ServiceQuotaExceededException`` (HTTP 402).
 Counts are kept incrementally so a claim costs O(1) however many numbers the sandbox has seen.
 """
 
@@ -23,12 +24,17 @@ class TargetLimits:
         self._held: Counter[str] = Counter()
         self._events: dict[str, deque[float]] = {}
 
-    def refusal(self, target_arn: str, now: float) -> str | None:
-        """Why a new claim to ``target_arn`` is refused now, or ``None`` if it may go ahead."""
+    def quota_refusal(self, target_arn: str) -> str | None:
+        """Why ``target_arn`` can take no more numbers (its phone-number quota is reached), or ``None``."""
         quota = self.config.phone_number_quota
         if self._held[target_arn] >= quota:
             return (f"The phone number quota of this instance ({quota}) is reached: release numbers or "
                     "request a higher quota (Service Quotas L-8F812903).")
+        return None
+
+    def churn_refusal(self, target_arn: str, now: float) -> str | None:
+        """Why claiming to ``target_arn`` is blocked by the churn rule now, or ``None``."""
+        quota = self.config.phone_number_quota
         limit = self.config.churn_limit * quota
         if self._recent(target_arn, now) >= limit:
             return (f"Claims and releases of this instance exceeded {self.config.churn_limit:.0%} of its phone "
