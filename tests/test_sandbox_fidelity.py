@@ -198,6 +198,17 @@ async def test_client_token_with_a_trailing_newline_is_refused() -> None:
         assert env.sandbox.ledger == []
 
 
+async def test_a_release_token_with_a_trailing_newline_is_refused_and_releases_nothing() -> None:
+    async with sandbox_env(claim_delay=0.0) as env, stock_client(env) as client:
+        claimed = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber="+12062000000",
+                                                  ClientToken=str(uuid.uuid4()))
+        with pytest.raises(ClientError) as caught:
+            await client.release_phone_number(PhoneNumberId=claimed["PhoneNumberId"],
+                                              ClientToken=f"{uuid.uuid4()}\n")
+        assert error_of(caught.value)[:2] == ("InvalidParameterException", 400)
+        assert [entry.action for entry in env.sandbox.ledger] == ["claim"]
+
+
 # -- NextToken: opaque, only the sandbox's own ------------------------------------------------------------
 async def test_next_tokens_page_through_everything_and_forged_ones_are_refused() -> None:
     search = {"InstanceId": INSTANCE_ID, "PhoneNumberCountryCode": "US", "PhoneNumberType": "DID", "MaxResults": 2}

@@ -149,14 +149,14 @@ class SandboxState:
     # -- ClaimPhoneNumber ----------------------------------------------------------------------------
     def claim(self, body: dict[str, Any]) -> dict[str, Any]:
         number = body.get("PhoneNumber")
-        if not isinstance(number, str) or not _E164.match(number):
+        if not isinstance(number, str) or not _E164.fullmatch(number):
             raise invalid(f"Invalid phone number: {number!r}")
         description = body.get("PhoneNumberDescription") or ""
         if not isinstance(description, str) or len(description) > 500:
             raise invalid("PhoneNumberDescription must be a string of at most 500 characters.")
         tags = validate_tags(body.get("Tags"))
         token = body.get("ClientToken")
-        if token is not None and (not isinstance(token, str) or not TOKEN.match(token)):
+        if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
             raise invalid("ClientToken must be a lowercase UUID.")
         target_arn = self.resolve_target(body)
         assert target_arn is not None
@@ -221,7 +221,7 @@ class SandboxState:
         return {"ClaimedPhoneNumberSummary": summary}
 
     def release(self, reference: str, token: str | None) -> dict[str, Any]:
-        if token is not None and not TOKEN.match(token):
+        if token is not None and not TOKEN.fullmatch(token):
             raise invalid("ClientToken must be a lowercase UUID.")
         now = self.clock()
         if token is not None:
