@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from bulkclaim.journal import releases
 from bulkclaim.journal.lock import LockHolder, lock_holder
@@ -48,7 +48,7 @@ class SqlReader:
     """The :class:`~bulkclaim.journal.protocol.JournalReader` of a journal ``name`` read through ``conn``."""
 
     #: the exceptions that mean the database could not be read
-    errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, name: str, conn: Connection) -> None:
         self.name = name
