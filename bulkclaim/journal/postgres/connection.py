@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bulkclaim.journal.sql import Cursor
-from bulkclaim.model import JournalError
+from bulkclaim.model import JournalError, is_postgres_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -27,14 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SCHEMA", "Location", "PgConnection", "connect", "driver", "is_postgres_url", "parse_url", "redact"]
 
 DEFAULT_SCHEMA = "bulkclaim"
-_SCHEMES = ("postgresql://", "postgres://")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EXTRA = "bulkclaim[postgres]"
-
-
-def is_postgres_url(spec: object) -> bool:
-    """Whether a journal spec names a PostgreSQL journal (else it is an SQLite file's path)."""
-    return isinstance(spec, str) and spec.lower().startswith(_SCHEMES)
 
 
 def redact(url: str) -> str:
@@ -46,7 +40,7 @@ def redact(url: str) -> str:
         if ":" in user:
             netloc = f"{user.split(':', 1)[0]}:***@{host}"
     query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/:")))
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/:*")))
 
 
 @dataclass(frozen=True)
