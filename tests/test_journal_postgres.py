@@ -219,3 +219,20 @@ async def test_the_cli_says_a_missing_journal_and_an_unreachable_server(url: str
         unreachable = await run_cli(env, tmp_path, "report", "--journal", gone)
         assert unreachable.returncode == 2 and "cannot connect" in unreachable.stderr
         assert "s3cret" not in unreachable.stderr + unreachable.stdout
+
+
+async def test_a_lost_session_stops_the_journal_and_keeps_what_was_committed(url: str) -> None:
+    victim = f"{url}&application_name=bulkclaim-victim"
+    async with opened(victim) as journal:
+        run = await journal.begin_run()
+        (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
+        with closing(connect(parse_url(url), read_only=False)) as admin:  # a failover, a restart, a dba
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name='bulkclaim-victim'")
+        with pytest.raises(JournalError, match="lost PostgreSQL"):
+            await journal.plan([req(1)], run, retry_failed=False)
+        with pytest.raises(JournalError):  # fail closed: nothing more is recorded, so nothing more is sent
+            journal.record_attempt(planned, "accepted", None)
+    async with opened(url) as journal:
+        again = await journal.plan([req(0), req(1)], await journal.begin_run(), retry_failed=False)
+    assert [p.client_token for p in again.work][:1] == [planned.client_token]
