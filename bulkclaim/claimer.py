@@ -62,6 +62,9 @@ _APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "Relea
 class Claimer:
     """Claims Connect phone numbers to one target, journaled, throttled and verified.
 
+    ``journal`` is an SQLite file's path, a ``postgresql://`` URL (the ``bulkclaim[postgres]`` extra;
+    replicas of a service may share it, and agree on one token per number), or an open :class:`Journal`.
+
     After a fatal answer (403, unknown instance) nothing is sent for ``fatal_cooldown`` seconds;
     then one request probes again, so a long-running service recovers once permissions are fixed.
     ``None`` keeps the breaker open for good (the CLI's choice: its run stops anyway).

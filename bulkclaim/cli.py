@@ -25,6 +25,8 @@ from bulkclaim.cli_common import (
     EXIT_OK,
     EXIT_SIGNAL,
     EXIT_USAGE,
+    JournalOption,
+    JournalSpec,
     aws_options,
     client_settings,
     default_journal,
@@ -35,6 +37,7 @@ from bulkclaim.cli_common import (
     rate_options,
     rate_settings,
     read_run_quotas,
+    shown,
     target_of,
     target_options,
     verbosity,
@@ -68,8 +71,9 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command("claim", cls=GroupedCommand, short_help="Claim the numbers of input files (CSV, text, JSON Lines).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_options
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
-        help="The journal file; re-running with it resumes [default: bulkclaim-<target>.journal].")
+@option("journal", type=JournalOption(), group="Journal and report",
+        help="The journal: a file, or a postgresql:// URL; re-running with it resumes "
+             "[default: bulkclaim-<target>.journal].")
 @option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
         help="Write the report of this run's numbers here (.csv or .jsonl), replaced atomically.")
 @rate_options
@@ -121,7 +125,7 @@ class _Run:
     """One ``bulkclaim claim``: the Claimer, signals, preflight, progress, report and exit code."""
 
     target: Target
-    journal: Path
+    journal: JournalSpec
     opts: dict[str, Any]
     summary: RunSummary | None = None
 
@@ -201,13 +205,13 @@ class _Run:
             except (OSError, BulkclaimError) as exc:
                 problem = f"cannot write the report {self.opts['report']}: {getattr(exc, 'strerror', None) or exc}"
                 aside = set_aside_report()
-                fail(f"{problem}. Every outcome is in the journal: `bulkclaim report --journal {self.journal} "
+                fail(f"{problem}. Every outcome is in the journal: `bulkclaim report --journal {shown(self.journal)} "
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
             with read_existing_journal(self.journal) as reader:
                 counts = reader.run_counts(run)
-        shown = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
-        click.echo(f"{shown}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
+        tally = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
+        click.echo(f"{tally}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if removed := (self.summary.removed if self.summary else {}):
             settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
             click.echo(f"{len(removed)} number(s) no longer in the input were sent by an earlier run: settled as "
@@ -215,7 +219,7 @@ class _Run:
         if self.harness.signal_received is not None:
             unfinished = counts.get("pending", 0) + counts.get("in_progress", 0)
             click.echo(f"bulkclaim: interrupted; {unfinished} number(s) not finished. Run the same command again "
-                       f"to resume (journal: {self.journal}).", err=True)
+                       f"to resume (journal: {shown(self.journal)}).", err=True)
             return EXIT_SIGNAL[self.harness.signal_received]
         # Numbers no longer in the input count only while their outcome is unknown (pending, in_progress).
         gone = Counter(s for s in removed.values() if s in ("claimed", "failed"))
@@ -227,10 +231,10 @@ async def _ignore(_: Any) -> None:
 
 
 @cli.command("status", cls=GroupedCommand, short_help="Counts, live state and latest errors of a journal.")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True,
-        help="The journal to read (read-only; safe during a run).")
+@option("journal", type=JournalOption(), required=True,
+        help="The journal to read, a file or a postgresql:// URL (read-only; safe during a run).")
 @option("json", dest="as_json", is_flag=True, help="Machine-readable output.")
-def status_command(journal: Path, as_json: bool) -> None:
+def status_command(journal: JournalSpec, as_json: bool) -> None:
     """Whether a run is live, counts by status and by run, the claim rate and ETA of a live run, and the
     numbers that currently have an error (safe during a run: reads only, takes no lock)."""
     from bulkclaim.journal import read_existing_journal
@@ -280,15 +284,15 @@ def _state_line(status: JournalStatus) -> str:
 
 
 @cli.command("report", cls=GroupedCommand, short_help="Write a journal's report rows (CSV or JSON Lines).")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), required=True,
-        help="The journal to read (read-only; safe during a run).")
+@option("journal", type=JournalOption(), required=True,
+        help="The journal to read, a file or a postgresql:// URL (read-only; safe during a run).")
 @option("format", dest="fmt", type=click.Choice(["csv", "jsonl"]),
         help="Report format [default: from --output, else jsonl].")
 @option("output", type=click.Path(dir_okay=False, path_type=Path),
         help="Write here, replaced atomically [default: stdout].")
 @option("status", dest="statuses",
         help=f"Only these statuses, comma-separated (e.g. failed,invalid): {', '.join(s.value for s in Status)}.")
-def report_command(journal: Path, fmt: str | None, output: Path | None, statuses: str | None) -> None:
+def report_command(journal: JournalSpec, fmt: str | None, output: Path | None, statuses: str | None) -> None:
     """Write one report row per number of a journal: phone_number, source, target, status, phone_number_id,
     phone_number_arn, client_token, attempts, error_code, error_message, updated_at (see the README)."""
     from bulkclaim.report import atomic_write, journal_outcomes, report_format, write_report

@@ -14,7 +14,7 @@ import click
 
 from bulkclaim.cli_help import GroupedOption
 from bulkclaim.cli_signals import EXIT_SIGNAL
-from bulkclaim.model import Target
+from bulkclaim.model import Target, is_postgres_url
 from bulkclaim.settings import OUTAGE_TIMEOUT, ClientSettings, RateSettings
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SIGNAL",
     "EXIT_USAGE",
+    "JournalOption",
+    "JournalSpec",
     "aws_options",
     "client_settings",
     "connect_enum",
@@ -39,6 +41,7 @@ __all__ = [
     "rate_options",
     "rate_settings",
     "read_run_quotas",
+    "shown",
     "target_of",
     "target_options",
     "verbosity",
@@ -65,6 +68,34 @@ def _stack(*decorators: Callable[[_F], _F]) -> Callable[[_F], _F]:
             function = decorator(function)
         return function
     return apply
+
+
+#: a journal spec as the CLI holds it: an SQLite file's path, or a ``postgresql://`` URL (a str)
+JournalSpec = Path | str
+
+
+class JournalOption(click.ParamType[JournalSpec, Any]):
+    """``--journal``: a ``postgresql://`` URL as it is (a path would fold its ``//``), else a file path
+    (``exists``: one that must be there)."""
+
+    name = "PATH|URL"
+
+    def __init__(self, *, exists: bool = False) -> None:
+        self._path = click.Path(dir_okay=False, path_type=Path, exists=exists)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> JournalSpec:
+        if isinstance(value, Path):
+            return value  # a default, or an already converted value
+        if is_postgres_url(value):
+            return str(value)
+        return self._path.convert(value, param, ctx)
+
+
+def shown(journal: JournalSpec) -> str:
+    """A journal as messages show it: a path as it is, a URL without its password."""
+    from bulkclaim.journal import journal_name  # the journal package only when there is a message to show
+
+    return journal_name(journal)
 
 
 class _Rate(click.ParamType[float | str, Any]):

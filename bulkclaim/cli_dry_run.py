@@ -4,7 +4,6 @@ a run would do and how long it would take. Claims nothing, creates nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,10 +13,12 @@ from bulkclaim.cli_common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
+    JournalSpec,
     client_settings,
     fail,
     rate_settings,
     read_run_quotas,
+    shown,
 )
 from bulkclaim.model import BulkclaimError, ConfigurationError, FatalServiceError, Target
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["dry_run"]
 
 
-def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> int:
+def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any]) -> int:
     """Plan against the journal read-only and check the quotas; claim nothing."""
     import anyio
 
@@ -55,7 +56,7 @@ def dry_run(rows: Any, target: Target, journal: Path, opts: dict[str, Any]) -> i
     except BulkclaimError as exc:
         fail(str(exc), EXIT_USAGE)
     done = ", ".join(f"{n} {status}" for status, n in sorted(plan.already_done.items())) or "none"
-    click.echo(f"dry run (nothing sent) — journal: {journal}")
+    click.echo(f"dry run (nothing sent) — journal: {shown(journal)}")
     click.echo(f"  would claim:       {plan.to_send}")
     click.echo(f"  would resume:      {plan.to_resume} (pending from an earlier run, same token)")
     click.echo(f"  would verify:      {plan.to_verify} (in_progress from an earlier run)")

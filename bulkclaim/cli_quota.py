@@ -17,6 +17,8 @@ from bulkclaim.cli_common import (
     EXIT_OK,
     EXIT_SIGNAL,
     EXIT_USAGE,
+    JournalOption,
+    JournalSpec,
     aws_options,
     client_settings,
     connect_enum,
@@ -28,6 +30,7 @@ from bulkclaim.cli_common import (
     rate_options,
     rate_settings,
     read_run_quotas,
+    shown,
     target_of,
     target_options,
     verbosity,
@@ -68,8 +71,9 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
 @option("description", group="Claiming", help="PhoneNumberDescription of every acquired number.")
 @option("tag", dest="tags", multiple=True, metavar="KEY=VALUE", group="Claiming",
         help="Tag of every acquired number (repeatable).")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
-        help="The journal file; re-running with it resumes [default: bulkclaim-<target>.journal].")
+@option("journal", type=JournalOption(), group="Journal and report",
+        help="The journal: a file, or a postgresql:// URL; re-running with it resumes "
+             "[default: bulkclaim-<target>.journal].")
 @option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
         help="Write the slots' report (.csv or .jsonl), replaced atomically.")
 @rate_options
@@ -126,7 +130,8 @@ def acquire_command(**opts: Any) -> None:
             click.echo(f"  {outcome.source}: {outcome.status.value} {outcome.phone_number} "
                        f"{outcome.error_code or ''} {outcome.error_message or ''}".rstrip())
     if harness.signal_received is not None:
-        click.echo(f"bulkclaim: interrupted; run the same command again to resume (journal: {journal}).", err=True)
+        click.echo(f"bulkclaim: interrupted; run the same command again to resume (journal: {shown(journal)}).",
+                   err=True)
         sys.exit(EXIT_SIGNAL[harness.signal_received])
     sys.exit(EXIT_OK if len(claimed) == spec.count else EXIT_INCOMPLETE)
 
@@ -178,8 +183,8 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
 
 
 @click.command("release", cls=GroupedCommand, short_help="Release the numbers a journal claimed, after asking.")
-@option("journal", type=click.Path(dir_okay=False, path_type=Path, exists=True), required=True,
-        group="Journal and report", help="The journal whose claimed numbers to release.")
+@option("journal", type=JournalOption(exists=True), required=True, group="Journal and report",
+        help="The journal whose claimed numbers to release: a file, or a postgresql:// URL.")
 @option("status", dest="statuses", env="BULKCLAIM_RELEASE_STATUS", type=click.Choice(["claimed"]), default="claimed",
         show_default=True, help="Which numbers: claimed ones (an in_progress claim is verified by `claim` first).")
 @option("run", type=click.IntRange(min=1), help="Only the numbers of this run [default: every run].")
@@ -202,7 +207,7 @@ def release_command(**opts: Any) -> None:
     from bulkclaim.logs import configure_logging
 
     configure_logging(opts["log_format"], verbosity=verbosity(opts))
-    journal_path: Path = opts["journal"]
+    journal_path: JournalSpec = opts["journal"]
     try:
         with read_journal(journal_path) as reader:
             found = [] if reader is None else reader.numbers_to_release(opts["run"])
@@ -214,7 +219,7 @@ def release_command(**opts: Any) -> None:
         click.echo(f"not releasing {len(adopted)} number(s) the target already held when bulkclaim asked for them "
                    f"(e.g. {adopted[0].phone_number}); --include-adopted releases them too")
     if not numbers:
-        click.echo(f"nothing to release: no claimed numbers of bulkclaim's in {journal_path}")
+        click.echo(f"nothing to release: no claimed numbers of bulkclaim's in {shown(journal_path)}")
         sys.exit(EXIT_OK)
     quotas = anyio.run(partial(read_run_quotas, {**opts, "no_preflight": False}))
     _explain(journal_path, numbers, quotas.phone_number_quota(opts["phone_number_quota"])[0])
@@ -233,18 +238,18 @@ def release_command(**opts: Any) -> None:
     click.echo(f"released {released} of {len(numbers)}" + "".join(f" · {code} {n}" for code, n in counts.items()))
     if harness.signal_received is not None:
         click.echo(f"bulkclaim: interrupted; run the same command again to release the rest (journal: "
-                   f"{journal_path}).", err=True)
+                   f"{shown(journal_path)}).", err=True)
         sys.exit(EXIT_SIGNAL[harness.signal_received])
     sys.exit(EXIT_OK if released == len(numbers) else EXIT_INCOMPLETE)
 
 
-def _explain(journal: Path, numbers: list[ToRelease], quota: int | None) -> None:
+def _explain(journal: JournalSpec, numbers: list[ToRelease], quota: int | None) -> None:
     """What releasing means, on stdout (stderr stays for logs and the question)."""
     from bulkclaim.journal import read_journal
     from bulkclaim.model import CHURN_LIMIT, CHURN_WINDOW_DAYS
 
     targets = sorted({n.target for n in numbers})
-    click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {journal}):")
+    click.echo(f"About to release {len(numbers)} number(s) of {', '.join(targets)} (journal {shown(journal)}):")
     for number in numbers[:10]:
         click.echo(f"  {number.phone_number}  {number.phone_number_id}")
     if len(numbers) > 10:

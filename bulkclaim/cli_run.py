@@ -10,7 +10,6 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -18,7 +17,7 @@ import click
 import structlog
 
 from bulkclaim.claimer import Claimer
-from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, fail
+from bulkclaim.cli_common import EXIT_FATAL, EXIT_SIGNAL, EXIT_USAGE, JournalSpec, fail, shown
 from bulkclaim.cli_signals import install_quit_handlers, quit_now, set_aside_report
 from bulkclaim.inputs import InputFileError
 from bulkclaim.logs import stderr_console
@@ -43,7 +42,7 @@ __all__ = ["Harness", "check_quota", "debug_kill_point", "judge_preflight"]
 class Harness:
     """Runs one command's async main and turns what ends it into the documented exit codes."""
 
-    journal: Path
+    journal: JournalSpec
     opts: dict[str, Any]
     signal_received: signal.Signals | None = None
     requests_sent: int = 0
@@ -67,11 +66,11 @@ class Harness:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message, endpoint=exc.endpoint)
             how_long = f"{'unreachable for' if exc.ever_answered else 'no answer in'} {exc.seconds:.0f}s"
             self._abort(f"aborted: cannot reach {exc.endpoint}: {exc.cause} ({how_long}). Nothing was marked "
-                        f"failed: the journal {self.journal} keeps every unfinished number with its token; run "
+                        f"failed: the journal {shown(self.journal)} keeps every unfinished number with its token; run "
                         "the same command again to resume once the endpoint answers.")
         except FatalServiceError as exc:
             log.error("run.aborted", error_code=exc.code, error_message=exc.message)
-            self._abort(f"aborted: {exc} (the journal {self.journal} is intact; fix the cause and run the same "
+            self._abort(f"aborted: {exc} (the journal {shown(self.journal)} is intact; fix the cause and run the same "
                         "command again to continue)")
         except (JournalError, InputFileError) as exc:  # exit 2 promises that nothing was sent
             if self.requests_sent:
@@ -98,8 +97,9 @@ class Harness:
         def on_signal(received: signal.Signals) -> None:
             if self.signal_received is not None:
                 if received == signal.SIGINT:
-                    quit_now(received, "second Ctrl-C: quit without waiting for requests in flight (the journal "
-                                       f"is consistent: run the same command again to resume; journal {self.journal})")
+                    quit_now(received, "second Ctrl-C: quit without waiting for requests in flight (the journal is "
+                                       "consistent: run the same command again to resume; journal "
+                                       f"{shown(self.journal)})")
                 return
             self.signal_received = received
             with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone

@@ -28,7 +28,7 @@ __all__ = ["EXIT_SIGNAL", "expect_report", "install_quit_handlers", "quit_now", 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 # The report this command will write and the journal it comes from, until it is written.
-_expected: tuple[Path, Path] | None = None
+_expected: tuple[Path, str] | None = None
 _HANDLED = frozenset(int(s) for s in EXIT_SIGNAL)
 _quitting = threading.Lock()
 _wakeup: tuple[int, int] | None = None  # the pipe the C-level handler writes each signal's number to
@@ -78,10 +78,12 @@ def quit_now(received: signal.Signals, reason: str = "") -> None:
     os._exit(EXIT_SIGNAL[received])
 
 
-def expect_report(path: Path | None, journal: Path) -> None:
+def expect_report(path: Path | None, journal: Path | str) -> None:
     """This command will write ``path`` from ``journal`` (once it has something to report)."""
+    from bulkclaim.journal import journal_name  # a URL is shown without its password
+
     global _expected
-    _expected = (path, journal) if path is not None else None
+    _expected = (path, journal_name(journal)) if path is not None else None
 
 
 def report_written() -> None:

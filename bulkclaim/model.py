@@ -36,6 +36,7 @@ __all__ = [
     "Target",
     "ToRelease",
     "first_cause",
+    "is_postgres_url",
     "new_token",
     "valid_tag_key",
 ]
@@ -177,6 +178,12 @@ class Outcome:
             datetime.fromtimestamp(self.updated_at, UTC).isoformat(timespec="milliseconds"),
             "run": self.run,
         }
+
+
+def is_postgres_url(spec: object) -> bool:
+    """Whether a journal spec (``--journal``, ``Claimer(journal=...)``) is a PostgreSQL URL
+    (``postgresql://`` or ``postgres://``) rather than the path of an SQLite file."""
+    return isinstance(spec, str) and spec.lower().startswith(("postgresql://", "postgres://"))
 
 
 def new_token() -> str:

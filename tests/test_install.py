@@ -54,7 +54,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_no_dev_packages(installed: Path) -> None:
     listed = _run([str(installed / "python"), "-m", "pip", "list", "--format=freeze"], installed).stdout.lower()
     assert "bulkclaim==" in listed
-    for dev_only in ("types-aiobotocore", "mypy", "pytest", "hypothesis"):
+    for dev_only in ("types-aiobotocore", "mypy", "pytest", "hypothesis", "psycopg"):
         assert dev_only not in listed
 
 
@@ -65,6 +65,13 @@ def test_help_works_from_a_plain_install_outside_the_repository(installed: Path,
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout.strip()
+
+
+def test_a_postgresql_journal_without_the_extra_names_it(installed: Path, tmp_path: Path) -> None:
+    result = _run([str(installed / "bulkclaim"), "status", "--journal", "postgresql://me@127.0.0.1:1/jobs"], tmp_path,
+                  timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'bulkclaim[postgres]'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_demo_works_from_a_plain_install_in_any_directory(installed: Path, tmp_path: Path) -> None:

@@ -26,16 +26,21 @@ from bulkclaim.model import (
     Status,
     ToRelease,
 )
+from tests.postgres import PgServer
 from tests.test_journal import TARGET, TDG, UUID4, outcome, req
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=BACKENDS)
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """What names a fresh, empty journal of this backend (what ``--journal`` takes)."""
+    """What names a fresh, empty journal of this backend (what ``--journal`` takes): an SQLite file,
+    or a fresh schema on the throwaway PostgreSQL server (``tests/postgres.py``)."""
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("postgres")
+        return server.fresh_url()
     assert request.param == "sqlite"
     return str(tmp_path / "journal.db")
 
@@ -306,14 +311,23 @@ async def test_the_reader_sees_what_the_run_recorded_while_it_runs(spec: str) ->
         assert reader.status().live is not True
 
 
-async def test_one_run_at_a_time_and_a_missing_journal_is_said(spec: str) -> None:
+async def test_an_exclusive_journal_runs_one_at_a_time_and_a_missing_journal_is_said(spec: str) -> None:
+    """``exclusive`` (SQLite): a second open is refused while the first is open. A shared journal
+    (PostgreSQL) lets a second process in, and both work on the one journal."""
     with pytest.raises(JournalError), read_existing_journal(spec):
         pass
-    async with opened(spec):
-        with pytest.raises(JournalError):
-            await anyio.to_thread.run_sync(open_journal, spec)
+    async with opened(spec) as first:
+        if first.exclusive:
+            with pytest.raises(JournalError):
+                await anyio.to_thread.run_sync(open_journal, spec)
+        else:
+            async with opened(spec) as second:
+                run = await second.begin_run()
+                (theirs,) = (await second.plan([req(0)], run, retry_failed=False)).work
+                mine = await first.plan([req(0)], await first.begin_run(), retry_failed=False)
+                assert [p.client_token for p in mine.work] == [theirs.client_token], "one token per number"
     async with opened(spec) as journal:  # free again once closed
-        assert await journal.begin_run() == 1
+        assert await journal.begin_run() == (1 if journal.exclusive else 3)
 
 
 async def test_a_cancelled_owner_still_closes_the_journal(spec: str) -> None:

@@ -8,16 +8,16 @@ candidate's token, so two workers on one slot end up with one number, never two.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from bulkclaim.journal.planning import plan_batch, planned_from_row
+from bulkclaim.journal.sql import Connection
 from bulkclaim.model import ClaimRequest, ConfigurationError, Outcome, Planned, Status
 
 __all__ = ["assign_candidate", "read_slots", "slot_outcomes"]
 
 
-def read_slots(conn: sqlite3.Connection, name: str, target: str, params: str, count: int,
+def read_slots(conn: Connection, name: str, target: str, params: str, count: int,
                create: bool) -> list[tuple[int, Planned | None]]:
     found = conn.execute("SELECT target, params FROM acquisitions WHERE name=?", (name,)).fetchone()
     if found is not None and tuple(found) != (target, params):
@@ -29,19 +29,22 @@ def read_slots(conn: sqlite3.Connection, name: str, target: str, params: str, co
         "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=?", (target, name))}
     slots = [(slot, candidates.get(slot)) for slot in range(1, count + 1)]
     if create:
-        conn.execute("INSERT OR IGNORE INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?)",
+        conn.execute("INSERT INTO acquisitions (name, target, params, created_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (name) DO NOTHING",
                      (name, target, params, time.time()))
-        conn.executemany("INSERT OR IGNORE INTO slots (acquisition, slot) VALUES (?, ?)",
+        conn.executemany("INSERT INTO slots (acquisition, slot) VALUES (?, ?) "
+                         "ON CONFLICT (acquisition, slot) DO NOTHING",
                          [(name, slot) for slot, _ in slots])
     return slots
 
 
-def assign_candidate(conn: sqlite3.Connection, name: str, slot: int, expected: str | None, request: ClaimRequest,
+def assign_candidate(conn: Connection, name: str, slot: int, expected: str | None, request: ClaimRequest,
                      run: int) -> Planned | None:
     if conn.execute("SELECT 1 FROM numbers WHERE target=? AND phone_number=?", request.key).fetchone():
         return None  # the journal knows this number already (another slot, or an earlier claim)
     moved = conn.execute("UPDATE slots SET phone_number=?, candidates=candidates+1 WHERE acquisition=? "
-                         "AND slot=? AND phone_number IS ?", (request.phone_number, name, slot, expected))
+                         "AND slot=? AND COALESCE(phone_number, '') = ?",
+                         (request.phone_number, name, slot, expected or ""))
     if moved.rowcount == 0:  # another worker gave the slot a candidate since we looked: carry on with it
         (params, count) = conn.execute("SELECT a.params, (SELECT count(*) FROM slots WHERE acquisition=a.name) "
                                        "FROM acquisitions a WHERE a.name=?", (name,)).fetchone()
@@ -51,7 +54,7 @@ def assign_candidate(conn: sqlite3.Connection, name: str, slot: int, expected: s
     return plan_batch(conn, [request], run, retry_failed=False, dedupe=False).work[0]
 
 
-def slot_outcomes(conn: sqlite3.Connection, name: str) -> list[Outcome]:
+def slot_outcomes(conn: Connection, name: str) -> list[Outcome]:
     rows = conn.execute(
         "SELECT s.slot, s.phone_number, n.source, a.target, n.status, n.phone_number_id, n.phone_number_arn, "
         "n.client_token, n.attempts, n.error_code, n.error_message, n.updated_at, n.seen_run FROM slots s "

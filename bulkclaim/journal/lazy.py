@@ -1,4 +1,4 @@
-"""The SQL of the journal's lazy writes: attempts and outcomes, recorded without waiting.
+"""The SQL of the journal's lazy writes (either backend): attempts and outcomes, recorded without waiting.
 
 A batch of them becomes a few multi-row statements, built on the caller's thread when the batch is
 handed over; the writer thread only binds and runs them. The sqlite3 module gives up the GIL around
@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from bulkclaim.journal.sql import Connection
 from bulkclaim.model import JournalError
 
 __all__ = ["LAZY_BATCH", "LAZY_MAX_AGE", "LazyWrites", "Statement", "lazy_statements", "run_statements"]
@@ -99,7 +99,7 @@ def lazy_statements(attempts: list[tuple[Any, ...]], outcomes: list[tuple[Any, .
     return statements
 
 
-def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
+def run_statements(conn: Connection, statements: list[Statement]) -> None:
     for sql, values in statements:
         conn.execute(sql, values)
 
@@ -114,7 +114,8 @@ def _insert_attempts(rows: int) -> str:
 def _update_numbers(rows: int) -> str:
     return ("WITH v (status, attempts, id, arn, code, message, at, target, number, token) AS (VALUES "
             + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + ") "
-            "UPDATE numbers SET status=v.status, attempts=max(numbers.attempts, v.attempts), "
+            "UPDATE numbers SET status=v.status, "
+            "attempts=CASE WHEN v.attempts > numbers.attempts THEN v.attempts ELSE numbers.attempts END, "
             "phone_number_id=coalesce(v.id, numbers.phone_number_id), "
             "phone_number_arn=coalesce(v.arn, numbers.phone_number_arn), error_code=v.code, "
             "error_message=v.message, updated_at=v.at FROM v WHERE numbers.target=v.target "

@@ -1,22 +1,25 @@
-"""What planning does inside the SQLite journal: the SQL of one batch.
+"""What planning does inside the journal (either backend): the SQL of one batch.
 
 Planning runs in the journal's writer thread, inside a group-committed transaction: a batch of
 requests is looked up with one query per target, new numbers get their token, numbers met in an
-earlier run join this one, and the batch's rows are written with ``executemany``.
+earlier run join this one (``_decide``, the same for every backend), and the batch's rows are
+written with ``executemany``, guarded against concurrent planners (``_write``).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from bulkclaim.journal.sql import Connection
 from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
+    JournalError,
     Outcome,
     Planned,
     PlanResult,
@@ -26,7 +29,9 @@ from bulkclaim.model import (
     new_token,
 )
 
-__all__ = ["join_unsettled", "plan_batch", "planned_from_row", "reuse_plan"]
+__all__ = ["join_unsettled", "lookup", "plan_batch", "planned_from_row", "reuse_plan"]
+
+_RACES = 5  # times a batch is decided again after losing a race to another planner
 
 
 class _Existing(NamedTuple):
@@ -42,37 +47,51 @@ class _Existing(NamedTuple):
     updated_at: float
 
 
-def _lookup(conn: sqlite3.Connection, requests: Sequence[ClaimRequest]) -> dict[tuple[str, str], _Existing]:
-    """The journal rows of a batch of requests, with one query per target (not one per number)."""
+def lookup(conn: Connection, keys: Iterable[tuple[str, str]], columns: str) -> dict[tuple[str, str], list[Any]]:
+    """``columns`` of the journal rows of these (target, number) keys, with one query per target (not
+    one per number)."""
     by_target: dict[str, list[str]] = {}
-    for request in requests:
-        by_target.setdefault(request.target.key, []).append(request.phone_number)
-    found: dict[tuple[str, str], _Existing] = {}
+    for target, number in keys:
+        by_target.setdefault(target, []).append(number)
+    found: dict[tuple[str, str], list[Any]] = {}
     for target, numbers in by_target.items():
         for start in range(0, len(numbers), 900):  # stay well under SQLite's bound-parameter limit
             chunk = numbers[start:start + 900]
             for number, *fields in conn.execute(
-                    "SELECT phone_number, params_hash, client_token, status, attempts, seen_run, phone_number_id, "
-                    "phone_number_arn, error_code, error_message, updated_at FROM numbers "
+                    f"SELECT phone_number, {columns} FROM numbers "
                     f"WHERE target=? AND phone_number IN ({','.join('?' * len(chunk))})", (target, *chunk)):
-                fields[2] = Status(fields[2])
-                found[(target, number)] = _Existing(*fields)
+                found[(target, number)] = fields
     return found
 
 
-def plan_batch(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
-          dedupe: bool) -> PlanResult:
-    result = PlanResult([], [], [], [])
+def _existing(conn: Connection, requests: Sequence[ClaimRequest]) -> dict[tuple[str, str], _Existing]:
+    rows = lookup(conn, (request.key for request in requests), ", ".join(_Existing._fields))
+    return {key: _Existing._make([*fields[:2], Status(fields[2]), *fields[3:]]) for key, fields in rows.items()}
+
+
+@dataclass
+class _Decisions:
+    """What planning a batch writes: new rows (``replaces``: the failed token a row replaces, if any)
+    and rows this run takes into its input (``touches``), each guarded by the token it was decided on."""
+
+    result: PlanResult
+    new_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    replaces: list[tuple[Any, ...]] = field(default_factory=list)
+    touches: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _Existing], run: int,
+            retry_failed: bool, dedupe: bool, next_ord: int) -> _Decisions:
+    """Sort a batch against the journal's rows: new tokens, work, done, duplicates, changed parameters."""
+    decided = _Decisions(PlanResult([], [], [], []))
+    result = decided.result
     now = time.time()
-    (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?", (run,)).fetchone()
-    existing = _lookup(conn, requests)
     in_batch: set[tuple[str, str]] = set()
-    inserts: list[tuple[Any, ...]] = []
-    touches: list[tuple[Any, ...]] = []
     for request in requests:
         target, number = key = request.key
         row = existing.get(key)
-        if dedupe and (key in in_batch or (row is not None and row.seen_run == run)):
+        # a number twice in one batch is a duplicate even without ``dedupe``: one token per number
+        if key in in_batch or (dedupe and row is not None and row.seen_run == run):
             result.duplicates.append(request)
             continue
         if row is None and not request.checked:  # never reserve a token for an unvalidated number
@@ -80,15 +99,20 @@ def plan_batch(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: 
         in_batch.add(key)
         if row is None or (row.status == Status.FAILED and (retry_failed or row.error_code == NOT_CLAIMED)):
             token = new_token()
-            inserts.append((target, number, request.params_hash(), request.description, _tags_text(request),
-                            request.source, token, run, next_ord, now, now))
+            values = (request.params_hash(), request.description, _tags_text(request), request.source, token, run,
+                      next_ord, now, now)
+            if row is None:
+                decided.new_rows.append((target, number, *values))
+            else:
+                decided.replaces.append((*values, target, number, row.client_token))
             result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False))
         elif row.status == Status.PENDING and row.params_hash != request.params_hash():
             result.changed.append(request)
             continue
         else:
             if dedupe:  # this run's input names it: it belongs to this run (a pending token may be out)
-                touches.append((run, next_ord, request.source, row.status == Status.PENDING, target, number))
+                decided.touches.append((run, next_ord, request.source, row.status == Status.PENDING, target, number,
+                                        row.client_token))
             if row.status in (Status.PENDING, Status.IN_PROGRESS):
                 result.work.append(Planned(request, row.client_token, row.status, row.attempts, maybe_sent=True,
                                            phone_number_id=row.phone_number_id,
@@ -98,13 +122,49 @@ def plan_batch(conn: sqlite3.Connection, requests: Sequence[ClaimRequest], run: 
                                            row.phone_number_arn, row.client_token, row.attempts, row.error_code,
                                            row.error_message, row.updated_at, run if dedupe else row.seen_run))
         next_ord += 1
-    conn.executemany(
-        "INSERT OR REPLACE INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "
+    return decided
+
+
+def _write(conn: Connection, decided: _Decisions) -> bool:
+    """Write a batch's decisions; False if another planner changed one of its rows since they were
+    read (the rows went in in key order, so two planners of the same numbers never deadlock)."""
+    written = conn.executemany(
+        "INSERT INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "
         "status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)", inserts)
-    conn.executemany("UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=maybe_sent OR ? "
-                     "WHERE target=? AND phone_number=?", touches)
-    return result
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT (target, phone_number) DO NOTHING",
+        sorted(decided.new_rows, key=lambda row: (row[0], row[1]))).rowcount
+    if decided.replaces:
+        written += conn.executemany(
+            "UPDATE numbers SET params_hash=?, description=?, tags=?, source=?, client_token=?, status='pending', "
+            "attempts=0, maybe_sent=0, phone_number_id=NULL, phone_number_arn=NULL, error_code=NULL, "
+            "error_message=NULL, seen_run=?, ord=?, created_at=?, updated_at=? "
+            "WHERE target=? AND phone_number=? AND client_token=? AND status='failed'",
+            sorted(decided.replaces, key=lambda row: (row[-3], row[-2]))).rowcount
+    if decided.touches:
+        written += conn.executemany(
+            "UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=CASE WHEN ? THEN 1 ELSE maybe_sent END "
+            "WHERE target=? AND phone_number=? AND client_token=?",
+            sorted(decided.touches, key=lambda row: (row[-3], row[-2]))).rowcount
+    return written == len(decided.new_rows) + len(decided.replaces) + len(decided.touches)
+
+
+def plan_batch(conn: Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
+               dedupe: bool) -> PlanResult:
+    """Plan a batch: look its numbers up, decide, write. Where several processes plan the same numbers
+    (PostgreSQL), a new row goes in with ``ON CONFLICT DO NOTHING`` and any other write only if the
+    row still has the token it was decided on; if another planner got there first, the batch is
+    decided again on what it wrote, so every planner hands out the winner's token."""
+    for _ in range(_RACES):
+        conn.execute("SAVEPOINT plan")
+        (next_ord,) = conn.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM numbers WHERE seen_run=?",
+                                   (run,)).fetchone()
+        decided = _decide(requests, _existing(conn, requests), run, retry_failed, dedupe, next_ord)
+        if _write(conn, decided):
+            conn.execute("RELEASE plan")
+            return decided.result
+        conn.execute("ROLLBACK TO plan")
+        conn.execute("RELEASE plan")
+    raise JournalError(f"planning kept racing with another process over the same numbers ({_RACES} tries)")
 
 
 def _tags_text(request: ClaimRequest) -> str | None:
@@ -128,7 +188,7 @@ def planned_from_row(row: Sequence[Any], targets: dict[str, Target] | None = Non
     return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)
 
 
-def join_unsettled(conn: sqlite3.Connection, run: int, mine: Sequence[int]) -> list[tuple[str, str, str]]:
+def join_unsettled(conn: Connection, run: int, mine: Sequence[int]) -> list[tuple[str, str, str]]:
     """Numbers of ``run``'s targets left unsettled by a run not in ``mine`` (runs of this process) with a
     token that may have been sent — ``in_progress``; ``pending`` after an attempt; or reserved by a run
     whose process died before closing the journal — join ``run`` after its own numbers, marked possibly
@@ -148,7 +208,7 @@ def join_unsettled(conn: sqlite3.Connection, run: int, mine: Sequence[int]) -> l
     return [(str(t), str(n), str(s)) for t, n, s in rows]
 
 
-def reuse_plan(conn: sqlite3.Connection, fingerprint: str, run: int) -> PlanReuse | None:
+def reuse_plan(conn: Connection, fingerprint: str, run: int) -> PlanReuse | None:
     """Take over the latest complete plan of ``fingerprint`` if every number of it is still that plan's
     (no later run has taken one into its own input). Nothing is rewritten: ``run`` records that its
     numbers are those of the earlier run (``members_run``), and only pending ones are marked as

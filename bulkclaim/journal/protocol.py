@@ -23,6 +23,12 @@ __all__ = ["Journal", "JournalReader", "JournalStatus"]
 class Journal(Protocol):
     """A run's journal: tokens, attempts and outcomes of claims, acquisitions and releases."""
 
+    #: True: one process at a time (a second :func:`~bulkclaim.journal.open_journal` is refused while
+    #: it is open: SQLite). False: several processes share the journal at once (PostgreSQL), and
+    #: concurrent planners of one number agree on one token.
+    @property
+    def exclusive(self) -> bool: ...
+
     # -- runs and planning -----------------------------------------------------------------------------
     async def begin_run(self) -> int:
         """A new run's id (runs of one journal are numbered in the order they began)."""

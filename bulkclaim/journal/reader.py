@@ -1,6 +1,9 @@
-"""The SQLite journal opened for reading: ``status``, ``report``, ``release``'s list and the dry run.
+"""A journal opened for reading: ``status``, ``report``, ``release``'s list and the dry run.
 
-It opens the file read-only (see :func:`~bulkclaim.journal.schema.connect_read_only`: WAL lets it read
+:class:`SqlReader` is the :class:`~bulkclaim.journal.protocol.JournalReader` of both backends (the
+shared SQL, see ``sql``); each says only how to tell whether a run is live.
+
+SQLite's opens the file read-only (see :func:`~bulkclaim.journal.schema.connect_read_only`: WAL lets it read
 beside a run that is writing, and a finished journal on read-only media reads too) and never takes the
 journal's lock (``status`` only looks whether someone holds it), creates it, or reserves anything.
 """
@@ -15,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bulkclaim.journal import releases
-from bulkclaim.journal.lock import lock_holder
+from bulkclaim.journal.lock import LockHolder, lock_holder
 from bulkclaim.journal.protocol import JournalStatus
 from bulkclaim.journal.schema import connect_read_only
+from bulkclaim.journal.sql import Connection
 from bulkclaim.model import JournalError, Outcome, Status, ToRelease
 
-__all__ = ["SqliteReader", "read_sqlite"]
+__all__ = ["SqlReader", "SqliteReader", "read_sqlite"]
 
 _RATE_WINDOW = 60.0  # seconds of accepted claims the live rate in ``status`` is measured over
 
@@ -40,12 +44,19 @@ def read_sqlite(path: Path) -> Iterator[SqliteReader | None]:
         raise JournalError(f"cannot read journal {path}: {exc}") from None
 
 
-class SqliteReader:
-    """The :class:`~bulkclaim.journal.protocol.JournalReader` of an SQLite journal."""
+class SqlReader:
+    """The :class:`~bulkclaim.journal.protocol.JournalReader` of a journal ``name`` read through ``conn``."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
-        self.path = path
+    #: the exceptions that mean the database could not be read
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, name: str, conn: Connection) -> None:
+        self.name = name
         self._conn = conn
+
+    def _holder(self, latest_run: int | None, run_pid: int | None) -> LockHolder:
+        """Whether the process of ``latest_run`` (pid ``run_pid``) still has the journal open."""
+        raise NotImplementedError
 
     def status(self, *, now: float | None = None, errors: int = 5) -> JournalStatus:
         conn = self._conn
@@ -62,7 +73,7 @@ class SqliteReader:
                 "SELECT seen_run, status, count(*) FROM numbers GROUP BY seen_run, status "
                 "UNION ALL SELECT run, 'invalid', count(*) FROM rejected GROUP BY run ORDER BY 1, 2"):
             per_run.setdefault(run, {})[status] = count
-        holder = lock_holder(self.path, expected_pid=run_pid)
+        holder = self._holder(latest, run_pid)
         rate: float | None = None
         if holder.held:
             clock = time.time() if now is None else now
@@ -80,7 +91,7 @@ class SqliteReader:
         ]
         pending = counts.get(Status.PENDING.value, 0)
         eta = pending / rate if rate and pending else None
-        return JournalStatus(str(self.path), holder.held, holder.pid, counts, runs, latest,
+        return JournalStatus(self.name, holder.held, holder.pid, counts, runs, latest,
                              plan[0] if plan else latest, started, rate, eta, per_run, last_errors, error_count,
                              latest if holder.held and holder.pid is not None and holder.pid == run_pid else None)
 
@@ -120,8 +131,21 @@ class SqliteReader:
                     "SELECT raw, source, target, reason, at, run FROM rejected WHERE run=? ORDER BY id", (run,)):
                 yield Outcome(raw, source, target or "", Status.INVALID, error_code="InvalidInput",
                               error_message=reason, updated_at=at, run=rejected_in)
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"cannot read journal {self.path}: {exc}") from None
+        except self.errors as exc:
+            raise JournalError(f"cannot read journal {self.name}: {exc}") from None
 
     def numbers_to_release(self, run: int | None = None) -> list[ToRelease]:
         return releases.numbers_to_release(self._conn, run)
+
+
+class SqliteReader(SqlReader):
+    """The reader of an SQLite journal: live while a process holds the file's lock."""
+
+    errors = (sqlite3.DatabaseError,)
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        super().__init__(str(path), conn)
+        self.path = path
+
+    def _holder(self, latest_run: int | None, run_pid: int | None) -> LockHolder:
+        return lock_holder(self.path, expected_pid=run_pid)

@@ -7,9 +7,9 @@ per token) and releases made to a target within the window, the rule Connect app
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
+from bulkclaim.journal.sql import Connection
 from bulkclaim.model import CHURN_WINDOW_DAYS, ToRelease, new_token
 
 __all__ = ["churn", "numbers_to_release", "record_release", "release_token"]
@@ -17,7 +17,7 @@ __all__ = ["churn", "numbers_to_release", "record_release", "release_token"]
 OURS = "('accepted', 'recovered')"  # attempt results that mean a claim of ours took the number
 
 
-def numbers_to_release(conn: sqlite3.Connection, run: int | None) -> list[ToRelease]:
+def numbers_to_release(conn: Connection, run: int | None) -> list[ToRelease]:
     ours = set(conn.execute("SELECT DISTINCT target, phone_number, client_token FROM attempts "
                             f"WHERE result IN {OURS}"))  # recovered: our claim, answer lost
     query = ("SELECT target, phone_number, phone_number_id, client_token FROM numbers WHERE status='claimed' "
@@ -30,7 +30,7 @@ def numbers_to_release(conn: sqlite3.Connection, run: int | None) -> list[ToRele
             for target, number, number_id, token in conn.execute(query + " ORDER BY target, seen_run, ord", params)]
 
 
-def release_token(conn: sqlite3.Connection, number: ToRelease) -> str:
+def release_token(conn: Connection, number: ToRelease) -> str:
     found = conn.execute("SELECT client_token FROM releases WHERE target=? AND phone_number=? AND phone_number_id=?",
                          (number.target, number.phone_number, number.phone_number_id)).fetchone()
     if found is not None:
@@ -42,7 +42,7 @@ def release_token(conn: sqlite3.Connection, number: ToRelease) -> str:
     return token
 
 
-def record_release(conn: sqlite3.Connection, number: ToRelease, status: str, error: tuple[str, str] | None) -> None:
+def record_release(conn: Connection, number: ToRelease, status: str, error: tuple[str, str] | None) -> None:
     now = time.time()
     conn.execute("UPDATE releases SET status=?, attempts=attempts+1, error_code=?, error_message=?, updated_at=? "
                  "WHERE target=? AND phone_number=? AND phone_number_id=?",
@@ -52,11 +52,11 @@ def record_release(conn: sqlite3.Connection, number: ToRelease, status: str, err
                      "AND phone_number_id=?", (now, number.target, number.phone_number, number.phone_number_id))
 
 
-def churn(conn: sqlite3.Connection, target: str, now: float | None) -> int:
+def churn(conn: Connection, target: str, now: float | None) -> int:
     since = (now if now is not None else time.time()) - CHURN_WINDOW_DAYS * 86400.0
     (claims,) = conn.execute(
         "SELECT count(*) FROM (SELECT DISTINCT phone_number, client_token FROM attempts "
-        f"WHERE target=? AND result IN {OURS} AND at>=?)", (target, since)).fetchone()
+        f"WHERE target=? AND result IN {OURS} AND at>=?) AS claims", (target, since)).fetchone()
     (releases,) = conn.execute("SELECT count(*) FROM releases WHERE target=? AND status='released' AND updated_at>=?",
                                (target, since)).fetchone()
     return int(claims) + int(releases)

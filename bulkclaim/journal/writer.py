@@ -1,52 +1,82 @@
 """The journal's writer thread: it owns the one write connection and commits in groups.
 
-The thread opens the database (refusing a file that is not a bulkclaim journal, WAL, ``synchronous=FULL``,
-migrations), then runs every job waiting in its queue in *one* transaction (group commit): reserving
-tokens for a batch of numbers costs one fsync, and many concurrent library callers share fsyncs too.
-Every way the thread can end, opening included, is reported to whoever waits on it: ``Writer()``
-raises the opening's failure, and queued jobs fail with the journal's error rather than hang.
+The thread opens the database through its backend's :class:`Database` (which refuses what is not a
+bulkclaim journal and migrates), then runs every job waiting in its queue in *one* transaction (group
+commit): reserving tokens for a batch of numbers costs one commit, and many concurrent library callers
+share commits too. Every way the thread can end, opening included, is reported to whoever waits on
+it: ``Writer()`` raises the opening's failure, and queued jobs fail with the journal's error rather
+than hang. Both backends use it: only :class:`Database` differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
-from bulkclaim.journal.schema import migrate, refuse_foreign
+from bulkclaim.journal.sql import ConnectionT
 from bulkclaim.model import JournalError
 
-__all__ = ["Job", "Writer", "journal_error"]
+__all__ = ["Database", "Job", "Writer"]
 
 _T = TypeVar("_T")
 _MAX_GROUP = 2000
+_TRIES = 3  # a group the database asks to run again (a deadlock, a serialization failure) runs this often
+
+
+class Database(Protocol[ConnectionT]):
+    """One backend's database as the writer thread sees it."""
+
+    #: what messages call the journal (a path; a URL without its password)
+    name: str
+    #: the exceptions that mean the database failed (they fail the whole group, and the journal)
+    errors: tuple[type[BaseException], ...]
+
+    def connect(self) -> ConnectionT:
+        """Open the database (in the writer thread), refusing one that is not a bulkclaim journal, and
+        create or migrate the schema. Raises JournalError."""
+        ...
+
+    def begin(self, conn: ConnectionT) -> None: ...
+
+    def commit(self, conn: ConnectionT) -> None:
+        """Commit the group (raising, before committing, if the journal must not be written)."""
+        ...
+
+    def rollback(self, conn: ConnectionT) -> None: ...
+
+    def close(self, conn: ConnectionT) -> None: ...
+
+    def journal_error(self, exc: BaseException) -> JournalError:
+        """``exc`` (one of ``errors``) as a message for the user."""
+        ...
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether the group failed only because of a concurrent transaction and may run again."""
+        ...
 
 
 @dataclass
-class Job:
-    run: Callable[[sqlite3.Connection], Any]
+class Job(Generic[ConnectionT]):
+    run: Callable[[ConnectionT], Any]
     done: Callable[[Any, BaseException | None], None] | None
 
 
-class Writer:
-    """The writer thread of the journal at ``path``; constructing it opens the database (blocking)."""
+class Writer(Generic[ConnectionT]):
+    """The writer thread of ``database``; constructing it opens the database (blocking)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._identity = (0, 0)  # (device, inode) of the file opened: see _check_still_there
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    def __init__(self, database: Database[ConnectionT]) -> None:
+        self.database = database
+        self._jobs: queue.SimpleQueue[Job[ConnectionT] | None] = queue.SimpleQueue()
         self._failure: BaseException | None = None
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"bulkclaim-journal {path}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"bulkclaim-journal {database.name}", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._failure is not None:
@@ -63,29 +93,16 @@ class Writer:
             self._jobs.put(None)
             await anyio.to_thread.run_sync(self._thread.join)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            refuse_foreign(conn, self.path)  # before anything writes to a file that may not be ours
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            migrate(conn, self.path)
-            self._identity = _identity(self.path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def _run(self) -> None:
+        database = self.database
         try:
-            conn = self._connect()
+            conn = database.connect()
         except JournalError as exc:
             self._failure = exc
-        except (sqlite3.Error, OSError) as exc:
-            self._failure = journal_error(self.path, exc)
+        except database.errors as exc:
+            self._failure = database.journal_error(exc)
         except BaseException as exc:  # anything else (a bug in a migration step): open() must not wait forever
-            self._failure = JournalError(f"journal {self.path} could not be opened: {exc!r}")
+            self._failure = JournalError(f"journal {database.name} could not be opened: {exc!r}")
         finally:
             self._ready.set()
         if self._failure is not None:
@@ -93,19 +110,19 @@ class Writer:
         try:
             self._serve(conn)
         finally:
-            conn.close()
+            database.close(conn)
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    def _serve(self, conn: ConnectionT) -> None:
         try:
             self._serve_groups(conn)
         except BaseException as exc:  # never leave a waiter behind: fail everything still queued
-            self._failure = self._failure or JournalError(f"journal {self.path} writer stopped: {exc!r}")
+            self._failure = self._failure or JournalError(f"journal {self.database.name} writer stopped: {exc!r}")
             raise
         finally:
             self._fail_queued()
 
     def _fail_queued(self) -> None:
-        closed = self._failure or JournalError(f"journal {self.path} is closed")
+        closed = self._failure or JournalError(f"journal {self.database.name} is closed")
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -114,7 +131,7 @@ class Writer:
             if job is not None and job.done is not None:
                 job.done(None, closed)
 
-    def _serve_groups(self, conn: sqlite3.Connection) -> None:
+    def _serve_groups(self, conn: ConnectionT) -> None:
         while True:
             first = self._jobs.get()
             if first is None:
@@ -131,19 +148,22 @@ class Writer:
                 group.append(job)
             self._run_group(conn, group)
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[Job]) -> None:
+    def _run_group(self, conn: ConnectionT, group: list[Job[ConnectionT]]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
-        if self._failure is None:
+        database = self.database
+        for attempt in range(1, _TRIES + 1):
+            if self._failure is not None:
+                break
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for job in group:
-                    results.append(_run_job(conn, job))
-                self._check_still_there()
-                conn.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                self._failure = journal_error(self.path, exc)
-                if conn.in_transaction:
-                    conn.rollback()
+                database.begin(conn)
+                results = [_run_job(conn, job, database.errors) for job in group]
+                database.commit(conn)
+                break
+            except database.errors as exc:
+                with contextlib.suppress(*database.errors):
+                    database.rollback(conn)
+                if attempt == _TRIES or not database.retryable(exc):
+                    self._failure = database.journal_error(exc)
         if self._failure is not None:  # a failed journal fails every later job: never lose silently
             results = [(None, self._failure) for _ in group]
         for job, (value, error) in zip(group, results, strict=True):
@@ -151,18 +171,7 @@ class Writer:
                 with contextlib.suppress(RuntimeError):  # the waiter's event loop is gone: nobody to tell
                     job.done(value, error)
 
-    def _check_still_there(self) -> None:
-        """A journal deleted or replaced under a run would take every later commit with it (SQLite
-        writes on to the unlinked file): stop before a token is promised durable and is not."""
-        try:
-            same = _identity(self.path) == self._identity
-        except FileNotFoundError:
-            same = False
-        if not same:
-            raise OSError("it was deleted or replaced while this run was using it; nothing more is sent. Numbers "
-                          "claimed so far stay on the target: a new run of the same inputs finds and adopts them")
-
-    async def submit(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def submit(self, run: Callable[[ConnectionT], _T]) -> _T:
         """Run ``run`` in the writer thread, in the next group transaction; its result once committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
@@ -180,7 +189,7 @@ class Writer:
         self.put(Job(run, deliver))
         return await future
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job[ConnectionT]) -> None:
         self.raise_if_broken()
         self._jobs.put(job)
 
@@ -189,16 +198,17 @@ class Writer:
         if self._failure is not None:
             raise self._failure
         if not self._thread.is_alive():
-            raise JournalError(f"journal {self.path} is closed")
+            raise JournalError(f"journal {self.database.name} is closed")
 
 
-def _run_job(conn: sqlite3.Connection, job: Job) -> tuple[Any, BaseException | None]:
+def _run_job(conn: ConnectionT, job: Job[ConnectionT],
+             errors: tuple[type[BaseException], ...]) -> tuple[Any, BaseException | None]:
     """Run one job in its own savepoint: a job that fails for its own reasons fails alone, and the
-    rest of the group commits. Database errors still fail the whole group (the journal is broken)."""
+    rest of the group commits. Database errors (``errors``) still fail the whole group."""
     conn.execute("SAVEPOINT job")
     try:
         value = job.run(conn)
-    except (sqlite3.Error, OSError):
+    except errors:
         raise
     except Exception as exc:
         conn.execute("ROLLBACK TO job")
@@ -206,20 +216,3 @@ def _run_job(conn: sqlite3.Connection, job: Job) -> tuple[Any, BaseException | N
         return None, exc
     conn.execute("RELEASE job")
     return value, None
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino
-
-
-def journal_error(path: Path, exc: BaseException) -> JournalError:
-    text = str(exc)
-    if "not a database" in text or "malformed" in text:
-        return JournalError(f"journal {path} is corrupt or not a bulkclaim journal ({text}); "
-                            "it was left untouched: move it aside to start over")
-    if isinstance(exc, sqlite3.OperationalError) and "readonly" in text:
-        return JournalError(f"journal {path} is read-only ({text})")
-    if "disk is full" in text or "disk I/O" in text:
-        return JournalError(f"journal {path} cannot be written: {text}; free some space and run again")
-    return JournalError(f"journal {path}: {text}")
