@@ -35,6 +35,7 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
     from bulkclaim.dry_run import dry_run_plan
     from bulkclaim.journal import read_journal
     from bulkclaim.preflight import Preflight
+    from bulkclaim.progress import format_duration
     from bulkclaim.quotas import Quotas
 
     owned: dict[str, Any] | None = None
@@ -69,7 +70,7 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
         click.echo(f"    {row.source}: {row.reason}")
     rates = rate_settings(opts, quotas)
     click.echo(f"  rate:              {rates.rate:g} claims/s, burst {rates.burst}")
-    click.echo(f"  expected duration: {_duration(max(0, plan.to_claim - rates.burst) / rates.rate)} for "
+    click.echo(f"  expected duration: {format_duration(max(0, plan.to_claim - rates.burst) / rates.rate)} for "
                f"{plan.to_claim} claim(s) at best ((N - burst) / rate), plus waiting for CLAIMED")
     if quota_check is not None:
         for line in quota_check.lines():
@@ -119,11 +120,5 @@ async def _read_target(target: Target, opts: dict[str, Any]) -> tuple[dict[str, 
 _NOT_CONFIGURED = frozenset({"NoCredentialsError", "PartialCredentialsError"})
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
 
 

@@ -17,7 +17,7 @@ from bulkclaim.logs import stderr_console
 from bulkclaim.model import RunSummary
 from bulkclaim.ratelimit import Limiter
 
-__all__ = ["ProgressMeter", "RateMeter", "Snapshot", "run_with_progress"]
+__all__ = ["ProgressMeter", "RateMeter", "Snapshot", "format_duration", "run_with_progress"]
 
 _T = TypeVar("_T")
 
@@ -159,7 +159,7 @@ async def _rich_display(meter: ProgressMeter) -> None:
         task = display.add_task("claim", total=None, detail="planning…")
 
         def show(snap: Snapshot) -> None:
-            eta = "-" if snap.eta_seconds is None else _duration(snap.eta_seconds)
+            eta = "-" if snap.eta_seconds is None else format_duration(snap.eta_seconds)
             speed = "    -" if snap.claims_per_second is None else f"{snap.claims_per_second:5.1f}"
             detail = (f"{speed} claims/s · limit {snap.rate_limit:.2f}/s · "
                       f"throttled {snap.throttled} · ETA {eta}")
@@ -173,7 +173,11 @@ async def _rich_display(meter: ProgressMeter) -> None:
             show(meter.snapshot())
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
+def format_duration(seconds: float) -> str:
+    """A duration as people read it at a glance: ``45s``, ``4m05s``, ``2h07m`` (the bar's ETA, the dry run)."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
