@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from bulkclaim.quotas import Quotas, read_quotas
     from bulkclaim.run import RunState
     from bulkclaim.settings import ClientSettings, RateSettings
+    from bulkclaim.telemetry import Telemetry
 
 _WHERE = {
     "AcquireSpec": "acquire",
@@ -63,6 +64,7 @@ _WHERE = {
     "Target": "model",
     "Quotas": "quotas",
     "RateSettings": "settings",
+    "Telemetry": "telemetry",
     "read_quotas": "quotas",
 }
 
@@ -90,6 +92,7 @@ __all__ = [
     "RunSummary",
     "Status",
     "Target",
+    "Telemetry",
     "open_journal",
     "read_quotas",
 ]

@@ -30,6 +30,7 @@ from bulkclaim.model import FatalServiceError
 from bulkclaim.outage import OUTAGE_TIMEOUT, Gate
 from bulkclaim.ratelimit import Limiter
 from bulkclaim.retry import FAILED, Retrying, Sleep
+from bulkclaim.telemetry import Telemetry
 
 __all__ = ["Api", "CallFailed", "Withdrawn"]
 
@@ -59,9 +60,12 @@ class Api:
                  sleep: Sleep = anyio.sleep, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, fatal_cooldown: float | None = None,
                  endpoint: str | None = None, outage_timeout: float = OUTAGE_TIMEOUT,
-                 answer_timeout: float | None = None) -> None:
+                 answer_timeout: float | None = None, telemetry: Telemetry | None = None) -> None:
         self.client = client
         self.limiters = limiters
+        #: Every request counted by API and outcome, with its latency (read by bulkclaim.metrics).
+        self.telemetry = telemetry or Telemetry()
+        self.telemetry.limiters = limiters
         self.backoff = backoff
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -114,10 +118,12 @@ class Api:
             if withdraw_if is not None and withdraw_if():
                 raise Withdrawn
             limiter.sent += 1
+            started, outcome = time.perf_counter(), "error"  # the request's latency, not its wait for a turn
             try:
                 with anyio.fail_after(self.answer_timeout):
                     answer: dict[str, Any] = await getattr(self.client, method)(**params)
                 check_answer(operation, answer)  # a 200 without the answer is an unknown outcome
+                outcome = "ok"
             except TimeoutError as exc:  # the whole answer took too long: unknown outcome, same token again
                 raise CallFailed(Classified(Verdict.RETRY, "ReadTimeoutError",
                                             f"no complete answer within {self.answer_timeout:g}s")) from exc
@@ -131,12 +137,15 @@ class Api:
                 if isinstance(exc, ClientError):  # an answer: the endpoint is there
                     self.gate.reached(trusted=classified.verdict != Verdict.FATAL)
                 if classified.throttled:
+                    outcome = "throttled"
                     limiter.on_throttle()
                 if classified.verdict == Verdict.FATAL and (operation, classified.code) not in _DENIALS_OF_READS_ONLY:
                     self._trip(FatalServiceError(classified.code, classified.message))
                     assert self.fatal is not None
                     raise self.fatal from exc
                 raise CallFailed(classified) from exc
+            finally:
+                self.telemetry.request(operation, outcome, time.perf_counter() - started)
         self.gate.reached(trusted=True)
         limiter.on_success()
         return answer

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -52,6 +52,10 @@ from bulkclaim.outage import OUTAGE_TIMEOUT
 from bulkclaim.ratelimit import Limiter
 from bulkclaim.run import RunState
 from bulkclaim.settings import ClientSettings, RateSettings
+from bulkclaim.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from bulkclaim.metrics import ClaimerCollector
 
 __all__ = ["Claimer", "RateSettings", "connect_api"]
 
@@ -78,6 +82,8 @@ class Claimer:
     one limiter per API (one rate budget, as the account's bucket is shared). A Claimer with other
     ``rates`` gets limiters built from its own arguments, which do not share that budget (a
     ``limiter.not_shared`` warning is logged).
+
+    ``telemetry`` counts for :meth:`metrics_collector`; Claimers given the same one add up.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class Claimer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.target = Target(instance_id=instance_id, target_arn=target_arn)
         self._journal_spec = journal
@@ -122,6 +129,8 @@ class Claimer:
         self._acquisitions: dict[str, anyio.Lock] = {}  # one run at a time per acquisition name
         self.last_summary: RunSummary | None = None  # the counts of the latest finished claim_many run
         self._run: int | None = None
+        #: What the metrics read (see :meth:`metrics_collector`): give several Claimers one to add them up.
+        self.telemetry = telemetry or Telemetry()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def __aenter__(self) -> Claimer:
@@ -150,9 +159,11 @@ class Claimer:
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
             self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng,
                            clock=self._clock, fatal_cooldown=self._fatal_cooldown,
-                           outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings))
+                           outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings),
+                           telemetry=self.telemetry)
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._claims = RunState()  # what claim() does is one long run: the Claimer's life
+            stack.enter_context(self.telemetry.tracking(self._claims))
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         except BaseException:
             await stack.aclose()
@@ -171,6 +182,13 @@ class Claimer:
             # the caller's own exception through as it is, not wrapped in a task group's exception group.
             self._tg.cancel_scope.cancel()
         await stack.aclose()
+
+    def metrics_collector(self) -> ClaimerCollector:
+        """A Prometheus collector of this Claimer's metrics to register in the host's registry (the
+        ``bulkclaim[metrics]`` extra; see :mod:`bulkclaim.metrics`). Starts no server, registers nothing."""
+        from bulkclaim.metrics import ClaimerCollector
+
+        return ClaimerCollector(self)
 
     # -- one number ------------------------------------------------------------------------------------
     async def claim(self, phone_number: str, *, description: str | None = None,
@@ -191,7 +209,9 @@ class Claimer:
 
     async def _claim_shared(self, request: ClaimRequest, shared: _Shared) -> None:
         try:
-            shared.set(await self._claim_one(request))
+            outcome = await self._claim_one(request)
+            self._claims.summary.statuses[outcome.status.value] += 1  # counted once, however many callers wait
+            shared.set(outcome)
         except Exception as exc:
             shared.fail(exc)
         finally:

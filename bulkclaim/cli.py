@@ -44,6 +44,7 @@ from bulkclaim.cli_common import (
     verbosity_options,
 )
 from bulkclaim.cli_help import GroupedCommand
+from bulkclaim.cli_metrics import check_metrics, metrics_options
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
@@ -89,6 +90,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @aws_options
 @option("no-progress", is_flag=True, group="Output", help="No progress bar, even on a terminal.")
 @verbosity_options
+@metrics_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
@@ -101,6 +103,7 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
 
     opts["verbosity"] = verbosity(opts)
     configure_logging(opts["log_format"], verbosity=opts["verbosity"])
+    check_metrics(opts)
     journal = opts["journal"] or default_journal(target)
     try:
         for path in inputs:
@@ -130,11 +133,13 @@ class _Run:
     summary: RunSummary | None = None
 
     def run(self, rows: Any) -> int:
+        from bulkclaim.cli_metrics import exporting
         from bulkclaim.cli_run import Harness
 
         self.harness = Harness(self.journal, self.opts, before_abort=self._write_report)
-        self.harness.run_main(lambda: self._main(rows))
-        return self._finish()
+        with exporting(self.opts, self.harness.telemetry):
+            self.harness.run_main(lambda: self._main(rows))
+            return self._finish()
 
     async def _main(self, rows: Any) -> None:
         import anyio
@@ -156,7 +161,8 @@ class _Run:
         async with Claimer(journal=self.journal, instance_id=self.target.instance_id,
                            target_arn=self.target.target_arn, client_settings=client_settings(opts),
                            rates=rate_settings(opts, quotas or Quotas()), options=options,
-                           fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
+                           fatal_cooldown=None, outage_timeout=opts["outage_timeout"],
+                           telemetry=self.harness.telemetry) as claimer:
             state = RunState()  # before the signal handlers: a signal from now on stops this run
             with anyio.CancelScope() as scope:
                 self.harness.install_signals(state.request_stop, scope)

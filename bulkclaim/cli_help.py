@@ -20,6 +20,7 @@ SECTIONS = (
     "Quotas",
     "AWS",
     "Output",
+    "Metrics",
     "Options",
 )
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -37,6 +38,7 @@ from bulkclaim.cli_common import (
     verbosity_options,
 )
 from bulkclaim.cli_help import GroupedCommand
+from bulkclaim.cli_metrics import check_metrics, exporting, metrics_options
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.model import BulkclaimError, Outcome, Target, valid_tag_key
 
@@ -83,6 +85,7 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
 @quota_options
 @aws_options
 @verbosity_options
+@metrics_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def acquire_command(**opts: Any) -> None:
@@ -97,6 +100,7 @@ def acquire_command(**opts: Any) -> None:
 
     configure_logging(opts["log_format"], verbosity=verbosity(opts))
     target = target_of(opts)
+    check_metrics(opts)
     if opts["report"]:
         try:
             report_format(opts["report"])
@@ -117,7 +121,15 @@ def acquire_command(**opts: Any) -> None:
 
     expect_report(opts["report"], journal)
     harness = Harness(journal, opts, before_abort=write_slots)
-    harness.run_main(partial(_acquire, harness, target, spec, opts["name"] or spec.default_name(), slots))
+    with exporting(opts, harness.telemetry):
+        harness.run_main(partial(_acquire, harness, target, spec, opts["name"] or spec.default_name(), slots))
+        _acquired(harness, spec, journal, slots, write_slots)
+
+
+def _acquired(harness: Harness, spec: AcquireSpec, journal: JournalSpec, slots: list[Outcome],
+              write_slots: Callable[[], None]) -> NoReturn:
+    """The end of ``acquire``: the report, what was acquired, the exit code."""
+    opts = harness.opts
     try:
         write_slots()
     except OSError as exc:
@@ -148,7 +160,8 @@ async def _acquire(harness: Harness, target: Target, spec: AcquireSpec, name: st
     options = Options(verify=not opts["no_verify"], verify_timeout=opts["verify_timeout"])
     async with Claimer(journal=harness.journal, instance_id=target.instance_id, target_arn=target.target_arn,
                        client_settings=client_settings(opts), rates=rate_settings(opts, quotas), options=options,
-                       fatal_cooldown=None, outage_timeout=opts["outage_timeout"]) as claimer:
+                       fatal_cooldown=None, outage_timeout=opts["outage_timeout"],
+                       telemetry=harness.telemetry) as claimer:
         acquirer = Acquirer(claimer.engine, claimer.journal, target, spec, name)
         with anyio.CancelScope() as scope:
             harness.install_signals(acquirer.state.request_stop, scope)
@@ -196,6 +209,7 @@ async def _acquire_preflight(acquirer: Acquirer, target: Target, quotas: Quotas,
 @rate_options
 @aws_options
 @verbosity_options
+@metrics_options
 @option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
         help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 def release_command(**opts: Any) -> None:
@@ -207,6 +221,7 @@ def release_command(**opts: Any) -> None:
     from bulkclaim.logs import configure_logging
 
     configure_logging(opts["log_format"], verbosity=verbosity(opts))
+    check_metrics(opts)
     journal_path: JournalSpec = opts["journal"]
     try:
         with read_journal(journal_path) as reader:
@@ -233,7 +248,8 @@ def release_command(**opts: Any) -> None:
             sys.exit(EXIT_INCOMPLETE)
     harness = Harness(journal_path, opts)
     counts: Counter[str] = Counter()
-    harness.run_main(partial(_release, harness, numbers, quotas, counts))
+    with exporting(opts, harness.telemetry):
+        harness.run_main(partial(_release, harness, numbers, quotas, counts))
     released = counts.pop("released", 0)
     click.echo(f"released {released} of {len(numbers)}" + "".join(f" · {code} {n}" for code, n in counts.items()))
     if harness.signal_received is not None:
@@ -284,7 +300,7 @@ async def _release(harness: Harness, numbers: list[ToRelease], quotas: Quotas, c
             async with Claimer(journal=harness.journal, instance_id=target.instance_id,
                                target_arn=target.target_arn, client_settings=client_settings(opts),
                                rates=rate_settings(opts, quotas), fatal_cooldown=None,
-                               outage_timeout=opts["outage_timeout"]) as claimer:
+                               outage_timeout=opts["outage_timeout"], telemetry=harness.telemetry) as claimer:
                 try:
                     counts.update(await release_all(
                         claimer.api, claimer.journal, group, stopping=stop.is_set,

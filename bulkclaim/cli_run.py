@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import anyio
@@ -34,6 +34,7 @@ from bulkclaim.model import (
 )
 from bulkclaim.preflight import Preflight, preflight
 from bulkclaim.quotas import Quotas
+from bulkclaim.telemetry import Telemetry
 
 __all__ = ["Harness", "check_quota", "debug_kill_point", "judge_preflight"]
 
@@ -49,6 +50,8 @@ class Harness:
     #: Called before the process exits 3 (aborted after the run began): the claim command writes
     #: the report of what the journal holds then, so ``--report`` is never an earlier run's.
     before_abort: Callable[[], None] | None = None
+    #: What the command's Claimers count, for ``--metrics-port`` / ``--metrics-textfile`` (cli_metrics.py).
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def run_main(self, main: Callable[[], Awaitable[None]]) -> None:
         """Run ``main``; exits the process (with a one-line message) on a configuration, input,

@@ -92,6 +92,12 @@ class Engine:
         sends nothing.
         """
         state = state or RunState()
+        with self.api.telemetry.tracking(state):  # its counts in the metrics while it goes on, and after
+            return await self._run(inputs, emit, fingerprint, emit_done, after_plan, state)
+
+    async def _run(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, fingerprint: str | None,
+                   emit_done: bool, after_plan: Callable[[RunSummary], Awaitable[None]] | None,
+                   state: RunState) -> RunSummary:
         summary = await self.plan(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
         if after_plan is not None:
             await after_plan(summary)

@@ -356,6 +356,17 @@ class RunSummary:
     #: status: they join the run to be settled with the service (never sent again) and reported.
     removed: dict[tuple[str, str], str] = field(default_factory=dict)
 
+    @property
+    def settled(self) -> int:
+        """Numbers this run has settled itself (statuses also count what planning found already done
+        and the invalid rows: not this run's work)."""
+        return max(0, sum(self.statuses.values()) - self.already_done - self.invalid)
+
+    @property
+    def remaining(self) -> int:
+        """Numbers this run has still to settle."""
+        return max(0, self.to_send - self.settled)
+
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the workers (a fatal service error first), not anyio's wrapper."""

@@ -108,10 +108,8 @@ class ProgressMeter:
         summary = self.engine.summary
         done = sum(summary.statuses.values())
         total = max(done, summary.to_send + summary.already_done + summary.invalid)
-        # statuses also count what planning found already done and the invalid rows: not this run's work
-        settled = max(0, done - summary.already_done - summary.invalid)
-        speed = self._rate.update(settled)
-        remaining = max(0, summary.to_send - settled)
+        speed = self._rate.update(summary.settled)
+        remaining = summary.remaining
         eta = remaining / speed if speed else (0.0 if speed is not None and not remaining else None)
         return Snapshot(done, total, speed, self.limiter.rate, self.limiter.throttled, eta)
 

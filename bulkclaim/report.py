@@ -58,9 +58,10 @@ def report_format(path: Path, explicit: str | None = None) -> str:
 
 
 @contextmanager
-def atomic_write(path: Path) -> Iterator[IO[str]]:
-    """Write ``path`` all at once or not at all: a private (0600, reports name every number and token
-    of a run) temporary file in the same directory is written, fsync'd and renamed over ``path``.
+def atomic_write(path: Path, *, mode: int = 0o600) -> Iterator[IO[str]]:
+    """Write ``path`` all at once or not at all: a temporary file in the same directory is written,
+    fsync'd and renamed over ``path``. Private (0600) unless ``mode`` says otherwise: reports name
+    every number and token of a run.
 
     A signal, a crash or a full disk during the write leaves the earlier file as it was. The
     temporary file's name is in :data:`PARTIAL_FILES` while it exists, so a process that must quit
@@ -69,6 +70,8 @@ def atomic_write(path: Path) -> Iterator[IO[str]]:
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
     PARTIAL_FILES.add(temporary)
     try:
+        if mode != 0o600:  # mkstemp's
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle
             handle.flush()

@@ -42,6 +42,6 @@ def test_claim_help_groups_options_and_shows_the_required_target() -> None:
     shown = _help("claim")
     sections = [line for line in shown.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
     assert sections == ["Input:", "Target (give exactly one):", "Journal and report:", "Claiming:", "Rate:",
-                        "Quotas:", "AWS:", "Output:", "Options:"]
+                        "Quotas:", "AWS:", "Output:", "Metrics:", "Options:"]
     target = shown.split("Target (give exactly one):", 1)[1].split("Journal and report:", 1)[0]
     assert "--instance-id" in target and "--target-arn" in target

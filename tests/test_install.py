@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("botocore", "aiobotocore", "aiohttp", "structlog", "rich")
+HEAVY = ("botocore", "aiobotocore", "aiohttp", "structlog", "rich", "prometheus_client")
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_no_dev_packages(installed: Path) -> None:
     listed = _run([str(installed / "python"), "-m", "pip", "list", "--format=freeze"], installed).stdout.lower()
     assert "bulkclaim==" in listed
-    for dev_only in ("types-aiobotocore", "mypy", "pytest", "hypothesis", "psycopg"):
+    for dev_only in ("types-aiobotocore", "mypy", "pytest", "hypothesis", "psycopg", "prometheus"):
         assert dev_only not in listed
 
 
@@ -72,6 +72,17 @@ def test_a_postgresql_journal_without_the_extra_names_it(installed: Path, tmp_pa
                   timeout=60)
     assert result.returncode == 2, result.stderr
     assert "pip install 'bulkclaim[postgres]'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", [["--metrics-port", "0"], ["--metrics-textfile", "bulkclaim.prom"]])
+def test_metrics_without_the_extra_exit_2_naming_it_before_anything_is_sent(installed: Path, tmp_path: Path,
+                                                                            flag: list[str]) -> None:
+    (tmp_path / "numbers.txt").write_text("+12065550100\n")
+    result = _run([str(installed / "bulkclaim"), "claim", "numbers.txt", "--instance-id", "i-1", *flag], tmp_path,
+                  timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'bulkclaim[metrics]'" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["numbers.txt"]  # no journal, no textfile
 
 
 def test_demo_works_from_a_plain_install_in_any_directory(installed: Path, tmp_path: Path) -> None:
