@@ -31,8 +31,10 @@ _MAX_JITTER = 4.0
 # The controller's constants, all in intervals of 1/rate or in requests (see AdaptiveRate):
 _SPAN = 8  # requests accepted between two 429s before their spacing is trusted as a measure (±1/8)
 _MARGIN = 0.97  # restart this far below the measured rate: the service's bucket refills 3% ahead of us
+_VICTIM = 0.05  # a 429 within this of the rate measured before: likely someone else's probe ...
+_VICTIM_CUT = 0.95  # ... so only this much of a cut
 _CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
-_STEP = 10.0
+_STEP = 20.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -135,24 +137,27 @@ class AdaptiveRate:
     """Drives a :class:`TokenBucket`'s rate between a floor and ``ceiling`` from the 429s it hears.
 
     Every constant is in the bucket's own units (intervals of ``1 / rate``, or requests), so the
-    same scenario throttles alike at 2/s and at 50/s (issue 13; in seconds, each probe carried ten
-    times more of a 2/s run's requests than of a 20/s one's):
+    same scenario throttles alike at Connect's default 2/s and at 50/s (issue 13: with constants in
+    seconds, each probe carried ten times more of a 2/s run's requests than of a 20/s one's):
 
     - Until the first 429 the rate is ``ceiling``: a client told the true rate is never slowed.
     - A 429 means the service's bucket is empty *now*. Between two such moments the service
-      admitted exactly ``rate x elapsed`` requests (less a fraction of a token), so the requests we
-      had accepted between two 429s at least :data:`_SPAN` apart measure the rate left to us
-      directly, as BBR measures a bottleneck. With a measure, a 429 restarts at :data:`_MARGIN` of
-      it; without one (the first 429s of a run), at ``decrease`` times the current rate.
+      admitted what it refilled (to within a token), so the requests *we* had accepted between two
+      429s at least :data:`_SPAN` of them apart measure the rate left to us, as BBR measures a
+      bottleneck. Going faster than that measure, a 429 restarts at :data:`_MARGIN` of it. Without
+      a measure yet (a run's first 429s), it restarts at ``decrease`` times the current rate.
+    - Already at or below the rate measured before (within :data:`_VICTIM`), a 429 is someone
+      else's probe more likely than ours: a small cut (:data:`_VICTIM_CUT`), the measure kept. A
+      client that took a 3% cut per 429 it suffered starved beside a second bulkclaim process.
     - A 429 of a request sent before the last cut (no request booked after it has gone out yet)
-      is old news: it is measured but cuts nothing.
-    - After a cut the rate climbs back along a cubic curve (TCP CUBIC's shape) with its plateau at
-      the measured rate (or the rate the congestion began at), time counted in intervals of the
-      restart rate: about 30 intervals to the plateau, a long stay there, then ever faster probes
-      above it, so the rare probe finds capacity someone else gave back.
+      is old news: it is measured but cuts nothing more than the measure says.
+    - Each cut empties our bucket too (see :meth:`TokenBucket.cut`) and the rate climbs back along
+      TCP CUBIC's curve with its plateau at the measured rate (or the rate the congestion began
+      at), time counted in intervals of the restart rate: ~60 intervals at the plateau after a 3%
+      cut, then ever faster probes above it, so a rare probe finds capacity that was given back.
     """
 
-    def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.7, floor: float | None = None,
+    def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
                  clock: Clock = time.monotonic) -> None:
         self.bucket = bucket
         self.ceiling = ceiling
@@ -169,20 +174,30 @@ class AdaptiveRate:
         self.throttles = 0
 
     def on_throttle(self) -> None:
-        """A 429 arrived: measure, then cut to the measured rate (or by ``decrease``) unless it is old news."""
+        """A 429 arrived: measure, then cut (see the class's description)."""
         self.throttles += 1
         now, current = self._clock(), self.current()
         self._marks.append((now, self.accepted))
-        self.estimate = self._measure() or self.estimate
-        old_news = self._cut and not self.bucket.sent_since_cut(now)
-        if self.estimate is not None and self.estimate * _MARGIN < current:
-            restart, target = self.estimate * _MARGIN, self.estimate
-        elif old_news:
+        previous = self.estimate
+        self.estimate = self._measure() or previous
+        over_measure = self.estimate is not None and self.estimate * _MARGIN < current
+        if self._cut and not self.bucket.sent_since_cut(now):  # old news
+            if over_measure:
+                assert self.estimate is not None
+                self._set(now, self.estimate * _MARGIN, self.estimate)
             return
+        if previous is not None and current <= previous * (1 + _VICTIM):
+            self.estimate = previous
+            self._set(now, current * _VICTIM_CUT, current)
+        elif over_measure:
+            assert self.estimate is not None
+            self._set(now, self.estimate * _MARGIN, self.estimate)
         else:
-            restart, target = current * self.decrease, current
+            self._set(now, current * self.decrease, current)
+
+    def _set(self, now: float, restart: float, plateau: float) -> None:
         self._restart = max(self.floor, min(restart, self.ceiling))
-        self._target = max(self._restart, min(target, self.ceiling))
+        self._target = max(self._restart, min(plateau, self.ceiling))
         self._since, self._cut = now, True
         self.bucket.rate = self._restart
         self.bucket.cut()
