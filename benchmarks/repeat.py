@@ -15,7 +15,8 @@ import sys
 
 import structlog
 
-from benchmarks.compare import run_in_process, scenarios
+from benchmarks.compare import scenarios
+from benchmarks.runs import run_in_process
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ _SPAN = 8  # requests accepted between two 429s before their spacing is trusted 
 _MARGIN = 0.97  # restart this far below the measured rate: the service's bucket refills 3% ahead of us
 _VICTIM = 0.05  # a 429 within this of the rate measured before: likely someone else's probe ...
 _VICTIM_CUT = 0.95  # ... so only this much of a cut
+_AGAIN = 0.75  # a later cut without a measure: milder, so two processes that started together split evenly
 _CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
 _STEP = 20.0
 Sleep = Callable[[float], Awaitable[None]]
@@ -145,7 +146,10 @@ class AdaptiveRate:
       admitted what it refilled (to within a token), so the requests *we* had accepted between two
       429s at least :data:`_SPAN` of them apart measure the rate left to us, as BBR measures a
       bottleneck. Going faster than that measure, a 429 restarts at :data:`_MARGIN` of it. Without
-      a measure yet (a run's first 429s), it restarts at ``decrease`` times the current rate.
+      a measure yet, the first 429 restarts at ``decrease`` times the ceiling (what we were told is
+      wrong) and later ones at :data:`_AGAIN` times the current rate: one deep cut each on a
+      429 that only one of two processes sharing a bucket happened to get had split them 60/40
+      for the whole run.
     - Already at or below the rate measured before (within :data:`_VICTIM`), a 429 is someone
       else's probe more likely than ours: a small cut (:data:`_VICTIM_CUT`), the measure kept. A
       client that took a 3% cut per 429 it suffered starved beside a second bulkclaim process.
@@ -193,7 +197,7 @@ class AdaptiveRate:
             assert self.estimate is not None
             self._set(now, self.estimate * _MARGIN, self.estimate)
         else:
-            self._set(now, current * self.decrease, current)
+            self._set(now, current * (self.decrease if not self._cut else _AGAIN), current)
 
     def _set(self, now: float, restart: float, plateau: float) -> None:
         self._restart = max(self.floor, min(restart, self.ceiling))

@@ -115,9 +115,9 @@ def test_adaptive_rate_drops_on_each_429_and_recovers_to_the_ceiling() -> None:
     assert bucket.rate == pytest.approx(6.0)
     send_after_the_cut(bucket, clock)
     adaptive.on_throttle()
-    assert bucket.rate == pytest.approx(3.6, rel=0.03)  # 0.6 x the rate, a moment into recovery from 6
+    assert bucket.rate == pytest.approx(4.5, rel=0.03)  # 0.75 x the rate, a moment into recovery from 6
     seen = []
-    for _ in range(2000):  # ~150 intervals back to 6/s (where the congestion began), then probing above
+    for _ in range(2000):  # ~100 intervals back to 6/s (where the congestion began), then probing above
         clock.advance(0.1)
         adaptive.on_success()
         seen.append(bucket.rate)
@@ -141,7 +141,7 @@ def test_a_429_of_a_request_sent_before_the_cut_cuts_nothing() -> None:
     assert adaptive.throttles == 3
     send_after_the_cut(bucket, clock)
     adaptive.on_throttle()
-    assert bucket.rate < 4.0
+    assert bucket.rate < 5.0
 
 
 def test_the_spacing_of_429s_measures_the_rate_left_to_us() -> None:
@@ -387,3 +387,17 @@ def test_a_neighbour_taking_a_quarter_of_the_bucket_is_barely_throttled_at_any_r
         theta, eta_fair = median_run(ours, 0.75 * rate)
         assert theta <= 0.10 and eta_fair >= 0.9, (rate, theta, eta_fair)
         assert statistics.median(run.throttled_share for run in theirs) <= 0.05, rate
+
+
+def test_two_processes_sharing_a_bucket_are_throttled_little_at_any_rate() -> None:
+    """Two bulkclaim processes in one account, both told the true rate: together at most 5% of their
+    attempts throttled, at 2, 20 and 50/s. (Their efficiency together is not asserted: in simulation
+    the median is 0.84-0.87, under issue 13's 0.93 bar, because whichever process the first 429s
+    happen to hit keeps the smaller share until the other finishes; see benchmarks/RESULTS.md.)"""
+    for rate in RATES:
+        shares = []
+        for seed in range(7):
+            runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, seed=seed)
+            assert all(run.accepted == 150 for run in runs)
+            shares.append(sum(r.throttled for r in runs) / sum(r.attempts for r in runs))
+        assert statistics.median(shares) <= 0.05, (rate, shares)
