@@ -144,10 +144,8 @@ def test_a_429_of_a_request_sent_before_the_cut_cuts_nothing() -> None:
     assert bucket.rate < 5.0
 
 
-def test_the_spacing_of_429s_measures_the_rate_left_to_us() -> None:
-    """Between two 429s the service's bucket went from empty to empty: it admitted what it refilled.
-    Twenty requests accepted in two seconds measure 10/s, whatever we were told; the rate restarts
-    just below it (not at 0.7 times a rate three times too high) and climbs back towards it."""
+def measured_at_10_per_second() -> tuple[FakeClock, TokenBucket, AdaptiveRate]:
+    """Told 30/s; a 429, twenty requests accepted in two seconds, another 429: 10/s measured."""
     clock = FakeClock(0.0)
     bucket = TokenBucket(30.0, 5, clock=clock)
     adaptive = AdaptiveRate(bucket, ceiling=30.0, clock=clock)
@@ -158,6 +156,14 @@ def test_the_spacing_of_429s_measures_the_rate_left_to_us() -> None:
     send_after_the_cut(bucket, clock)
     clock.now = 2.0
     adaptive.on_throttle()
+    return clock, bucket, adaptive
+
+
+def test_the_spacing_of_429s_measures_the_rate_left_to_us() -> None:
+    """Between two 429s the service's bucket went from empty to empty: it admitted what it refilled.
+    Twenty requests accepted in two seconds measure 10/s, whatever we were told; the rate restarts
+    just below it (not at a fraction of a rate three times too high) and climbs back towards it."""
+    clock, bucket, adaptive = measured_at_10_per_second()
     assert adaptive.estimate == pytest.approx(10.0)
     assert bucket.rate == pytest.approx(9.7)
     clock.advance(3.0)  # 30 intervals later: back at the measured rate, not yet probing above it
@@ -169,16 +175,7 @@ def test_a_429_at_the_measured_rate_is_someone_elses_probe_and_cuts_little() -> 
     """Once the rate left to us is measured, a 429 while we are not above it most likely answers
     another caller going faster: a 5% cut and the measure kept. Cutting to 97% of our own rate on
     every such 429 had a second bulkclaim process in the same account starve beside the first."""
-    clock = FakeClock(0.0)
-    bucket = TokenBucket(30.0, 5, clock=clock)
-    adaptive = AdaptiveRate(bucket, ceiling=30.0, clock=clock)
-    adaptive.on_throttle()
-    for _ in range(20):
-        clock.advance(0.1)
-        adaptive.on_success()
-    send_after_the_cut(bucket, clock)
-    clock.now = 2.0
-    adaptive.on_throttle()  # measured: 10/s, restart at 9.7
+    clock, bucket, adaptive = measured_at_10_per_second()  # restarted at 9.7
     clock.advance(1.0)
     for _ in range(8):
         adaptive.on_success()  # eight more accepted in no time: a measure of this span would say 8/s
