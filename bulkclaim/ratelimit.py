@@ -1,4 +1,4 @@
-"""Client-side rate control: a FIFO token bucket per API, an AIMD controller, an in-flight cap.
+"""Client-side rate control: a FIFO token bucket per API, an adaptive controller, an in-flight cap.
 
 The bucket is written as a *virtual schedule* (the GCRA form of a token bucket): each caller, at the
 moment it asks, is given the next free send time and sleeps until then. Asking is synchronous, so
@@ -156,9 +156,11 @@ class AdaptiveRate:
     - A 429 of a request sent before the last cut (no request booked after it has gone out yet)
       is old news: it is measured but cuts nothing more than the measure says.
     - Each cut empties our bucket too (see :meth:`TokenBucket.cut`) and the rate climbs back along
-      TCP CUBIC's curve with its plateau at the measured rate (or the rate the congestion began
-      at), time counted in intervals of the restart rate: ~60 intervals at the plateau after a 3%
-      cut, then ever faster probes above it, so a rare probe finds capacity that was given back.
+      TCP CUBIC's curve, time counted in intervals of the restart rate, with its plateau at the
+      measured rate: ~60 intervals to it after a 3% cut, then ever faster probes above it, so a rare
+      probe finds capacity that was given back. Without a measure the plateau is halfway (as a
+      ratio) back to the rate the congestion began at: a process that climbed straight back to the
+      ceiling took the bucket from a second one that had measured its share and settled.
     """
 
     def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
@@ -197,7 +199,8 @@ class AdaptiveRate:
             assert self.estimate is not None
             self._set(now, self.estimate * _MARGIN, self.estimate)
         else:
-            self._set(now, current * (self.decrease if not self._cut else _AGAIN), current)
+            restart = current * (self.decrease if not self._cut else _AGAIN)
+            self._set(now, restart, (restart * current) ** 0.5)
 
     def _set(self, now: float, restart: float, plateau: float) -> None:
         self._restart = max(self.floor, min(restart, self.ceiling))

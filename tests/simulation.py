@@ -53,11 +53,12 @@ def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5
 
 
 def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst: int = 5, latency: float = 0.03,
-                    latency_jitter: float = 0.0, neighbour_rate: float | None = None,
+                    latency_jitter: float = 0.0, neighbour_rate: float | None = None, starts: list[float] | None = None,
                     seed: int = 0) -> list[SimulatedRun]:
     """Several clients (one per entry of ``told``, each claiming ``numbers``) and optionally a
     neighbour sending every ``1 / neighbour_rate`` seconds until the last client is done, all against
-    one service bucket. Each round trip is ``latency`` plus up to ``latency_jitter`` more. Returns one
+    one service bucket; client ``i`` starts at ``starts[i]`` (default: all at 0). Each round trip is
+    ``latency`` plus up to ``latency_jitter`` more. Returns one
     :class:`SimulatedRun` per client, then the neighbour's (if any)."""
     clock = FakeClock(0.0)
     rng = random.Random(seed)
@@ -81,7 +82,7 @@ def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst:
     for client, limiter in enumerate(limiters):
         for _ in range(min(limiter.max_in_flight, numbers)):
             waiting[client] -= 1
-            at(0.0, client, "ask")
+            at(starts[client] if starts else 0.0, client, "ask")
     if neighbour_rate:
         at(rng.uniform(0.0, 1.0 / neighbour_rate), -1, "tick")
     unfinished = len(told)

@@ -389,12 +389,13 @@ def test_a_neighbour_taking_a_quarter_of_the_bucket_is_barely_throttled_at_any_r
 def test_two_processes_sharing_a_bucket_are_throttled_little_at_any_rate() -> None:
     """Two bulkclaim processes in one account, both told the true rate: together at most 5% of their
     attempts throttled, at 2, 20 and 50/s. (Their efficiency together is not asserted: in simulation
-    the median is 0.84-0.87, under issue 13's 0.93 bar, because whichever process the first 429s
+    the median is 0.83-0.89, under issue 13's 0.93 bar, because whichever process the first 429s
     happen to hit keeps the smaller share until the other finishes; see benchmarks/RESULTS.md.)"""
     for rate in RATES:
         shares = []
-        for seed in range(7):
-            runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, seed=seed)
+        for seed in range(8):  # the second process starts with the first, or half a second later
+            runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, starts=[0.0, seed % 2 / 2],
+                                   seed=seed)
             assert all(run.accepted == 150 for run in runs)
             shares.append(sum(r.throttled for r in runs) / sum(r.attempts for r in runs))
         assert statistics.median(shares) <= 0.05, (rate, shares)
