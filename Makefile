@@ -29,7 +29,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # Benchmarks (see benchmarks/RESULTS.md). bench: every scenario at Connect's real default (2/s, burst 5)
-# and at 20/s, 3 repetitions each, ~30 minutes; bench-quick: 20/s only, smaller N, ~8 minutes.
+# and at 20/s, 3 repetitions each, ~30 minutes; bench-quick: 20/s only, smaller N, one run each, ~5 minutes.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput
 	$(BIN)/python -m benchmarks.compare
@@ -38,8 +38,8 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput --quick
-	$(BIN)/python -m benchmarks.compare --quick
-	$(BIN)/python -m benchmarks.migrations --quick
+	$(BIN)/python -m benchmarks.compare --quick --reps 1
+	$(BIN)/python -m benchmarks.migrations --quick --reps 1
 	$(BIN)/python -m benchmarks.scale --rows 100000
 
 # Re-pin after changing dependencies in pyproject.toml.

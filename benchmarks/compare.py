@@ -120,8 +120,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each client in scenarios 1-3")
     parser.add_argument("--jobs", type=int, default=12, help="runs at once below 10/s (mostly waiting)")
     parser.add_argument("--ceiling-rounds", type=int, default=3, help="alternating rounds of the ceiling pair")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where compare.md and the PNGs go")
+    parser.add_argument("--output", type=Path, help="where compare.md and the PNGs go [default: benchmarks/results, "
+                        "quick: benchmarks/results/quick]")
     opts = parser.parse_args()
+    opts.output = opts.output or (RESULTS / "quick" if opts.quick else RESULTS)
     rates = [float(r) for r in (opts.rates or ("20" if opts.quick else "2,20")).split(",")]
     wanted = [key.strip() for key in opts.scenarios.split(",") if key.strip()]
     unknown = set(wanted) - set(KEYS)

@@ -177,12 +177,14 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated clients")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=4, help="repetitions at once below 10/s (mostly waiting)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, help="where migrations.md goes [default: benchmarks/results, quick: "
+                        "benchmarks/results/quick]")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--numbers", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     rates = [float(r) for r in (opts.rates or ("20" if opts.quick else "2,20")).split(",")]
+    opts.output = opts.output or (RESULTS / "quick" if opts.quick else RESULTS)
     if opts.child:
         asyncio.run(_child(opts.child, opts.endpoint, rates[0], opts.numbers.read_text().split()))
         return
