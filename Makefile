@@ -28,15 +28,18 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Benchmarks (see benchmarks/RESULTS.md). Several minutes; bench-quick runs smaller versions.
+# Benchmarks (see benchmarks/RESULTS.md). bench: every scenario at Connect's real default (2/s, burst 5)
+# and at 20/s, 3 repetitions each, ~30 minutes; bench-quick: 20/s only, smaller N, one run each, ~5 minutes.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput
 	$(BIN)/python -m benchmarks.compare
+	$(BIN)/python -m benchmarks.migrations
 	$(BIN)/python -m benchmarks.scale
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput --quick
-	$(BIN)/python -m benchmarks.compare --quick
+	$(BIN)/python -m benchmarks.compare --quick --reps 1
+	$(BIN)/python -m benchmarks.migrations --quick --reps 1
 	$(BIN)/python -m benchmarks.scale --rows 100000
 
 # Re-pin after changing dependencies in pyproject.toml.

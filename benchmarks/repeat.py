@@ -15,17 +15,19 @@ import sys
 
 import structlog
 
-from benchmarks.compare import run_in_process, scenarios
+from benchmarks.compare import scenarios
+from benchmarks.runs import run_in_process
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="neighbour", choices=("matched", "unknown_quota", "neighbour"))
     parser.add_argument("--times", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=20.0, help="the sandbox bucket's rate (Connect's default: 2)")
     opts = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30),
                         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    scenario = next(s for s in scenarios(False) if s.key == opts.scenario)
+    scenario = next(s for s in scenarios(False, opts.rate) if s.key == opts.scenario)
     share = 0.75 if scenario.neighbour_rate else 1.0  # η against the fair share when someone else shares
     rows = []
     for rep in range(1, opts.times + 1):

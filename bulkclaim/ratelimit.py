@@ -1,4 +1,4 @@
-"""Client-side rate control: a FIFO token bucket per API, an AIMD controller, an in-flight cap.
+"""Client-side rate control: a FIFO token bucket per API, an adaptive controller, an in-flight cap.
 
 The bucket is written as a *virtual schedule* (the GCRA form of a token bucket): each caller, at the
 moment it asks, is given the next free send time and sleeps until then. Asking is synchronous, so
@@ -7,9 +7,9 @@ length ``t`` at most ``burst + rate * t`` callers are admitted — the same boun
 enforces, so a client matched to the service's (rate, burst) is never throttled by it.
 
 A 429 means someone else shares the account's bucket or the quota is lower than configured:
-:class:`AdaptiveRate` multiplies the rate by 0.7 on every 429 and climbs back to the configured
-ceiling along a cubic curve (slow near the rate the congestion began at, faster further away), the
-way TCP CUBIC and botocore's adaptive mode recover, without their habit of starting from scratch.
+:class:`AdaptiveRate` measures the rate left to us from the spacing of the 429s, restarts just
+below it, and climbs back along a cubic curve, every time constant in intervals of the bucket's own
+rate (issue 13), so the same scenario throttles alike at Connect's default 2/s and at 50/s.
 
 Clock and sleep are injectable; tests run on a fake clock and never sleep.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -27,9 +28,14 @@ __all__ = ["AdaptiveRate", "Limiter", "TokenBucket"]
 Clock = Callable[[], float]
 _MIN_SLEEP = 0.0005
 _MAX_JITTER = 4.0
-# 429s within this many intervals of a cut are of requests booked before it (in flight, up to the
-# default cap of 5, plus one): they still cut, but do not lower the rate recovery aims for.
-_SETTLE_INTERVALS = 6.0
+# The controller's constants, all in intervals of 1/rate or in requests (see AdaptiveRate):
+_SPAN = 8  # requests accepted between two 429s before their spacing is trusted as a measure (±1/8)
+_MARGIN = 0.97  # restart this far below the measured rate: the service's bucket refills 3% ahead of us
+_VICTIM = 0.05  # a 429 within this of the rate measured before: likely someone else's probe ...
+_VICTIM_CUT = 0.95  # ... so only this much of a cut
+_AGAIN = 0.75  # a later cut without a measure: milder, so two processes that started together split evenly
+_CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
+_STEP = 20.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -48,6 +54,8 @@ class TokenBucket:
         self._sleep = sleep
         self._next = clock()  # theoretical time the next admission is due; starts with a full bucket
         self._last_slot = self._last_admit = float("-inf")
+        self._first_after_cut: float | None = float("-inf")
+        self.generation = 0  # how many cuts: a caller whose slot predates one books again
 
     @property
     def rate(self) -> float:
@@ -85,7 +93,26 @@ class TokenBucket:
         admit_at = max(self._last_admit, slot + delay)
         self._next += 1.0 / self._rate
         self._last_slot, self._last_admit = slot, admit_at
+        if self._first_after_cut is None:
+            self._first_after_cut = admit_at
         return admit_at - now
+
+    def cut(self) -> None:
+        """The service's bucket is empty (it just answered 429): empty ours too.
+
+        The next slot is one interval (at the current rate) from now, with no burst credit left, and
+        the callers sleeping on slots booked before the cut book again (see :meth:`acquire`): those
+        slots were spaced for a rate the service just refused. Until one slot booked after the cut
+        has gone out, :meth:`sent_since_cut` is false: a 429 then answers a request sent before it.
+        """
+        now = self._clock()
+        self.generation += 1
+        self._next = now + self._tolerance() + 1.0 / self._rate
+        self._last_admit = min(self._last_admit, now)
+        self._first_after_cut = None
+
+    def sent_since_cut(self, now: float) -> bool:
+        return self._first_after_cut is not None and self._first_after_cut <= now
 
     def _tolerance(self) -> float:
         """How far ahead of schedule a burst may run."""
@@ -93,59 +120,115 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         """Wait for this caller's turn. A cancelled waiter's slot stays used: rarely wasted, never exceeded.
+        A caller whose slot was booked before a :meth:`cut` books again when it wakes.
 
         Waits shorter than half a millisecond are not slept: a trip through the event loop costs more
         than that, and at such rates (over 2,000/s) the token of headroom absorbs the difference.
         """
-        delay = self.reserve()
-        if delay >= _MIN_SLEEP:
-            await self._sleep(delay)
+        while True:
+            generation = self.generation
+            delay = self.reserve()
+            if delay >= _MIN_SLEEP:
+                await self._sleep(delay)
+            if generation == self.generation:
+                return
 
 
 class AdaptiveRate:
-    """AIMD with cubic recovery, driving a :class:`TokenBucket`'s rate between a floor and ``ceiling``."""
+    """Drives a :class:`TokenBucket`'s rate between a floor and ``ceiling`` from the 429s it hears.
 
-    def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.7, floor: float | None = None,
-                 scale: float | None = None, clock: Clock = time.monotonic) -> None:
+    Every constant is in the bucket's own units (intervals of ``1 / rate``, or requests), so the
+    same scenario throttles alike at Connect's default 2/s and at 50/s (issue 13: with constants in
+    seconds, each probe carried ten times more of a 2/s run's requests than of a 20/s one's):
+
+    - Until the first 429 the rate is ``ceiling``: a client told the true rate is never slowed.
+    - A 429 means the service's bucket is empty *now*. Between two such moments the service
+      admitted what it refilled (to within a token), so the requests *we* had accepted between two
+      429s at least :data:`_SPAN` of them apart measure the rate left to us, as BBR measures a
+      bottleneck. Going faster than that measure, a 429 restarts at :data:`_MARGIN` of it. Without
+      a measure yet, the first 429 restarts at ``decrease`` times the ceiling (what we were told is
+      wrong) and later ones at :data:`_AGAIN` times the current rate: one deep cut each on a
+      429 that only one of two processes sharing a bucket happened to get had split them 60/40
+      for the whole run.
+    - Already at or below the rate measured before (within :data:`_VICTIM`), a 429 is someone
+      else's probe more likely than ours: a small cut (:data:`_VICTIM_CUT`), the measure kept. A
+      client that took a 3% cut per 429 it suffered starved beside a second bulkclaim process.
+    - A 429 of a request sent before the last cut (no request booked after it has gone out yet)
+      is old news: it is measured but cuts nothing more than the measure says.
+    - Each cut empties our bucket too (see :meth:`TokenBucket.cut`) and the rate climbs back along
+      TCP CUBIC's curve, time counted in intervals of the restart rate, with its plateau at the
+      measured rate: ~60 intervals to it after a 3% cut, then ever faster probes above it, so a rare
+      probe finds capacity that was given back. Without a measure the plateau is halfway (as a
+      ratio) back to the rate the congestion began at: a process that climbed straight back to the
+      ceiling took the bucket from a second one that had measured its share and settled.
+    """
+
+    def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.bucket = bucket
         self.ceiling = ceiling
         self.decrease = decrease
         self.floor = floor if floor is not None else min(ceiling, 0.1)
-        # Cubic growth constant, scaled to the ceiling so the curve has the same shape at 2/s or 50/s:
-        # back to the throttled rate in ~4 s after one decrease.
-        self.scale = scale if scale is not None else ceiling * 0.005
         self._clock = clock
-        self._throttled_at_rate: float | None = None
-        self._since: float = clock()
+        self.accepted = 0
+        self._marks: deque[tuple[float, int]] = deque(maxlen=64)  # (time, accepted so far) at each 429
+        self.estimate: float | None = None  # the rate left to us, as last measured
+        self._target = ceiling  # the plateau of the recovery curve
         self._restart = ceiling  # the rate the last cut left
+        self._since = clock()
+        self._cut = False
         self.throttles = 0
 
     def on_throttle(self) -> None:
-        """A 429 arrived: cut the rate to ``decrease`` times the current one.
-
-        The recovery curve climbs back to the rate the congestion *began* at: the 429s that follow
-        within a few intervals of a cut are requests sent before it took effect, so each still cuts
-        (every 429 lowers the rate) but none of them lowers that target to an already-cut rate.
-        """
+        """A 429 arrived: measure, then cut (see the class's description)."""
         self.throttles += 1
         now, current = self._clock(), self.current()
-        if self._throttled_at_rate is None or now - self._since > _SETTLE_INTERVALS / current:
-            self._throttled_at_rate = current  # a new congestion episode
-        self._since = now
-        self._restart = max(self.floor, current * self.decrease)
+        self._marks.append((now, self.accepted))
+        previous = self.estimate
+        self.estimate = self._measure() or previous
+        over_measure = self.estimate is not None and self.estimate * _MARGIN < current
+        if self._cut and not self.bucket.sent_since_cut(now):  # old news
+            if over_measure:
+                assert self.estimate is not None
+                self._set(now, self.estimate * _MARGIN, self.estimate)
+            return
+        if previous is not None and current <= previous * (1 + _VICTIM):
+            self.estimate = previous
+            self._set(now, current * _VICTIM_CUT, current)
+        elif over_measure:
+            assert self.estimate is not None
+            self._set(now, self.estimate * _MARGIN, self.estimate)
+        else:
+            restart = current * (self.decrease if not self._cut else _AGAIN)
+            self._set(now, restart, (restart * current) ** 0.5)
+
+    def _set(self, now: float, restart: float, plateau: float) -> None:
+        self._restart = max(self.floor, min(restart, self.ceiling))
+        self._target = max(self._restart, min(plateau, self.ceiling))
+        self._since, self._cut = now, True
         self.bucket.rate = self._restart
+        self.bucket.cut()
+
+    def _measure(self) -> float | None:
+        """Requests accepted per second between the latest 429 and the latest one :data:`_SPAN` before it."""
+        last_at, last_count = self._marks[-1]
+        for at, count in reversed(self._marks):
+            if last_count - count >= _SPAN and last_at > at:
+                return (last_count - count) / (last_at - at)
+        return None
 
     def on_success(self) -> None:
-        """A request got through: let the rate follow the recovery curve."""
+        """A request got through: count it and let the rate follow the recovery curve."""
+        self.accepted += 1
         self.bucket.rate = self.current()
 
     def current(self) -> float:
-        if self._throttled_at_rate is None:
+        if not self._cut:
             return self.bucket.rate
-        w_max = self._throttled_at_rate
-        k: float = (max(0.0, w_max - self._restart) / self.scale) ** (1 / 3)
-        elapsed = self._clock() - self._since
-        rate: float = self.scale * (elapsed - k) ** 3 + w_max
+        plateau, restart = self._target, self._restart
+        intervals = (self._clock() - self._since) * restart
+        k = (max(0.0, 1.0 - restart / plateau) / _CUBIC) ** (1 / 3)
+        rate: float = plateau * (1.0 + _CUBIC * (intervals / _STEP - k) ** 3)
         return max(self.floor, min(self.ceiling, rate))
 
 

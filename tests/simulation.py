@@ -1,11 +1,13 @@
-"""A discrete-event simulation of a claim run against the service's bucket, on a fake clock.
+"""A discrete-event simulation of claim runs against the service's bucket, on a fake clock.
 
-The client is the real :class:`bulkclaim.ratelimit.Limiter` (bucket, AIMD controller, in-flight
-cap) and the engine's retry rule (a throttled claim waits ``Backoff.delay(1)`` and queues again);
-the service is the sandbox's :class:`ServerBucket`. Events are processed in time order, so the
-limiter sees ``reserve``, ``on_throttle`` and ``on_success`` exactly as a run would, without a
-single real sleep: a 300-number run takes milliseconds at any rate. Used to prove properties of
-the controller across rates (issue 13: the same scenario at 2/s and 50/s must throttle alike).
+Each client is the real :class:`bulkclaim.ratelimit.Limiter` (bucket, adaptive controller, in-flight
+cap) with the engine's retry rule (a throttled claim waits ``Backoff.delay(1)`` and queues again);
+the service is the sandbox's :class:`ServerBucket`, shared by every client and, optionally, by a
+neighbour that sends at a steady rate without retries (its 429s are only counted). Events are
+processed in time order, so each limiter sees ``reserve``, ``on_throttle`` and ``on_success``
+exactly as a run would, without a single real sleep: a 300-number run takes milliseconds at any
+rate. Used to prove properties of the controller across rates (issue 13: the same scenario at 2/s
+and 50/s must throttle alike).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from bulkclaim.sandbox.config import ThrottleConfig
 from bulkclaim.sandbox.throttle import ServerBucket
 from tests.support import FakeClock
 
-__all__ = ["SimulatedRun", "simulate"]
+__all__ = ["SimulatedRun", "simulate", "simulate_shared"]
 
 
 @dataclass
 class SimulatedRun:
-    """What the service saw: attempts, 429s, and when the last number was accepted."""
+    """What the service saw of one client: attempts, 429s, and when its last number was accepted."""
 
     attempts: int = 0
     throttled: int = 0
@@ -37,45 +39,85 @@ class SimulatedRun:
     def throttled_share(self) -> float:
         return self.throttled / self.attempts if self.attempts else 0.0
 
+    def efficiency(self, rate: float, burst: int = 5) -> float:
+        """η = T*/T with T* = (N - b) / r: 1.0 is the service's bucket kept busy all run long."""
+        return (self.accepted - burst) / rate / self.finished_at if self.finished_at else 0.0
+
 
 def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5, latency: float = 0.03,
              seed: int = 0) -> SimulatedRun:
     """Claim ``numbers`` against a service bucket of (``true_rate``, ``burst``) with a client told
     ``told_rate``; ``latency`` is each request's round trip (the service decides halfway)."""
+    return simulate_shared(true_rate=true_rate, told=[told_rate], numbers=numbers, burst=burst, latency=latency,
+                           seed=seed)[0]
+
+
+def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst: int = 5, latency: float = 0.03,
+                    latency_jitter: float = 0.0, neighbour_rate: float | None = None, starts: list[float] | None = None,
+                    seed: int = 0) -> list[SimulatedRun]:
+    """Several clients (one per entry of ``told``, each claiming ``numbers``) and optionally a
+    neighbour sending every ``1 / neighbour_rate`` seconds until the last client is done, all against
+    one service bucket; client ``i`` starts at ``starts[i]`` (default: all at 0). Each round trip is
+    ``latency`` plus up to ``latency_jitter`` more. Returns one
+    :class:`SimulatedRun` per client, then the neighbour's (if any)."""
     clock = FakeClock(0.0)
     rng = random.Random(seed)
-    limiter = Limiter("ClaimPhoneNumber", told_rate, burst, rng=random.Random(seed + 1), clock=clock)
+    limiters = [Limiter("ClaimPhoneNumber", rate, burst, rng=random.Random(seed * 31 + 1 + i), clock=clock)
+                for i, rate in enumerate(told)]
     service = ServerBucket(ThrottleConfig(rate=true_rate, burst=burst), now=0.0)
     backoff = Backoff()
-    result = SimulatedRun()
+    runs = [SimulatedRun() for _ in told]
+    other = SimulatedRun()
     order = itertools.count()
-    events: list[tuple[float, int, str]] = []  # (time, tie-break, what)
+    events: list[tuple[float, int, int, str]] = []  # (time, tie-break, client, what)
 
-    def at(when: float, what: str) -> None:
-        heapq.heappush(events, (when, next(order), what))
+    def at(when: float, client: int, what: str) -> None:
+        heapq.heappush(events, (when, next(order), client, what))
 
-    waiting = numbers  # numbers no worker has taken yet
-    for _ in range(min(limiter.max_in_flight, numbers)):
-        waiting -= 1
-        at(0.0, "ask")
-    while events:
-        now, _, what = heapq.heappop(events)
+    def round_trip() -> float:
+        return latency + (rng.uniform(0.0, latency_jitter) if latency_jitter else 0.0)
+
+    booked: list[dict[int, int]] = [{} for _ in told]
+    waiting = [numbers] * len(told)  # numbers no worker of that client has taken yet
+    for client, limiter in enumerate(limiters):
+        for _ in range(min(limiter.max_in_flight, numbers)):
+            waiting[client] -= 1
+            at(starts[client] if starts else 0.0, client, "ask")
+    if neighbour_rate:
+        at(rng.uniform(0.0, 1.0 / neighbour_rate), -1, "tick")
+    unfinished = len(told)
+    while events and unfinished:
+        now, _, client, what = heapq.heappop(events)
         clock.now = max(clock.now, now)
+        if what == "tick":  # the neighbour: one request, no retry (decided at once: it only shifts its phase)
+            other.attempts += 1
+            if not service.try_take(now):
+                other.throttled += 1
+            assert neighbour_rate is not None
+            at(now + 1.0 / neighbour_rate, -1, "tick")
+            continue
+        limiter, run = limiters[client], runs[client]
         if what == "ask":  # a worker asks the limiter for its turn, then sends
-            at(now + limiter.bucket.reserve(), "send")
-        elif what == "send":
-            result.attempts += 1
-            ok = service.try_take(now + latency / 2)
-            at(now + latency, "accepted" if ok else "throttled")
+            booked[client][id_of_worker := next(order)] = limiter.bucket.generation
+            at(now + limiter.bucket.reserve(), client, f"send {id_of_worker}")
+        elif what.startswith("send") and booked[client].pop(int(what.split()[1])) != limiter.bucket.generation:
+            at(now, client, "ask")  # booked before a cut: book again, as TokenBucket.acquire does
+        elif what.startswith("send"):  # on the wire: the service decides halfway
+            run.attempts += 1
+            at(now + round_trip() / 2, client, "arrive")
+        elif what == "arrive":
+            at(now + round_trip() / 2, client, "accepted" if service.try_take(now) else "throttled")
         elif what == "throttled":
-            result.throttled += 1
+            run.throttled += 1
             limiter.on_throttle()
-            at(now + backoff.delay(1, rng), "ask")
+            at(now + backoff.delay(1, rng), client, "ask")
         else:  # accepted: this worker takes the next number, if any
             limiter.on_success()
-            result.accepted += 1
-            result.finished_at = now
-            if waiting:
-                waiting -= 1
-                at(now, "ask")
-    return result
+            run.accepted += 1
+            run.finished_at = now
+            if run.accepted == numbers:
+                unfinished -= 1
+            if waiting[client]:
+                waiting[client] -= 1
+                at(now, client, "ask")
+    return runs + ([other] if neighbour_rate else [])

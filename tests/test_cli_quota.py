@@ -109,6 +109,25 @@ async def test_rate_auto_takes_the_rate_quota_of_service_quotas(env: SandboxEnv,
     assert bad.returncode == 2 and "neither a number of claims per second nor 'auto'" in bad.stderr
 
 
+async def test_the_rate_is_the_quota_by_default_and_an_explicit_rate_wins(env: SandboxEnv, tmp_path: Path) -> None:
+    """Issue 13: the rate must match the quota, so without --rate a run takes the ClaimPhoneNumber
+    rate quota from Service Quotas; one that cannot read it warns and goes on at Connect's default
+    2/s; an explicit --rate is taken as given and nothing is said about the quota's rate."""
+    env.sandbox.set_throttle("ClaimPhoneNumber", ThrottleConfig(rate=37.0, burst=5))
+
+    async def run(name: str, numbers: list[str], *rate: str) -> list[tuple[float, str]]:
+        args = claim_args(write_numbers(tmp_path / f"{name}.txt", numbers))
+        args = args[:args.index("--rate")] + list(rate) + args[args.index("--rate") + 2:]
+        result = await run_cli(env, tmp_path, *args, "--journal", f"{name}.journal")
+        assert result.returncode == 0, result.stderr
+        return [(e["rate"], e["level"]) for e in events(result.stderr) if e["event"] == "rate.auto"]
+
+    assert await run("default", NUMBERS[10:11]) == [(37.0, "info")]  # the instance may hold 5 in all
+    assert await run("given", NUMBERS[11:12], "--rate", "200") == []
+    env.sandbox.configure(service_quotas_access=False)
+    assert await run("unread", NUMBERS[12:13], "--no-preflight") == [(2.0, "warning")]
+
+
 async def test_release_asks_then_releases_exactly_the_runs_numbers(env: SandboxEnv, tmp_path: Path) -> None:
     await claim_directly(env, NUMBERS[:2])  # NUMBERS[0] is not the run's; NUMBERS[1] is in it but held before
     path = write_numbers(tmp_path / "numbers.txt", [NUMBERS[1], *NUMBERS[10:13]])

@@ -17,7 +17,6 @@ from bulkclaim.backoff import Backoff
 from bulkclaim.ratelimit import AdaptiveRate, Limiter, TokenBucket
 from bulkclaim.sandbox.config import ThrottleConfig
 from bulkclaim.sandbox.throttle import ServerBucket
-from tests.simulation import simulate
 from tests.support import FakeClock
 
 EPS = 1e-9
@@ -101,16 +100,22 @@ async def test_concurrent_acquire_sleeps_in_fifo_order() -> None:
     assert waits == [(2, 0.25), (3, 0.5), (4, 0.75), (5, 1.0)]
 
 
+def send_after_the_cut(bucket: TokenBucket, clock: FakeClock) -> None:
+    """A caller books a slot after the last cut and its request goes out: the next 429 is news."""
+    clock.advance(bucket.reserve())
+
+
 def test_adaptive_rate_drops_on_each_429_and_recovers_to_the_ceiling() -> None:
     clock = FakeClock(0.0)
     bucket = TokenBucket(10.0, 5, clock=clock)
     adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
+    adaptive.on_throttle()  # no measure yet (one 429): 0.6 x the rate
+    assert bucket.rate == pytest.approx(6.0)
+    send_after_the_cut(bucket, clock)
     adaptive.on_throttle()
-    assert bucket.rate == pytest.approx(7.0)
-    adaptive.on_throttle()
-    assert bucket.rate == pytest.approx(4.9)
+    assert bucket.rate == pytest.approx(4.5, rel=0.03)  # 0.75 x the rate, a moment into recovery from 6
     seen = []
-    for _ in range(200):
+    for _ in range(2000):  # ~100 intervals back to 6/s (where the congestion began), then probing above
         clock.advance(0.1)
         adaptive.on_success()
         seen.append(bucket.rate)
@@ -120,24 +125,76 @@ def test_adaptive_rate_drops_on_each_429_and_recovers_to_the_ceiling() -> None:
     assert seen[5] < 7.0, "recovery is gradual, not a jump back"
 
 
-def test_429s_right_after_a_cut_still_cut_but_recovery_aims_at_where_the_congestion_began() -> None:
-    """Requests already booked when a 429 arrives come back 429 too, moments later: each still cuts
-    the rate, but recovery heads back towards the rate the congestion began at, not the cut one
-    (which had kept a neighbour-sharing run far below its fair share for seconds)."""
+def test_a_429_of_a_request_sent_before_the_cut_cuts_nothing() -> None:
+    """Requests in flight when a 429 arrives come back 429 too, moments later: the cut already
+    answered for them. Only once a request booked after the cut has gone out is a 429 news."""
     clock = FakeClock(0.0)
     bucket = TokenBucket(10.0, 5, clock=clock)
     adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
     adaptive.on_throttle()
     clock.advance(0.01)
     adaptive.on_throttle()
-    assert bucket.rate == pytest.approx(4.9, rel=0.01)  # cut again (from a rate 0.01 s into recovery)
-    clock.advance(2.0)
-    adaptive.on_success()
-    assert 7.0 < bucket.rate < 10.0  # well on the way back to 10, still below it
-    clock.advance(10.0)  # a 429 long after the last cut is news: the target becomes the current rate
-    adaptive.on_success()
     adaptive.on_throttle()
-    assert bucket.rate == pytest.approx(7.0)
+    assert bucket.rate == pytest.approx(6.0, rel=0.01)
+    assert adaptive.throttles == 3
+    send_after_the_cut(bucket, clock)
+    adaptive.on_throttle()
+    assert bucket.rate < 5.0
+
+
+def measured_at_10_per_second() -> tuple[FakeClock, TokenBucket, AdaptiveRate]:
+    """Told 30/s; a 429, twenty requests accepted in two seconds, another 429: 10/s measured."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(30.0, 5, clock=clock)
+    adaptive = AdaptiveRate(bucket, ceiling=30.0, clock=clock)
+    adaptive.on_throttle()
+    for _ in range(20):
+        clock.advance(0.1)
+        adaptive.on_success()
+    send_after_the_cut(bucket, clock)
+    clock.now = 2.0
+    adaptive.on_throttle()
+    return clock, bucket, adaptive
+
+
+def test_the_spacing_of_429s_measures_the_rate_left_to_us() -> None:
+    """Between two 429s the service's bucket went from empty to empty: it admitted what it refilled.
+    Twenty requests accepted in two seconds measure 10/s, whatever we were told; the rate restarts
+    just below it (not at a fraction of a rate three times too high) and climbs back towards it."""
+    clock, bucket, adaptive = measured_at_10_per_second()
+    assert adaptive.estimate == pytest.approx(10.0)
+    assert bucket.rate == pytest.approx(9.7)
+    clock.advance(3.0)  # 30 intervals later: back at the measured rate, not yet probing above it
+    adaptive.on_success()
+    assert 9.7 < bucket.rate <= 10.0 + EPS
+
+
+def test_a_429_at_the_measured_rate_is_someone_elses_probe_and_cuts_little() -> None:
+    """Once the rate left to us is measured, a 429 while we are not above it most likely answers
+    another caller going faster: a 5% cut and the measure kept. Cutting to 97% of our own rate on
+    every such 429 had a second bulkclaim process in the same account starve beside the first."""
+    clock, bucket, adaptive = measured_at_10_per_second()  # restarted at 9.7
+    clock.advance(1.0)
+    for _ in range(8):
+        adaptive.on_success()  # eight more accepted in no time: a measure of this span would say 8/s
+    send_after_the_cut(bucket, clock)
+    before = adaptive.current()
+    adaptive.on_throttle()
+    assert adaptive.estimate == pytest.approx(10.0)
+    assert bucket.rate == pytest.approx(0.95 * before)
+
+
+def test_a_cut_empties_our_bucket_and_rebooks_sleepers() -> None:
+    """After a 429 the service's bucket is empty: ours must have no burst credit left either, and a
+    caller asleep on a slot booked at the old rate books again at the new one."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(10.0, 5, clock=clock)
+    generation = bucket.generation
+    bucket.rate = 5.0
+    bucket.cut()
+    assert bucket.generation != generation
+    assert [bucket.reserve() for _ in range(3)] == pytest.approx([0.2, 0.4, 0.6])
+
 
 def test_adaptive_rate_never_goes_below_its_floor() -> None:
     clock = FakeClock(0.0)
@@ -145,6 +202,7 @@ def test_adaptive_rate_never_goes_below_its_floor() -> None:
     adaptive = AdaptiveRate(bucket, ceiling=2.0, floor=0.1, clock=clock)
     for _ in range(50):
         adaptive.on_throttle()
+        send_after_the_cut(bucket, clock)
     assert bucket.rate == pytest.approx(0.1)
 
 
@@ -155,7 +213,7 @@ def test_limiter_counts_throttles_and_keeps_headroom() -> None:
     assert limiter.max_in_flight == 5
     limiter.on_throttle()
     assert limiter.throttled == 1
-    assert limiter.rate == pytest.approx(1.4)
+    assert limiter.rate == pytest.approx(1.2)
     fixed = Limiter("ClaimPhoneNumber", 2.0, 5, adaptive=False, clock=clock)
     fixed.on_throttle()
     assert fixed.rate == 2.0
@@ -189,21 +247,28 @@ def test_a_rate_cut_rescales_the_queue_and_keeps_fifo_order() -> None:
 
 
 def test_aimd_never_admits_above_the_bound_of_its_ceiling() -> None:
+    """Cuts, rebooking (a slot booked before a cut is given up and booked again, as ``acquire``
+    does) and recovery together never send more than the ceiling's bucket allows."""
     clock = FakeClock(0.0)
     bucket = TokenBucket(10.0, 5, clock=clock)
     adaptive = AdaptiveRate(bucket, ceiling=10.0, clock=clock)
-    admitted = []
+    sent: list[float] = []
+    pending: list[tuple[float, int]] = []  # (admission time, generation booked in)
     for step in range(400):
         clock.advance(0.05)
-        if step in (50, 52, 54):
+        sent += [at for at, generation in pending if at <= clock.now and generation == bucket.generation]
+        rebook = sum(1 for at, generation in pending if at > clock.now and generation != bucket.generation)
+        pending = [(at, generation) for at, generation in pending if at > clock.now and generation == bucket.generation]
+        if step in (50, 52, 54, 120):
             adaptive.on_throttle()
         else:
             adaptive.on_success()
-        admitted.append(clock.now + bucket.reserve())
-    admitted.sort()
-    for i in range(len(admitted)):
-        for j in range(i, min(len(admitted), i + 60)):
-            assert j - i + 1 <= 5 + 10.0 * (admitted[j] - admitted[i]) + EPS
+        for _ in range(1 + rebook):
+            pending.append((clock.now + bucket.reserve(), bucket.generation))
+    sent.sort()
+    for i in range(len(sent)):
+        for j in range(i, min(len(sent), i + 60)):
+            assert j - i + 1 <= 5 + 10.0 * (sent[j] - sent[i]) + EPS
 
 
 @settings(max_examples=100, deadline=None)
@@ -270,21 +335,3 @@ def test_jitter_spares_a_caller_that_finds_a_token() -> None:
     waits = [bucket.reserve() for _ in range(20)]  # the schedule holds these back: jittered
     assert all(0.5 * (i + 1) <= wait <= 0.5 * (i + 1) + 1.0 for i, wait in enumerate(waits))
     assert len({round(wait - 0.5 * (i + 1), 6) for i, wait in enumerate(waits)}) > 10
-
-
-@pytest.mark.parametrize("rate", [2.0, 20.0, 50.0])
-def test_a_client_told_the_true_rate_is_never_throttled_at_any_rate(rate: float) -> None:
-    """The matched scenario of the benchmarks on a fake clock (tests/simulation.py), at Connect's
-    real default (2/s, burst 5) as well as scaled up: no 429 at all, and within 3% of the ideal
-    time (N - b) / r. Ratios do not carry over between rates by themselves: each is measured."""
-    for seed in range(5):
-        run = simulate(true_rate=rate, told_rate=rate, numbers=300, seed=seed)
-        assert run.accepted == 300 and run.throttled == 0
-        assert (300 - 5) / rate / run.finished_at >= 0.97
-
-
-def test_the_simulation_reproduces_the_throttling_measured_against_a_real_bucket() -> None:
-    """Told 3x the true rate, the controller throttles ~4-6% of attempts at 20/s, as the benchmark
-    against the sandbox measured (3.8-4.8%), so the simulation is a faithful stand-in for tuning."""
-    shares = [simulate(true_rate=20.0, told_rate=60.0, numbers=300, seed=seed).throttled_share for seed in range(5)]
-    assert 0.02 <= sorted(shares)[2] <= 0.08

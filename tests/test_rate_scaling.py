@@ -1,0 +1,75 @@
+"""The controller across rates, on the fake clock of ``tests/simulation.py`` (issue 13).
+
+The benchmarks' scenarios at Connect's real default (2/s, burst 5) and scaled up to 20 and 50/s: the
+controller's constants are in intervals of the rate, so the same scenario must behave alike at every
+rate. Deterministic (seeded), no real sleeps, no timing asserts: a 300-number run takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from tests.simulation import SimulatedRun, simulate, simulate_shared
+
+RATES = (2.0, 20.0, 50.0)
+
+
+def median_run(runs: list[SimulatedRun], rate: float) -> tuple[float, float]:
+    """(θ, η) of the median run by each measure."""
+    return (statistics.median(r.throttled_share for r in runs), statistics.median(r.efficiency(rate) for r in runs))
+
+
+@pytest.mark.parametrize("rate", [2.0, 20.0, 50.0])
+def test_a_client_told_the_true_rate_is_never_throttled_at_any_rate(rate: float) -> None:
+    """The matched scenario of the benchmarks on a fake clock (tests/simulation.py), at Connect's
+    real default (2/s, burst 5) as well as scaled up: no 429 at all, and within 3% of the ideal
+    time (N - b) / r. Ratios do not carry over between rates by themselves: each is measured."""
+    for seed in range(5):
+        run = simulate(true_rate=rate, told_rate=rate, numbers=300, seed=seed)
+        assert run.accepted == 300 and run.throttled == 0
+        assert (300 - 5) / rate / run.finished_at >= 0.97
+
+
+def test_told_three_times_the_rate_throttles_alike_at_2_20_and_50_per_second() -> None:
+    """Issue 13: the controller's constants are in the bucket's own units, so a client told 3x the
+    true rate (an unknown or wrong quota) throttles within one percentage point at Connect's real
+    default 2/s and scaled up to 20 and 50/s (it was 24% / 4.6% / 2.8% with constants in seconds),
+    at most 3% of attempts, and keeps the service's bucket busy (η ≥ 0.93)."""
+    shares = []
+    for rate in RATES:
+        runs = [simulate(true_rate=rate, told_rate=3 * rate, numbers=300, seed=seed) for seed in range(7)]
+        assert all(run.accepted == 300 for run in runs)
+        theta, eta = median_run(runs, rate)
+        assert theta <= 0.03 and eta >= 0.93, (rate, theta, eta)
+        shares.append(theta)
+    assert max(shares) - min(shares) <= 0.01, shares
+
+
+def test_a_neighbour_taking_a_quarter_of_the_bucket_is_barely_throttled_at_any_rate() -> None:
+    """Told the true rate while another caller takes 25% of the bucket (no retries): the neighbour
+    keeps its share (≤ 5% of its requests throttled), we ≤ 10%, and we use our fair share (η ≥ 0.9
+    against 75% of the bucket), at 2, 20 and 50/s alike."""
+    for rate in RATES:
+        runs = [simulate_shared(true_rate=rate, told=[rate], numbers=300, neighbour_rate=rate / 4, seed=seed)
+                for seed in range(7)]
+        ours, theirs = [run[0] for run in runs], [run[1] for run in runs]
+        theta, eta_fair = median_run(ours, 0.75 * rate)
+        assert theta <= 0.10 and eta_fair >= 0.9, (rate, theta, eta_fair)
+        assert statistics.median(run.throttled_share for run in theirs) <= 0.05, rate
+
+
+def test_two_processes_sharing_a_bucket_are_throttled_little_at_any_rate() -> None:
+    """Two bulkclaim processes in one account, both told the true rate: together at most 5% of their
+    attempts throttled, at 2, 20 and 50/s. (Their efficiency together is not asserted: in simulation
+    the median is 0.83-0.89, under issue 13's 0.93 bar, because whichever process the first 429s
+    happen to hit keeps the smaller share until the other finishes; see benchmarks/RESULTS.md.)"""
+    for rate in RATES:
+        shares = []
+        for seed in range(8):  # the second process starts with the first, or half a second later
+            runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, starts=[0.0, seed % 2 / 2],
+                                   seed=seed)
+            assert all(run.accepted == 150 for run in runs)
+            shares.append(sum(r.throttled for r in runs) / sum(r.attempts for r in runs))
+        assert statistics.median(shares) <= 0.05, (rate, shares)
