@@ -208,9 +208,16 @@ class Claimer:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
             return planned.done[0]
-        outcome = await self.engine.claim_number(planned.work[0], state=self._claims)
-        if outcome.status == Status.IN_PROGRESS and self.options.verify:
-            outcome = await self.engine.verify(outcome, state=self._claims)
+        # Replicas sharing a journal (PostgreSQL): one sends, the others wait for its outcome.
+        work = await self.journal.lease(planned.work[0])
+        if isinstance(work, Outcome):
+            return work
+        try:
+            outcome = await self.engine.claim_number(work, state=self._claims)
+            if outcome.status == Status.IN_PROGRESS and self.options.verify:
+                outcome = await self.engine.verify(outcome, state=self._claims)
+        finally:
+            self.journal.unlease(work)
         self._claims.raise_if_aborted()  # the target's quota reached: this and every later claim() raise
         return outcome
 
