@@ -19,10 +19,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 
-__all__ = ["AdaptiveRate", "Limiter", "TokenBucket"]
+__all__ = ["AdaptiveRate", "Limiter", "SharedBucket", "SharedBuckets", "TokenBucket"]
 
 Clock = Callable[[], float]
 _MIN_SLEEP = 0.0005
@@ -31,6 +32,27 @@ _MAX_JITTER = 4.0
 # default cap of 5, plus one): they still cut, but do not lower the rate recovery aims for.
 _SETTLE_INTERVALS = 6.0
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class SharedBucket(Protocol):
+    """A bucket whose state lives elsewhere (a PostgreSQL journal's shared budget), with its own
+    adaptive control: a :class:`Limiter` sends through it as through its own TokenBucket."""
+
+    @property
+    def rate(self) -> float: ...
+
+    async def acquire(self) -> None: ...
+
+    def on_throttle(self) -> None: ...
+
+    def on_success(self) -> None: ...
+
+
+class SharedBuckets(Protocol):
+    """Where shared buckets come from: one per API, for every worker of the same budget."""
+
+    def bucket(self, api: str, rate: float, burst: int, *, jitter: float = 0.0,
+               rng: random.Random | None = None) -> SharedBucket: ...
 
 
 class TokenBucket:
@@ -176,10 +198,16 @@ class Limiter:
 
     def __init__(self, api: str, rate: float, burst: int, *, max_in_flight: int | None = None, adaptive: bool = True,
                  headroom: int = 1, jitter: float = 2.5, rng: random.Random | None = None,
-                 clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep) -> None:
+                 clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep,
+                 shared: SharedBuckets | None = None) -> None:
         self.api = api
         self.bucket = TokenBucket(rate, max(1, burst - headroom), jitter=jitter, rng=rng, clock=clock, sleep=sleep)
         self.adaptive = AdaptiveRate(self.bucket, rate, clock=clock) if adaptive else None
+        #: ``shared``: one budget for every worker of a shared journal; its bucket (and its AIMD state,
+        #: when ``adaptive``) replaces this process's own
+        self.shared = shared.bucket(api, rate, self.bucket.burst, jitter=jitter, rng=rng) if shared else None
+        self._feedback: AdaptiveRate | SharedBucket | None = (
+            self.adaptive if self.shared is None else self.shared if adaptive else None)
         self.max_in_flight = max_in_flight or burst
         # fast_acquire: a free slot is taken without a trip through the event loop (the bucket and the
         # request that follow yield anyway); a full one is still waited for in FIFO order.
@@ -187,15 +215,19 @@ class Limiter:
         self.sent = 0
         self.throttled = 0
 
+    async def acquire(self) -> None:
+        """Wait for this request's turn in the bucket (the shared one, if any)."""
+        await (self.bucket if self.shared is None else self.shared).acquire()
+
     def on_throttle(self) -> None:
         self.throttled += 1
-        if self.adaptive is not None:
-            self.adaptive.on_throttle()
+        if self._feedback is not None:
+            self._feedback.on_throttle()
 
     def on_success(self) -> None:
-        if self.adaptive is not None:
-            self.adaptive.on_success()
+        if self._feedback is not None:
+            self._feedback.on_success()
 
     @property
     def rate(self) -> float:
-        return self.bucket.rate
+        return self.bucket.rate if self.shared is None else self.shared.rate

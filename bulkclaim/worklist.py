@@ -35,6 +35,7 @@ class WorkList:
             self._size = self._low_water = max(2, low_water // 4)
         self._page: collections.deque[Planned] = collections.deque()
         self._exhausted = self._fetching = False
+        self._outstanding = 0  # numbers handed out and not yet ``finished`` (being claimed or verified)
         self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
 
     async def next(self) -> Planned | None:
@@ -47,9 +48,14 @@ class WorkList:
         if self._stopping():
             return None
         planned = self._page.popleft()
+        self._outstanding += 1
         if len(self._page) < self._low_water:
             self._fetch_soon()
         return planned
+
+    def finished(self) -> None:
+        """A number handed out by :meth:`next` is done with (claimed, verified, or left as it is)."""
+        self._outstanding -= 1
 
     def _fetch_soon(self) -> None:
         if not self._fetching and not self._exhausted:
@@ -63,7 +69,7 @@ class WorkList:
             # A shared journal: other workers may yet leave numbers to take over (they may die). Asked
             # only with nothing left in hand: until then, this worker is not waiting for anyone.
             self._exhausted = not page and (self._journal.exclusive or (
-                not self._page and not await self._journal.more_work(self._run)))
+                not self._page and not await self._journal.more_work(self._run, idle=self._outstanding == 0)))
         finally:
             self._fetching = False
             arrived, self._arrived = self._arrived, anyio.Event()

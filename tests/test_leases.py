@@ -56,7 +56,7 @@ async def test_workers_split_a_run_and_take_over_a_dead_workers_numbers_with_the
         assert [p.request.phone_number for p in theirs] == [req(i).phone_number for i in range(4, 8)], "not mine"
         assert not any(p.maybe_sent for p in mine + theirs), "nobody held them before"
 
-        assert await second.more_work(run), "the first worker is still working on its numbers"
+        assert await second.more_work(run, idle=True), "the first worker is still working on its numbers"
         expire(url, first)  # the first worker dies holding four numbers
         taken, _ = await second.work_page(run, 0, 10)
         assert [p.request.phone_number for p in taken] == [req(i).phone_number for i in (0, 1, 2, 3, 8, 9)]
@@ -82,11 +82,11 @@ async def test_a_waiting_worker_does_not_wait_for_numbers_another_waiting_worker
         (other,), _ = await second.work_page(run, 0, 1)
         first.record_outcome(outcome(one, Status.PENDING))  # unknown: stays the first worker's
         await first.flush()
-        assert await first.more_work(run), "the second worker is still working"
+        assert await first.more_work(run, idle=True), "the second worker is still working"
         second.record_outcome(outcome(other, Status.CLAIMED, "id-1"))
         await second.flush()
-        assert not await second.more_work(run), "the first only waits: its unfinished number is its own"
-        assert not await first.more_work(run)
+        assert not await second.more_work(run, idle=True), "the first only waits: its unfinished number is its own"
+        assert not await first.more_work(run, idle=True)
         assert (await second.work_page(run, 0, 10))[0] == [], "nothing to take from a live worker"
     async with opened(url) as third:  # both ended: what they left unfinished is anyone's now
         page, _ = await third.work_page(run, 0, 10)

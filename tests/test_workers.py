@@ -29,9 +29,9 @@ NUMBERS = POOL[:36] + FOREIGN
 LOST = FaultConfig(lost_response_rate=0.15, error_rate=0.05, seed=7, operations=frozenset({"ClaimPhoneNumber"}))
 
 
-def worker_args(url: str, numbers: Path, report: Path, rate: str = "3") -> list[str]:
+def worker_args(url: str, numbers: Path, report: Path, rate: str = "3", burst: str = "3") -> list[str]:
     return ["claim", str(numbers), "--instance-id", INSTANCE_ID, "--journal", url, "--report", str(report),
-            "--rate", rate, "--burst", "3", "--read-timeout", "0.5", "--verify-timeout", "10",
+            "--rate", rate, "--burst", burst, "--read-timeout", "0.5", "--verify-timeout", "10",
             "--grace-period", "0", "--log-format", "json", "--no-preflight"]
 
 
@@ -76,10 +76,14 @@ def check_run(env: SandboxEnv, url: str) -> dict[str, str]:
     return {n: str(o) for n, (_, _, o) in rows.items()}
 
 
-async def start_workers(env: SandboxEnv, url: str, tmp_path: Path, count: int) -> list[Process]:
-    numbers = tmp_path / "numbers.txt"
-    numbers.write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
-    return [await anyio.open_process([*BULKCLAIM, *worker_args(url, numbers, tmp_path / f"report{i}.jsonl")],
+async def start_workers(env: SandboxEnv, url: str, tmp_path: Path, count: int, *, rate: str = "3",
+                        burst: str = "3", numbers: list[str] = NUMBERS) -> list[Process]:
+    """``count`` claim processes on the same inputs and journal; each one's stdout and stderr in
+    ``out<i>`` and ``err<i>``."""
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+    return [await anyio.open_process([*BULKCLAIM, *worker_args(url, path, tmp_path / f"report{i}.jsonl", rate,
+                                                               burst)],
                                      env=cli_env(env), cwd=tmp_path, stdout=(tmp_path / f"out{i}").open("wb"),
                                      stderr=(tmp_path / f"err{i}").open("wb")) for i in range(count)]
 

@@ -31,6 +31,7 @@ from bulkclaim.model import (
     Target,
     ToRelease,
 )
+from bulkclaim.ratelimit import SharedBuckets, Sleep
 
 __all__ = ["SqlJournal"]
 
@@ -176,13 +177,16 @@ class SqlJournal(Generic[ConnectionT]):
     async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         return None
 
-    async def more_work(self, run: int) -> bool:
+    async def more_work(self, run: int, *, idle: bool) -> bool:
         return False
 
     async def lease(self, planned: Planned) -> Planned | Outcome:
         return planned
 
     def unlease(self, planned: Planned) -> None:
+        return None
+
+    def shared_budget(self, scope: str, *, sleep: Sleep, clock: Callable[[], float]) -> SharedBuckets | None:
         return None
 
     # -- the quota preflight ---------------------------------------------------------------------------

@@ -11,12 +11,13 @@ one only means the same token is sent again.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bulkclaim.model import ClaimRequest, Outcome, Planned, PlanResult, PlanReuse, Rejected, Status, Target, ToRelease
+from bulkclaim.ratelimit import SharedBuckets, Sleep
 
 __all__ = ["Journal", "JournalReader", "JournalStatus"]
 
@@ -74,9 +75,10 @@ class Journal(Protocol):
         :meth:`reuse_plan`, but nothing is marked possibly sent: numbers are leased one by one)."""
         ...
 
-    async def more_work(self, run: int) -> bool:
+    async def more_work(self, run: int, *, idle: bool) -> bool:
         """After :meth:`work_page` found nothing: whether to ask again (a moment later), because other
-        workers are still working on numbers of ``run`` and may die before they finish them."""
+        workers are still working on numbers of ``run`` and may die before they finish them, or
+        because this one is not ``idle`` yet (numbers of its own are still being claimed or verified)."""
         ...
 
     async def lease(self, planned: Planned) -> Planned | Outcome:
@@ -86,6 +88,11 @@ class Journal(Protocol):
 
     def unlease(self, planned: Planned) -> None:
         """Let go of a number leased with :meth:`lease`, once its outcome is recorded."""
+        ...
+
+    def shared_budget(self, scope: str, *, sleep: Sleep, clock: Callable[[], float]) -> SharedBuckets | None:
+        """The rate budget every worker of this journal shares for ``scope`` (Region and endpoint), one
+        bucket per API; ``None``: each process has its own limiters."""
         ...
 
     # -- claiming --------------------------------------------------------------------------------------

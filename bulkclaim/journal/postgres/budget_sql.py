@@ -12,7 +12,8 @@ clock (``clock_timestamp()``), so workers on any hosts, with any clock skew, dra
 - one slot is booked: the caller waits ``wait`` seconds (0 while the burst lasts).
 
 It is called as one statement (``SELECT * FROM reserve_budget(...)``): the row is locked for the
-length of that statement only. No ``%`` or ``?`` below: the journal's connection rewrites those.
+length of that statement only. No percent sign or question mark in the function: the journal's
+connection rewrites those.
 """
 
 from __future__ import annotations
@@ -70,5 +71,6 @@ END
 $$
 """
 
-#: one reservation: key, ceiling, burst, 429s since the last one, floor, decrease, settle intervals
-RESERVE_CALL = "SELECT wait, current_rate FROM reserve_budget(?, ?, ?, ?, ?, ?, ?)"
+#: one reservation (psycopg's placeholders): key, ceiling, burst, 429s since the last one, floor,
+#: decrease, settle intervals
+RESERVE_CALL = "SELECT wait, current_rate FROM reserve_budget(%s, %s, %s, %s, %s, %s, %s)"

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -28,12 +28,16 @@ import anyio
 from bulkclaim.journal import planning
 from bulkclaim.journal.base import SqlJournal
 from bulkclaim.journal.postgres import leases
+from bulkclaim.journal.postgres.budget import Budgets
 from bulkclaim.journal.postgres.connection import Location, PgConnection, connect, driver, parse_url
 from bulkclaim.journal.postgres.schema import live_runs, migrate
 from bulkclaim.journal.writer import Job
 from bulkclaim.model import JournalError, Outcome, Planned, PlanReuse, Status
+from bulkclaim.ratelimit import SharedBuckets, Sleep
 
 __all__ = ["PostgresDatabase", "PostgresJournal"]
+
+_RECONNECT_EVERY = 0.5  # seconds between tries to reach a lost server
 
 
 class PostgresJournal(SqlJournal[PgConnection]):
@@ -45,13 +49,15 @@ class PostgresJournal(SqlJournal[PgConnection]):
     def __init__(self, location: Location) -> None:
         self.location = location
         self.worker = leases.Heartbeat(location)  # this process as a worker (creating the journal if new)
+        self._database = PostgresDatabase(location)
         try:
-            super().__init__(PostgresDatabase(location))
+            super().__init__(self._database)
         except BaseException:
             self.worker.end()
             raise
         self._epochs: dict[tuple[str, str], int] = {}  # the lease each number of ours is worked under
         self.poll = min(1.0, location.lease_ttl / 4)  # how often a waiting worker looks again
+        self._budgets: dict[str, Budgets] = {}
 
     @classmethod
     def open(cls, url: str) -> PostgresJournal:
@@ -68,6 +74,7 @@ class PostgresJournal(SqlJournal[PgConnection]):
                               (time.time(), os.getpid(), socket.gethostname())).fetchone()
         # held by this session (not this transaction) until the journal is closed or the process dies
         conn.execute("SELECT pg_advisory_lock(?, ?)", (self.location.lock_key, run))
+        self._database.session_locks.add((self.location.lock_key, int(run)))
         return int(run)
 
     def _runs_in_flight(self, conn: PgConnection) -> set[int]:
@@ -114,8 +121,8 @@ class PostgresJournal(SqlJournal[PgConnection]):
         rows = await self._submit(partial(leases.pick, run=run, worker=self.worker.id, limit=limit))
         return [self._leased(row[:-1]) for row in rows], after
 
-    async def more_work(self, run: int) -> bool:
-        if await self._submit(partial(leases.more_work, run=run, worker=self.worker.id)):
+    async def more_work(self, run: int, *, idle: bool) -> bool:
+        if await self._submit(partial(leases.more_work, run=run, worker=self.worker.id, idle=idle)):
             await anyio.sleep(self.poll)
             return True
         return False
@@ -144,6 +151,13 @@ class PostgresJournal(SqlJournal[PgConnection]):
             self._writer.put(Job(partial(leases.unlease, target=key[0], number=key[1], worker=self.worker.id,
                                          epoch=epoch), None))
 
+    def shared_budget(self, scope: str, *, sleep: Sleep, clock: Callable[[], float]) -> SharedBuckets | None:
+        """One rate budget per (``scope``, API) for every worker of this journal (see ``budget``)."""
+        budgets = self._budgets.get(scope)
+        if budgets is None:
+            budgets = self._budgets[scope] = Budgets(self.location, scope, sleep=sleep, clock=clock)
+        return budgets
+
     def _leased(self, row: tuple[object, ...]) -> Planned:
         planned = planning.planned_from_row(row[:-1])
         self._epochs[planned.request.key] = int(row[-1])  # type: ignore[call-overload]
@@ -163,6 +177,8 @@ class PostgresJournal(SqlJournal[PgConnection]):
             await super().close()
         finally:
             with anyio.CancelScope(shield=True):
+                for budgets in self._budgets.values():
+                    await budgets.aclose()
                 await anyio.to_thread.run_sync(self.worker.end)
 
 
@@ -175,6 +191,7 @@ class PostgresDatabase:
         psycopg = driver()
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         self._retryable = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self.session_locks: set[tuple[int, int]] = set()  # taken again on a new connection
 
     def connect(self) -> PgConnection:
         conn = connect(self.location, read_only=False)
@@ -200,6 +217,26 @@ class PostgresDatabase:
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self._retryable)
+
+    def reconnect(self, exc: BaseException) -> PgConnection | None:
+        """After a lost connection (OperationalError), a new one once the server answers again, within
+        the URL's ``reconnect_timeout``; this process's session locks (its runs) are taken again.
+        Meanwhile the writer's jobs wait, and nothing is sent (the shared budget fails closed)."""
+        if not isinstance(exc, driver().OperationalError) or self.location.reconnect_timeout <= 0:
+            return None
+        deadline = time.monotonic() + self.location.reconnect_timeout
+        while time.monotonic() < deadline:
+            time.sleep(_RECONNECT_EVERY)
+            try:
+                conn = self.connect()
+            except JournalError:
+                continue
+            except self.errors:
+                continue
+            for key in self.session_locks:
+                conn.execute("SELECT pg_try_advisory_lock(?, ?)", key)
+            return conn
+        return None
 
     def journal_error(self, exc: BaseException) -> JournalError:
         text = str(exc).strip()

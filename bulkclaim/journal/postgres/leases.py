@@ -55,12 +55,15 @@ def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any,
     return [tuple(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
 
 
-def more_work(conn: Connection, run: int, worker: int) -> bool:
-    """Mark ``worker`` as waiting (it has nothing left to send) and say whether ``run`` may still have
-    work for it: unfinished numbers of someone else's that nobody holds, or that a dead worker held
-    (to take over), or that a live worker is still working on (it may die). Numbers left unfinished
-    by workers that are only waiting, as this one, are theirs: nobody waits for them."""
-    conn.execute("UPDATE workers SET run=?, waiting=true WHERE id=?", (run, worker))
+def more_work(conn: Connection, run: int, worker: int, idle: bool) -> bool:
+    """Mark ``worker`` as waiting if it is ``idle`` (nothing left to send or verify), and say whether it
+    should look again: it is not idle yet, or ``run`` has unfinished numbers of someone else's that
+    nobody holds, or that a dead worker held (to take over), or that a live worker is still working
+    on (it may die). Numbers left unfinished by workers that are only waiting, as this one, are
+    theirs: nobody waits for them (two idle workers never wait for each other)."""
+    conn.execute("UPDATE workers SET run=?, waiting=? WHERE id=?", (run, idle, worker))
+    if not idle:
+        return True
     (found,) = conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM numbers WHERE seen_run=? AND {_UNFINISHED} "
         f"AND lease_owner IS DISTINCT FROM ? AND (lease_owner IS NULL OR lease_owner NOT IN {_LIVE_WAITING}))",
