@@ -12,6 +12,7 @@ from contextlib import closing
 import anyio
 import pytest
 
+from bulkclaim.journal import read_existing_journal
 from bulkclaim.journal.postgres import PostgresJournal
 from bulkclaim.journal.postgres.connection import connect, parse_url
 from bulkclaim.model import Outcome, Planned, Status
@@ -55,6 +56,9 @@ async def test_workers_split_a_run_and_take_over_a_dead_workers_numbers_with_the
         assert [p.request.phone_number for p in mine] == [req(i).phone_number for i in range(4)], "input order"
         assert [p.request.phone_number for p in theirs] == [req(i).phone_number for i in range(4, 8)], "not mine"
         assert not any(p.maybe_sent for p in mine + theirs), "nobody held them before"
+        with read_existing_journal(url) as reader:
+            status = reader.status()
+        assert (status.live, status.workers) == (True, {run: 2}), "status shows the whole run's workers"
 
         assert await second.more_work(run, idle=True), "the first worker is still working on its numbers"
         expire(url, first)  # the first worker dies holding four numbers

@@ -194,10 +194,14 @@ class JournalStatus:
     error_count: int
     #: the run the live process is doing (the latest run, if that process started it)
     live_run: int | None = None
+    #: a shared journal (PostgreSQL): the workers alive now, by the run whose numbers they work on
+    workers: dict[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         fields = dict(self.__dict__)
         fields["run_counts"] = {str(run): counts for run, counts in self.run_counts.items()}
+        if self.workers is not None:
+            fields["workers"] = {str(run): count for run, count in self.workers.items()}
         return fields
 
 
