@@ -51,8 +51,7 @@ class SharedBucket(Protocol):
 class SharedBuckets(Protocol):
     """Where shared buckets come from: one per API, for every worker of the same budget."""
 
-    def bucket(self, api: str, rate: float, burst: int, *, jitter: float = 0.0,
-               rng: random.Random | None = None) -> SharedBucket: ...
+    def bucket(self, api: str, rate: float, burst: int) -> SharedBucket: ...
 
 
 class TokenBucket:
@@ -204,8 +203,10 @@ class Limiter:
         self.bucket = TokenBucket(rate, max(1, burst - headroom), jitter=jitter, rng=rng, clock=clock, sleep=sleep)
         self.adaptive = AdaptiveRate(self.bucket, rate, clock=clock) if adaptive else None
         #: ``shared``: one budget for every worker of a shared journal; its bucket (and its AIMD state,
-        #: when ``adaptive``) replaces this process's own
-        self.shared = shared.bucket(api, rate, self.bucket.burst, jitter=jitter, rng=rng) if shared else None
+        #: when ``adaptive``) replaces this process's own. Without jitter: workers reserve slots in one
+        #: order and send them in another already (a random delay per slot bunched their requests
+        #: into 429s: 1.4% of 2,000 claims by 4 workers at 20/s)
+        self.shared = shared.bucket(api, rate, self.bucket.burst) if shared else None
         self._feedback: AdaptiveRate | SharedBucket | None = (
             self.adaptive if self.shared is None else self.shared if adaptive else None)
         self.max_in_flight = max_in_flight or burst

@@ -13,13 +13,11 @@ bucket tries again every moment and the run goes on once the server is back. Aft
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import structlog
 
 from bulkclaim.journal.postgres.budget_sql import RESERVE_CALL
 from bulkclaim.journal.postgres.connection import Location, driver
@@ -43,11 +41,9 @@ class Budgets:
         self.location, self.scope, self.sleep, self.clock = location, scope, sleep, clock
         self._conn: Any = None
         self._lock = anyio.Lock(fast_acquire=True)
-        self._log = structlog.get_logger("bulkclaim")
 
-    def bucket(self, api: str, rate: float, burst: int, *, jitter: float = 0.0,
-               rng: random.Random | None = None) -> SharedBucket:
-        return SharedBucket(self, f"{self.scope}/{api}", rate, burst, jitter=jitter, rng=rng)
+    def bucket(self, api: str, rate: float, burst: int) -> SharedBucket:
+        return SharedBucket(self, f"{self.scope}/{api}", rate, burst)
 
     async def reserve(self, key: str, ceiling: float, burst: int, cuts: int) -> tuple[float, float]:
         """Book one slot of ``key``'s bucket: (seconds to wait, the shared rate now). Waits (sending
@@ -67,8 +63,8 @@ class Budgets:
                 now = self.clock()
                 if away_since is None:
                     away_since = now
-                    self._log.warning("journal.unreachable", journal=self.location.name, error=str(exc).strip(),
-                                      consequence="nothing is sent until the journal's database is back")
+                    self._warn("journal.unreachable", error=str(exc).strip(),
+                               consequence="nothing is sent until the journal's database is back")
                 elif now - away_since > self.location.reconnect_timeout:
                     raise JournalError(f"journal {self.location.name}: the database was unreachable for "
                                        f"{now - away_since:.0f}s; nothing more is sent. Every token committed so "
@@ -76,9 +72,13 @@ class Budgets:
                 await self.sleep(_RETRY)
                 continue
             if away_since is not None:
-                self._log.warning("journal.reachable", journal=self.location.name,
-                                  after_seconds=round(self.clock() - away_since, 1))
+                self._warn("journal.reachable", after_seconds=round(self.clock() - away_since, 1))
             return float(wait), float(rate)
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        import structlog  # not at import time: ``bulkclaim --help`` loads no logging library
+
+        structlog.get_logger("bulkclaim").warning(event, journal=self.location.name, **fields)
 
     async def _connect(self) -> Any:
         psycopg = driver()
@@ -107,16 +107,12 @@ class Budgets:
 class SharedBucket:
     """A :class:`~bulkclaim.ratelimit.Limiter`'s bucket (and adaptive controller) drawn from the
     journal's ``rate_budget`` row ``key``: ``ceiling`` per second, ``burst`` at once, across every
-    worker. ``jitter``: as ``TokenBucket``'s (a held-back slot is sent a random part of that many
-    intervals late, never before this process's previous one)."""
+    worker. A slot is used as soon as its wait is over."""
 
-    def __init__(self, budgets: Budgets, key: str, ceiling: float, burst: int, *, jitter: float = 0.0,
-                 rng: random.Random | None = None) -> None:
-        self._budgets, self.key, self.ceiling, self.burst, self.jitter = budgets, key, ceiling, burst, jitter
-        self._rng = rng or random.Random()
+    def __init__(self, budgets: Budgets, key: str, ceiling: float, burst: int) -> None:
+        self._budgets, self.key, self.ceiling, self.burst = budgets, key, ceiling, burst
         self._rate = ceiling  # the shared rate as the last slot found it
         self._cuts = 0  # 429s heard since the last slot: they go with the next one
-        self._last_admit = float("-inf")
 
     @property
     def rate(self) -> float:
@@ -129,12 +125,8 @@ class SharedBucket:
         except BaseException:
             self._cuts += cuts  # not applied: keep them for the next slot
             raise
-        now = self._budgets.clock()
-        delay = self._rng.uniform(0.0, self.jitter / self._rate) if self.jitter and wait > 0 else 0.0
-        admit_at = max(self._last_admit, now + wait + delay)
-        self._last_admit = admit_at
-        if admit_at - now >= _MIN_SLEEP:
-            await self._budgets.sleep(admit_at - now)
+        if wait >= _MIN_SLEEP:
+            await self._budgets.sleep(wait)
 
     def on_throttle(self) -> None:
         """A 429: the next slot of any worker's takes the shared rate down (AIMD, in the row)."""
