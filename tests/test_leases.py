@@ -12,11 +12,14 @@ from contextlib import closing
 import anyio
 import pytest
 
+from bulkclaim.claimer import Claimer
 from bulkclaim.journal import read_existing_journal
 from bulkclaim.journal.postgres import PostgresJournal
 from bulkclaim.journal.postgres.connection import connect, parse_url
 from bulkclaim.model import Outcome, Planned, Status
 from tests.postgres import PgServer
+from tests.support import sandbox_env
+from tests.test_claimer import claimer
 from tests.test_journal import req
 from tests.test_journal_postgres import opened
 
@@ -129,3 +132,26 @@ async def test_an_unknown_outcome_is_let_go_and_the_next_replica_sends_the_same_
         first.unlease(leased)
         again = await second.lease(a)
         assert isinstance(again, Planned) and again.client_token == a.client_token and again.attempts == 1
+
+
+async def test_two_claimer_replicas_claiming_the_same_numbers_send_each_once(postgres: PgServer) -> None:
+    """Two replicas of a service (two Claimers, each with its own connections to the journal) asked for
+    the same numbers at the same moment: each number is claimed once, with one token, in one request."""
+    url = postgres.fresh_url()
+    numbers = [req(i).phone_number for i in range(40)]
+    async with sandbox_env(claim_delay=0.05) as env:
+        async with claimer(env, url) as first, claimer(env, url) as second:
+            got: dict[str, list[Outcome]] = {n: [] for n in numbers}
+
+            async def ask(replica: Claimer, number: str) -> None:
+                got[number].append(await replica.claim(number))
+
+            async with anyio.create_task_group() as tg:
+                for number in numbers:
+                    tg.start_soon(ask, first, number)
+                    tg.start_soon(ask, second, number)
+        requests = env.sandbox.state.stats["ClaimPhoneNumber"]
+    assert sum(requests.values()) == len(numbers), "one request per number: the second replica waited"
+    assert all({(o.status, o.client_token) for o in outcomes} == {(Status.CLAIMED, outcomes[0].client_token)}
+               for outcomes in got.values())
+    assert sorted(e.phone_number for e in env.sandbox.ledger) == sorted(numbers)
