@@ -35,12 +35,14 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.compare
 	$(BIN)/python -m benchmarks.migrations
 	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.workers
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput --quick
 	$(BIN)/python -m benchmarks.compare --quick --reps 1
 	$(BIN)/python -m benchmarks.migrations --quick --reps 1
 	$(BIN)/python -m benchmarks.scale --rows 100000
+	$(BIN)/python -m benchmarks.workers --numbers 400 --times 1
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -112,7 +112,7 @@ class Api:
             raise self.fatal
         limiter = self.limiters[operation]
         async with limiter.in_flight:
-            await limiter.bucket.acquire()
+            await limiter.acquire()
             if self.fatal is not None:  # tripped while we waited for our turn
                 raise self.fatal
             if withdraw_if is not None and withdraw_if():

@@ -153,7 +153,11 @@ class Claimer:
                 if settings.max_pool_connections < pool:
                     settings = dataclasses.replace(settings, max_pool_connections=pool)
                 client = await stack.enter_async_context(connect_client(settings, self._session))
-            if self._clock is time.monotonic and self._sleep is anyio.sleep:
+            shared = self.journal.shared_budget("/".join(_scope(self._settings)), sleep=self._sleep, clock=self._clock)
+            if shared is not None:  # a shared journal: one budget for every worker, in the journal's database
+                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep, shared=shared)
+                                 for api in _APIS}
+            elif self._clock is time.monotonic and self._sleep is anyio.sleep:
                 self.limiters = _shared_limiters(self._settings, self.rates)
             else:  # an injected clock (tests, simulations) gets limiters of its own
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
@@ -228,9 +232,16 @@ class Claimer:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
             return planned.done[0]
-        outcome = await self.engine.claim_number(planned.work[0], state=self._claims)
-        if outcome.status == Status.IN_PROGRESS and self.options.verify:
-            outcome = await self.engine.verify(outcome, state=self._claims)
+        # Replicas sharing a journal (PostgreSQL): one sends, the others wait for its outcome.
+        work = await self.journal.lease(planned.work[0])
+        if isinstance(work, Outcome):
+            return work
+        try:
+            outcome = await self.engine.claim_number(work, state=self._claims)
+            if outcome.status == Status.IN_PROGRESS and self.options.verify:
+                outcome = await self.engine.verify(outcome, state=self._claims)
+        finally:
+            self.journal.unlease(work)
         self._claims.raise_if_aborted()  # the target's quota reached: this and every later claim() raise
         return outcome
 
@@ -333,8 +344,7 @@ def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str,
     to have them share one budget.
     """
     registry = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
-    scope = (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
-             settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
+    scope = _scope(settings)
     limiters: dict[str, Limiter] = {}
     for api in _APIS:
         rate, burst = rates.per_api.get(api, (rates.rate, rates.burst))
@@ -350,6 +360,12 @@ def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str,
             registry[key] = rates.limiter(api, time.monotonic, anyio.sleep)
         limiters[api] = registry[key]
     return limiters
+
+
+def _scope(settings: ClientSettings) -> tuple[str, str]:
+    """What an account's rate budget is per (besides the API): the Region, and the endpoint."""
+    return (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
+            settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
 
 
 async def _next_item(rx: MemoryObjectReceiveStream[Outcome | BaseException]) -> Outcome | BaseException | None:

@@ -261,6 +261,9 @@ def status_command(journal: JournalSpec, as_json: bool) -> None:
         took_over = ("" if status.latest_run_numbers == status.latest_run
                      else f", same inputs as run {status.latest_run_numbers}")
         click.echo(f"  {'runs':<12} {status.runs} (latest: run {status.latest_run}{started}{took_over})")
+    if status.workers:
+        click.echo(f"  {'workers':<12} " + " · ".join(
+            f"{count} on run {run}" if run else f"{count} planning" for run, count in status.workers.items()))
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
     if status.live:

@@ -130,7 +130,7 @@ class Engine:
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit, state)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
-                    tg.start_soon(self._verify_worker, verify_rx.clone(), summary, emit, state)
+                    tg.start_soon(self._verify_worker, work, verify_rx.clone(), summary, emit, state)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
 
@@ -152,6 +152,7 @@ class Engine:
                     await tx.send(outcome)
                 else:
                     await count_and_emit(emit, summary, outcome)
+                    work.finished()
 
     def _removed_not_held(self, planned: Planned, swept: bool, log: Any) -> Outcome:
         """A number no longer in the input that the target does not hold is not sent again: after a whole
@@ -163,11 +164,12 @@ class Engine:
         log.warning("claim.failed", error_code=NOT_CLAIMED)
         return self._record(_outcome(planned, Status.FAILED, planned.attempts, error=(NOT_CLAIMED, _NOT_CLAIMED)))
 
-    async def _verify_worker(self, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary, emit: Emit,
-                             state: RunState) -> None:
+    async def _verify_worker(self, work: WorkList, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary,
+                             emit: Emit, state: RunState) -> None:
         async with rx:
             async for accepted in rx:
                 await count_and_emit(emit, summary, await self.verify(accepted, state=state))
+                work.finished()
 
     # -- one number ----------------------------------------------------------------------------------
     async def claim_number(self, planned: Planned, already: Owned | None = None, *, state: RunState,

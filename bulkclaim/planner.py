@@ -61,12 +61,24 @@ class Planner:
         run = await self.journal.begin_run()
         summary = state.summary  # counted in place: whoever holds the state watches it live
         summary.run = summary.members_run = run
-        if fingerprint is not None and not self.options.retry_failed:
-            reused = await self.journal.reuse_plan(fingerprint, summary.run)
-            if reused is not None:
-                await self._take_over(reused, summary, emit, emit_done)
-                await self._join_removed(summary)
-                return summary
+        # Processes sharing a journal (PostgreSQL) plan the same inputs one at a time: the first plans
+        # them, the later ones join its run while it goes on (and split its numbers, see WorkList).
+        async with self.journal.planning(fingerprint):
+            if fingerprint is not None and not self.options.retry_failed:
+                joined = await self.journal.join_plan(fingerprint, summary.run)
+                if joined is not None:
+                    await self._take_over(joined, summary, emit, emit_done)
+                    return summary
+                reused = await self.journal.reuse_plan(fingerprint, summary.run)
+                if reused is not None:
+                    await self._take_over(reused, summary, emit, emit_done)
+                    await self._join_removed(summary)
+                    return summary
+            return await self._plan_rows(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
+
+    async def _plan_rows(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None,
+                         emit_done: bool, state: RunState) -> RunSummary:
+        summary = state.summary
         changed: list[ClaimRequest] = []
         batches_tx, batches_rx = anyio.create_memory_object_stream[list[ClaimRequest | Rejected]](2)
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from bulkclaim.ratelimit import Limiter
+from bulkclaim.ratelimit import Limiter, SharedBuckets
 
 __all__ = ["OUTAGE_TIMEOUT", "ClientSettings", "RateSettings"]
 
@@ -40,9 +40,12 @@ class RateSettings:
         self.rate, self.burst, self.max_in_flight, self.adaptive = rate, burst, max_in_flight, adaptive
         self.per_api = dict(per_api or {})
 
-    def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> Limiter:
+    def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]], *,
+                shared: SharedBuckets | None = None) -> Limiter:
+        """The limiter of ``api``; with ``shared``, its budget is the one every worker of a shared
+        journal draws on (see ``bulkclaim.journal.postgres.budget``)."""
         rate, burst = self.per_api.get(api, (self.rate, self.burst))
         return Limiter(api, rate, burst, max_in_flight=self.max_in_flight if api == "ClaimPhoneNumber" else None,
-                       adaptive=self.adaptive, clock=clock, sleep=sleep)
+                       adaptive=self.adaptive, clock=clock, sleep=sleep, shared=shared)
 
 

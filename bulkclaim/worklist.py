@@ -30,8 +30,12 @@ class WorkList:
                  stopping: Callable[[], bool]) -> None:
         self._journal, self._run, self._tg, self._low_water, self._stopping = journal, run, tg, low_water, stopping
         self._after = 0
+        self._size = _PAGE
+        if not journal.exclusive:  # processes share the run: lease a few at a time, so that they split it
+            self._size = self._low_water = max(2, low_water // 4)
         self._page: collections.deque[Planned] = collections.deque()
         self._exhausted = self._fetching = False
+        self._outstanding = 0  # numbers handed out and not yet ``finished`` (being claimed or verified)
         self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
 
     async def next(self) -> Planned | None:
@@ -44,9 +48,14 @@ class WorkList:
         if self._stopping():
             return None
         planned = self._page.popleft()
+        self._outstanding += 1
         if len(self._page) < self._low_water:
             self._fetch_soon()
         return planned
+
+    def finished(self) -> None:
+        """A number handed out by :meth:`next` is done with (claimed, verified, or left as it is)."""
+        self._outstanding -= 1
 
     def _fetch_soon(self) -> None:
         if not self._fetching and not self._exhausted:
@@ -55,9 +64,12 @@ class WorkList:
 
     async def _fetch(self) -> None:
         try:
-            page, self._after = await self._journal.work_page(self._run, self._after, _PAGE)
+            page, self._after = await self._journal.work_page(self._run, self._after, self._size)
             self._page.extend(page)
-            self._exhausted = not page
+            # A shared journal: other workers may yet leave numbers to take over (they may die). Asked
+            # only with nothing left in hand: until then, this worker is not waiting for anyone.
+            self._exhausted = not page and (self._journal.exclusive or (
+                not self._page and not await self._journal.more_work(self._run, idle=self._outstanding == 0)))
         finally:
             self._fetching = False
             arrived, self._arrived = self._arrived, anyio.Event()

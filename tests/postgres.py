@@ -17,12 +17,13 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PgServer", "postgres", "server_binaries"]
+__all__ = ["PgServer", "ServerFailed", "postgres", "server_binaries", "throwaway_server"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,21 @@ def postgres() -> Iterator[PgServer]:
         if os.environ.get("BULKCLAIM_REQUIRE_POSTGRES"):
             pytest.fail(message)
         pytest.skip(message)
+    try:
+        with throwaway_server(bindir) as server:
+            yield server
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
+
+
+class ServerFailed(Exception):
+    """The throwaway server could not be started (the message has its log)."""
+
+
+@contextmanager
+def throwaway_server(bindir: Path) -> Iterator[PgServer]:
+    """A PostgreSQL server in a temporary directory, on a unix socket there (see the module's doc);
+    also what the benchmarks use."""
     root = Path(tempfile.mkdtemp(prefix="bcpg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
@@ -73,12 +89,14 @@ def postgres() -> Iterator[PgServer]:
     options = (f"-c listen_addresses='' -c unix_socket_directories={root} -c max_connections=200 "
                "-c fsync=off -c full_page_writes=off")  # a throwaway server: no crash of *it* is tested
     try:
-        run(bindir / "initdb", "-D", data, "--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
-        run(bindir / "pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log, "-o", options)
+        try:
+            run(bindir / "initdb", "-D", data, "--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C",
+                "--no-sync")
+            run(bindir / "pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log, "-o", options)
+        except subprocess.CalledProcessError as exc:
+            server_log = log.read_text(errors="replace") if log.exists() else ""
+            raise ServerFailed(f"could not start PostgreSQL: {exc}\n{exc.stderr!r}\n{server_log}") from None
         yield PgServer(root)
-    except subprocess.CalledProcessError as exc:
-        server_log = log.read_text(errors="replace") if log.exists() else ""
-        pytest.fail(f"could not start PostgreSQL: {exc}\n{exc.stderr!r}\n{server_log}")
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*as_user, str(bindir / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)],

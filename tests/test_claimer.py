@@ -41,7 +41,7 @@ NUMBERS = [s.phone_number for s in generate(InventorySpec(count=60))]
 
 
 @asynccontextmanager
-async def claimer(env: SandboxEnv, journal: Path, *, rate: float = 1000.0, burst: int = 50,
+async def claimer(env: SandboxEnv, journal: Path | str, *, rate: float = 1000.0, burst: int = 50,
                   options: Options = FAST, backoff: Backoff = FAST_BACKOFF, **kwargs: Any) -> AsyncIterator[Claimer]:
     async with Claimer(instance_id=INSTANCE_ID, journal=journal, client_settings=env.settings,
                        rates=RateSettings(rate, burst), options=options, backoff=backoff, **kwargs) as c:

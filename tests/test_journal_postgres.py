@@ -221,14 +221,19 @@ async def test_the_cli_says_a_missing_journal_and_an_unreachable_server(url: str
         assert "s3cret" not in unreachable.stderr + unreachable.stdout
 
 
+def terminate(url: str, application_name: str) -> None:
+    """End every session of ``application_name``, as a failover, a restart or a dba would."""
+    with closing(connect(parse_url(url), read_only=False)) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name=?",
+                      (application_name,))
+
+
 async def test_a_lost_session_stops_the_journal_and_keeps_what_was_committed(url: str) -> None:
-    victim = f"{url}&application_name=bulkclaim-victim"
+    victim = f"{url}&application_name=bulkclaim-victim&reconnect_timeout=0"  # give up at once
     async with opened(victim) as journal:
         run = await journal.begin_run()
         (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
-        with closing(connect(parse_url(url), read_only=False)) as admin:  # a failover, a restart, a dba
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name='bulkclaim-victim'")
+        terminate(url, "bulkclaim-victim")
         with pytest.raises(JournalError, match="lost PostgreSQL"):
             await journal.plan([req(1)], run, retry_failed=False)
         with pytest.raises(JournalError):  # fail closed: nothing more is recorded, so nothing more is sent
@@ -236,3 +241,15 @@ async def test_a_lost_session_stops_the_journal_and_keeps_what_was_committed(url
     async with opened(url) as journal:
         again = await journal.plan([req(0), req(1)], await journal.begin_run(), retry_failed=False)
     assert [p.client_token for p in again.work][:1] == [planned.client_token]
+
+
+async def test_a_lost_session_is_found_again_and_the_journal_goes_on(url: str) -> None:
+    async with opened(f"{url}&application_name=bulkclaim-victim") as journal:
+        run = await journal.begin_run()
+        (planned,) = (await journal.plan([req(0)], run, retry_failed=False)).work
+        terminate(url, "bulkclaim-victim")
+        (later,) = (await journal.plan([req(1)], run, retry_failed=False)).work  # on a new connection
+        with read_existing_journal(url) as reader:
+            assert reader.status().live is True, "the run's session lock was taken again"
+            tokens = {o.phone_number: o.client_token for o in reader.outcomes()}
+    assert tokens == {req(0).phone_number: planned.client_token, req(1).phone_number: later.client_token}

@@ -9,7 +9,8 @@ database, gives run ids (:meth:`SqlJournal._new_run`), says which runs may have 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import ClassVar, Generic, TypeVar
 
@@ -30,6 +31,7 @@ from bulkclaim.model import (
     Target,
     ToRelease,
 )
+from bulkclaim.ratelimit import SharedBuckets, Sleep
 
 __all__ = ["SqlJournal"]
 
@@ -41,10 +43,12 @@ class SqlJournal(Generic[ConnectionT]):
 
     #: one process at a time (a second open is refused); False: processes share the journal (and runs)
     exclusive: ClassVar[bool] = True
+    #: outcomes are written only under the lease they were worked under (see ``lazy``)
+    _guarded: ClassVar[bool] = False
 
     def __init__(self, database: Database[ConnectionT]) -> None:
         self._runs_begun: set[int] = set()  # runs of this process: their numbers may be in flight now
-        self._lazy = LazyWrites(self._put_statements)
+        self._lazy = LazyWrites(self._put_statements, guarded=self._guarded)
         self._writer = Writer(database)
 
     @property
@@ -94,10 +98,12 @@ class SqlJournal(Generic[ConnectionT]):
 
     def record_outcome(self, outcome: Outcome) -> None:
         self._writer.raise_if_broken()
-        self._lazy.add_outcome((outcome.status.value, outcome.attempts, outcome.phone_number_id,
-                                outcome.phone_number_arn, outcome.error_code, outcome.error_message,
-                                outcome.updated_at or time.time(), outcome.target, outcome.phone_number,
-                                outcome.client_token))
+        self._lazy.add_outcome(self._outcome_row(outcome))
+
+    def _outcome_row(self, outcome: Outcome) -> tuple[object, ...]:
+        return (outcome.status.value, outcome.attempts, outcome.phone_number_id, outcome.phone_number_arn,
+                outcome.error_code, outcome.error_message, outcome.updated_at or time.time(), outcome.target,
+                outcome.phone_number, outcome.client_token)
 
     def _put_statements(self, statements: list[Statement]) -> None:
         self._writer.put(Job(lambda conn: run_statements(conn, statements), None))
@@ -161,6 +167,27 @@ class SqlJournal(Generic[ConnectionT]):
             outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
             return outcomes, (rows[-1][0] if rows else after)
         return await self._submit(query)
+
+    # -- sharing a run: only a shared journal (PostgreSQL) does anything here -------------------------
+    @asynccontextmanager
+    async def planning(self, fingerprint: str | None) -> AsyncIterator[None]:
+        """Held while a run plans the inputs of ``fingerprint`` (see the protocol)."""
+        yield
+
+    async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
+        return None
+
+    async def more_work(self, run: int, *, idle: bool) -> bool:
+        return False
+
+    async def lease(self, planned: Planned) -> Planned | Outcome:
+        return planned
+
+    def unlease(self, planned: Planned) -> None:
+        return None
+
+    def shared_budget(self, scope: str, *, sleep: Sleep, clock: Callable[[], float]) -> SharedBuckets | None:
+        return None
 
     # -- the quota preflight ---------------------------------------------------------------------------
     async def count_to_claim(self, run: int, target: str, owned: Collection[str]) -> int:

@@ -38,8 +38,9 @@ class LazyWrites:
     """
 
     def __init__(self, hand_over: Callable[[list[Statement]], None], *, batch: int = LAZY_BATCH,
-                 max_age: float = LAZY_MAX_AGE) -> None:
+                 max_age: float = LAZY_MAX_AGE, guarded: bool = False) -> None:
         self._hand_over = hand_over
+        self.guarded = guarded  # outcome rows end with a lease epoch (see lazy_statements)
         self.batch, self.max_age = batch, max_age
         self._attempts: list[tuple[Any, ...]] = []
         self._outcomes: list[tuple[Any, ...]] = []
@@ -74,7 +75,8 @@ class LazyWrites:
         attempts, outcomes = self._attempts, self._outcomes
         self._attempts, self._outcomes = [], []
         if attempts or outcomes:
-            self._hand_over(lazy_statements(attempts, outcomes))  # built here, so the writer only runs them
+            # built here, so the writer only runs them
+            self._hand_over(lazy_statements(attempts, outcomes, self.guarded))
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
@@ -85,17 +87,19 @@ _RANK = "(CASE {} WHEN 'pending' THEN 0 WHEN 'in_progress' THEN 1 ELSE 2 END)"
 _ROWS_PER_STATEMENT = 250  # 2,500 bound values per statement, far under SQLite's limit
 
 
-def lazy_statements(attempts: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]]) -> list[Statement]:
+def lazy_statements(attempts: list[tuple[Any, ...]], outcomes: list[tuple[Any, ...]],
+                    guarded: bool = False) -> list[Statement]:
     """The statements that write buffered attempts (rows of the attempts table) and outcomes (tuples of
     status, attempts, id, arn, error code, error message, time, target, number, token), in the order
-    they were recorded."""
+    they were recorded. ``guarded`` (PostgreSQL's leases): each outcome ends with the lease epoch it
+    was worked under (or None), and is not written if the number has been leased again since."""
     statements = [(_insert_attempts(len(chunk)), _flat(chunk)) for chunk in _chunks(attempts)]
     # Guarded by the token (an older attempt series never overwrites a newer one) and by the order of
     # statuses (pending < in_progress < claimed/failed): a late, lesser outcome of the same token,
     # from a concurrent path, never moves a number backwards. One UPDATE ... FROM applies at most
     # one row per number, so a number's later outcomes go in later rounds, in the order recorded.
     for batch in _rounds(outcomes):
-        statements += [(_update_numbers(len(chunk)), _flat(chunk)) for chunk in _chunks(batch)]
+        statements += [(_update_numbers(len(chunk), guarded), _flat(chunk)) for chunk in _chunks(batch)]
     return statements
 
 
@@ -111,16 +115,19 @@ def _insert_attempts(rows: int) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _update_numbers(rows: int) -> str:
-    return ("WITH v (status, attempts, id, arn, code, message, at, target, number, token) AS (VALUES "
-            + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + ") "
+def _update_numbers(rows: int, guarded: bool = False) -> str:
+    epoch = ", epoch" if guarded else ""
+    return (f"WITH v (status, attempts, id, arn, code, message, at, target, number, token{epoch}) AS (VALUES "
+            + ",".join([f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' if guarded else ''})"] * rows) + ") "
             "UPDATE numbers SET status=v.status, "
             "attempts=CASE WHEN v.attempts > numbers.attempts THEN v.attempts ELSE numbers.attempts END, "
             "phone_number_id=coalesce(v.id, numbers.phone_number_id), "
             "phone_number_arn=coalesce(v.arn, numbers.phone_number_arn), error_code=v.code, "
             "error_message=v.message, updated_at=v.at FROM v WHERE numbers.target=v.target "
             "AND numbers.phone_number=v.number AND numbers.client_token=v.token "
-            f"AND {_RANK.format('numbers.status')} <= {_RANK.format('v.status')}")
+            f"AND {_RANK.format('numbers.status')} <= {_RANK.format('v.status')}"
+            + (" AND (CAST(v.epoch AS bigint) IS NULL OR numbers.lease_epoch = CAST(v.epoch AS bigint))"
+               if guarded else ""))
 
 
 def _rounds(outcomes: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:

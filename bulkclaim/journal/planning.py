@@ -208,22 +208,29 @@ def join_unsettled(conn: Connection, run: int, mine: Sequence[int]) -> list[tupl
     return [(str(t), str(n), str(s)) for t, n, s in rows]
 
 
-def reuse_plan(conn: Connection, fingerprint: str, run: int) -> PlanReuse | None:
+def reuse_plan(conn: Connection, fingerprint: str, run: int, *,
+               live_workers_of: str | None = None) -> PlanReuse | None:
     """Take over the latest complete plan of ``fingerprint`` if every number of it is still that plan's
     (no later run has taken one into its own input). Nothing is rewritten: ``run`` records that its
     numbers are those of the earlier run (``members_run``), and only pending ones are marked as
-    possibly sent."""
-    found = conn.execute("SELECT members_run, members, duplicates FROM plans WHERE fingerprint=? "
+    possibly sent.
+
+    ``live_workers_of`` (a shared journal): a query of the runs live workers work on; a plan of one of
+    them is joined as it is, whatever joined it since, and nothing is marked possibly sent (its
+    numbers are leased, and marked so if taken over from a dead worker, one by one)."""
+    joining = f"AND members_run IN ({live_workers_of}) " if live_workers_of else ""
+    found = conn.execute(f"SELECT members_run, members, duplicates FROM plans WHERE fingerprint=? {joining}"
                          "ORDER BY run DESC LIMIT 1", (fingerprint,)).fetchone()
     if found is None:
         return None
     members_run, members, duplicates = found
     statuses = dict(conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
                                  (members_run,)).fetchall())
-    if sum(statuses.values()) != members:
-        return None
-    conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
-                 (members_run,))
+    if not joining:
+        if sum(statuses.values()) != members:
+            return None
+        conn.execute("UPDATE numbers SET maybe_sent=1 WHERE seen_run=? AND status='pending' AND maybe_sent=0",
+                     (members_run,))
     conn.execute("INSERT INTO plans (run, fingerprint, members_run, members, duplicates) "
                  "VALUES (?, ?, ?, ?, ?)", (run, fingerprint, members_run, members, duplicates))
     (invalid,) = conn.execute("SELECT count(*) FROM rejected WHERE run=?", (members_run,)).fetchone()

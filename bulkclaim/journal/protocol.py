@@ -11,11 +11,13 @@ one only means the same token is sent again.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bulkclaim.model import ClaimRequest, Outcome, Planned, PlanResult, PlanReuse, Rejected, Status, Target, ToRelease
+from bulkclaim.ratelimit import SharedBuckets, Sleep
 
 __all__ = ["Journal", "JournalReader", "JournalStatus"]
 
@@ -62,6 +64,37 @@ class Journal(Protocol):
         marked possibly sent) to be settled and reported with it. (target, number, status) of each."""
         ...
 
+    # -- sharing a run (a journal that is not ``exclusive``; the others do nothing here) -----------------
+    def planning(self, fingerprint: str | None) -> AbstractAsyncContextManager[None]:
+        """Held while a run plans the inputs of ``fingerprint`` (and joins unsettled numbers): processes
+        planning the same inputs plan one after the other, so that the later ones join the first's run."""
+        ...
+
+    async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
+        """The plan of the same inputs that live workers are working on now, joined by ``run`` (as
+        :meth:`reuse_plan`, but nothing is marked possibly sent: numbers are leased one by one)."""
+        ...
+
+    async def more_work(self, run: int, *, idle: bool) -> bool:
+        """After :meth:`work_page` found nothing: whether to ask again (a moment later), because other
+        workers are still working on numbers of ``run`` and may die before they finish them, or
+        because this one is not ``idle`` yet (numbers of its own are still being claimed or verified)."""
+        ...
+
+    async def lease(self, planned: Planned) -> Planned | Outcome:
+        """Hold ``planned`` for this process before sending it (waiting while a live worker holds it):
+        the number as the journal has it now, or its outcome if another worker finished it."""
+        ...
+
+    def unlease(self, planned: Planned) -> None:
+        """Let go of a number leased with :meth:`lease`, once its outcome is recorded."""
+        ...
+
+    def shared_budget(self, scope: str, *, sleep: Sleep, clock: Callable[[], float]) -> SharedBuckets | None:
+        """The rate budget every worker of this journal shares for ``scope`` (Region and endpoint), one
+        bucket per API; ``None``: each process has its own limiters."""
+        ...
+
     # -- claiming --------------------------------------------------------------------------------------
     def record_attempt(self, planned: Planned, result: str, error_code: str | None) -> None:
         """One request's result (``accepted``, ``recovered``, or a verdict); may be written lazily."""
@@ -73,7 +106,8 @@ class Journal(Protocol):
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after the
-        position ``after``; and the position to continue from."""
+        position ``after``; and the position to continue from. A shared journal leases them to this
+        process instead (from wherever they are: a dead worker's numbers are taken over)."""
         ...
 
     async def targets_to_reconcile(self, run: int) -> list[Target]:
@@ -160,10 +194,14 @@ class JournalStatus:
     error_count: int
     #: the run the live process is doing (the latest run, if that process started it)
     live_run: int | None = None
+    #: a shared journal (PostgreSQL): the workers alive now, by the run whose numbers they work on
+    workers: dict[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         fields = dict(self.__dict__)
         fields["run_counts"] = {str(run): counts for run, counts in self.run_counts.items()}
+        if self.workers is not None:
+            fields["workers"] = {str(run): count for run, count in self.workers.items()}
         return fields
 
 

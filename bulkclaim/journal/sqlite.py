@@ -97,6 +97,9 @@ class SqliteDatabase:
     def retryable(self, exc: BaseException) -> bool:
         return False  # one writer (the file's lock): nothing concurrent to lose to
 
+    def reconnect(self, exc: BaseException) -> sqlite3.Connection | None:
+        return None  # a file is not lost and found again
+
     def journal_error(self, exc: BaseException) -> JournalError:
         return journal_error(self.path, exc)
 

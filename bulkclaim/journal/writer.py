@@ -28,6 +28,7 @@ __all__ = ["Database", "Job", "Writer"]
 _T = TypeVar("_T")
 _MAX_GROUP = 2000
 _TRIES = 3  # a group the database asks to run again (a deadlock, a serialization failure) runs this often
+_RECONNECTS = 5  # times a group runs again on a new connection after losing the database
 
 
 class Database(Protocol[ConnectionT]):
@@ -59,6 +60,12 @@ class Database(Protocol[ConnectionT]):
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether the group failed only because of a concurrent transaction and may run again."""
+        ...
+
+    def reconnect(self, exc: BaseException) -> ConnectionT | None:
+        """If ``exc`` means the connection was lost (a server restarted, a failover), a new one once the
+        database answers again (blocking; the group then runs again on it); ``None``: ``exc`` fails
+        the journal."""
         ...
 
 
@@ -107,14 +114,15 @@ class Writer(Generic[ConnectionT]):
             self._ready.set()
         if self._failure is not None:
             return
+        self._conn = conn
         try:
-            self._serve(conn)
+            self._serve()
         finally:
-            database.close(conn)
+            database.close(self._conn)
 
-    def _serve(self, conn: ConnectionT) -> None:
+    def _serve(self) -> None:
         try:
-            self._serve_groups(conn)
+            self._serve_groups()
         except BaseException as exc:  # never leave a waiter behind: fail everything still queued
             self._failure = self._failure or JournalError(f"journal {self.database.name} writer stopped: {exc!r}")
             raise
@@ -131,7 +139,7 @@ class Writer(Generic[ConnectionT]):
             if job is not None and job.done is not None:
                 job.done(None, closed)
 
-    def _serve_groups(self, conn: ConnectionT) -> None:
+    def _serve_groups(self) -> None:
         while True:
             first = self._jobs.get()
             if first is None:
@@ -146,14 +154,15 @@ class Writer(Generic[ConnectionT]):
                     self._jobs.put(None)  # finish this group, then stop
                     break
                 group.append(job)
-            self._run_group(conn, group)
+            self._run_group(group)
 
-    def _run_group(self, conn: ConnectionT, group: list[Job[ConnectionT]]) -> None:
+    def _run_group(self, group: list[Job[ConnectionT]]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
         database = self.database
-        for attempt in range(1, _TRIES + 1):
-            if self._failure is not None:
-                break
+        attempt = reconnects = 0
+        while attempt < _TRIES and self._failure is None:
+            attempt += 1
+            conn = self._conn
             try:
                 database.begin(conn)
                 results = [_run_job(conn, job, database.errors) for job in group]
@@ -162,6 +171,11 @@ class Writer(Generic[ConnectionT]):
             except database.errors as exc:
                 with contextlib.suppress(*database.errors):
                     database.rollback(conn)
+                if reconnects < _RECONNECTS and (fresh := database.reconnect(exc)) is not None:
+                    with contextlib.suppress(*database.errors):
+                        database.close(conn)
+                    self._conn, attempt, reconnects = fresh, attempt - 1, reconnects + 1
+                    continue  # the whole group again: nothing of it was committed, or all of it
                 if attempt == _TRIES or not database.retryable(exc):
                     self._failure = database.journal_error(exc)
         if self._failure is not None:  # a failed journal fails every later job: never lose silently

@@ -2,9 +2,12 @@
 the connection the shared SQL (``bulkclaim.journal.sql``) runs on.
 
 A journal URL is a libpq URL (``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?sslmode=require`` and every
-other libpq parameter; the password is better kept in ``PGPASSWORD`` or ``~/.pgpass``) with one
-parameter of bulkclaim's own, ``schema``: the PostgreSQL schema that holds the journal's tables
-(default ``bulkclaim``), so one database can hold several journals.
+other libpq parameter; the password is better kept in ``PGPASSWORD`` or ``~/.pgpass``) with
+parameters of bulkclaim's own: ``schema``, the PostgreSQL schema that holds the journal's tables
+(default ``bulkclaim``), so one database can hold several journals; ``lease_ttl``, the seconds after
+which a worker that stopped sending heartbeats has its numbers taken over (default 15); and
+``reconnect_timeout``, how long a worker waits for a lost server to come back before it gives up
+(default 300; nothing is sent meanwhile).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Location:
     conninfo: str
     schema: str
     name: str
+    lease_ttl: float = 15.0
+    reconnect_timeout: float = 300.0
 
     @property
     def lock_key(self) -> int:
@@ -65,8 +70,24 @@ def parse_url(url: str) -> Location:
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     if not _IDENTIFIER.fullmatch(schema):
         raise JournalError(f"journal {redact(url)}: schema={schema!r} is not a lowercase SQL identifier")
-    rest = urlencode([(k, v) for k, v in query if k != "schema"], safe="/:")
-    return Location(urlunsplit(parts._replace(query=rest)), schema, redact(url))
+    seconds = {name: _seconds(url, name, values[-1]) for name in _OWN_SECONDS
+               if (values := [v for k, v in query if k == name])}
+    rest = urlencode([(k, v) for k, v in query if k not in _OWN], safe="/:")
+    return Location(urlunsplit(parts._replace(query=rest)), schema, redact(url), **seconds)
+
+
+_OWN_SECONDS = ("lease_ttl", "reconnect_timeout")
+_OWN = ("schema", *_OWN_SECONDS)
+
+
+def _seconds(url: str, name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 86400 or (name == "lease_ttl" and seconds < 0.3):
+        raise JournalError(f"journal {redact(url)}: {name}={value!r} is not a number of seconds (lease_ttl >= 0.3)")
+    return seconds
 
 
 def driver() -> ModuleType:

@@ -13,6 +13,7 @@ from contextlib import closing, contextmanager
 from bulkclaim.journal.lock import LockHolder
 from bulkclaim.journal.postgres.connection import Location, PgConnection, connect, driver, parse_url
 from bulkclaim.journal.postgres.schema import journal_version, live_runs
+from bulkclaim.journal.protocol import JournalStatus
 from bulkclaim.journal.reader import SqlReader
 from bulkclaim.model import JournalError
 
@@ -42,5 +43,16 @@ class PostgresReader(SqlReader):
         self._pg = conn
 
     def _holder(self, latest_run: int | None, run_pid: int | None) -> LockHolder:
-        held = latest_run is not None and latest_run in live_runs(self._pg, self.location)
-        return LockHolder(held, run_pid if held else None)
+        """Live while any process has the journal open (several workers may share a run); the pid is
+        the latest run's, if that one is among them."""
+        live = live_runs(self._pg, self.location)
+        return LockHolder(bool(live), run_pid if latest_run in live else None)
+
+    def status(self, *, now: float | None = None, errors: int = 5) -> JournalStatus:
+        """As every journal's, with the workers alive now (by the run they work on)."""
+        status = super().status(now=now, errors=errors)
+        if self._pg.execute("SELECT to_regclass('workers')").fetchone()[0] is not None:  # schema 2 and later
+            status.workers = {int(run): int(count) for run, count in self._pg.execute(
+                "SELECT COALESCE(run, 0), count(*) FROM workers WHERE ended_at IS NULL "
+                "AND expires_at >= clock_timestamp() GROUP BY 1 ORDER BY 1").fetchall()}
+        return status

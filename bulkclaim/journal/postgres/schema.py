@@ -12,12 +12,13 @@ process, so that several processes on several hosts can share one journal.
 
 from __future__ import annotations
 
+from bulkclaim.journal.postgres.budget_sql import RESERVE_BUDGET as _RESERVE_BUDGET
 from bulkclaim.journal.postgres.connection import Location, PgConnection
 from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -108,7 +109,41 @@ CREATE TABLE slots (
 )
 """
 
-_STEPS = {1: _V1}
+# v2 (issue 15): several workers share a run. ``workers``: one row per process with the journal open,
+# alive while ``expires_at`` (its last heartbeat + its lease TTL, on the server's clock) is ahead;
+# ``waiting``: it has nothing left to send and only waits for the others. A number being worked on
+# is leased (``lease_owner``), and every lease bumps ``lease_epoch``: an outcome written under an
+# older epoch (by an owner whose lease was taken over) is ignored. ``rate_budget``: one GCRA bucket
+# per (account, region, API) with the AIMD state in the same row; UNLOGGED, since a crash of the
+# server only refills the bucket. ``reserve_budget`` takes one send slot in one statement.
+_V2 = [
+    "ALTER TABLE numbers ADD COLUMN lease_owner bigint, ADD COLUMN lease_epoch bigint NOT NULL DEFAULT 0",
+    """CREATE TABLE workers (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run bigint,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        lease_ttl double precision NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        expires_at timestamptz NOT NULL,
+        waiting boolean NOT NULL DEFAULT false,
+        ended_at timestamptz
+    )""",
+    "CREATE INDEX workers_by_run ON workers (run)",
+    """CREATE UNLOGGED TABLE rate_budget (
+        key text PRIMARY KEY,
+        rate double precision NOT NULL,
+        tat double precision NOT NULL,
+        episode_rate double precision,
+        cut_at double precision,
+        restart double precision,
+        throttles bigint NOT NULL DEFAULT 0,
+        reservations bigint NOT NULL DEFAULT 0
+    )""",
+    _RESERVE_BUDGET,
+]
+
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:
@@ -138,7 +173,10 @@ def migrate(conn: PgConnection, location: Location) -> None:
         if version < SCHEMA_VERSION:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"')
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in filter(None, (s.strip() for s in _STEPS[step].split(";"))):
+                statements = _STEPS[step]
+                if isinstance(statements, str):
+                    statements = [s.strip() for s in statements.split(";")]
+                for statement in filter(None, statements):
                     conn.execute(statement)
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                              "SET value=excluded.value",

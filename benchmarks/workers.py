@@ -1,0 +1,113 @@
+"""Several ``bulkclaim claim`` workers on one PostgreSQL journal against one account bucket (issue 15).
+
+    .venv/bin/python -m benchmarks.workers --numbers 2000 --workers 4 --rate 20 --burst 5 --times 3
+
+Each repetition: a fresh sandbox (ClaimPhoneNumber and DescribePhoneNumber each throttled at (rate,
+burst), like the account's buckets) and a fresh journal schema on a throwaway PostgreSQL server;
+``--workers`` real CLI processes started at once with the same inputs, each told the account's whole
+rate (they share one budget), then the same run with one process. From the sandbox's timeline:
+
+- efficiency η = T*/T, T* = (N - burst)/rate the ideal, T from the first claim request the sandbox
+  received to the last (process start-up and planning are not counted);
+- throttled share θ = ClaimPhoneNumber 429s / ClaimPhoneNumber requests; amplification A = requests / N.
+
+Also the shared budget's reservation latency (one statement per slot), measured on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bulkclaim.journal.postgres.budget import Budgets
+from bulkclaim.journal.postgres.connection import parse_url
+from bulkclaim.journal.postgres.leases import Heartbeat
+from bulkclaim.sandbox import API_NAMES, InventorySpec, SandboxConfig, ThrottleConfig, serve
+from bulkclaim.sandbox.app import Sandbox
+from bulkclaim.sandbox.inventory import generate
+from tests.postgres import PgServer, server_binaries, throwaway_server
+from tests.support import INSTANCE_ID, SandboxEnv
+from tests.test_cli import BULKCLAIM, cli_env
+
+
+async def one_run(server: PgServer, numbers: list[str], workers: int, rate: float, burst: int) -> dict[str, Any]:
+    throttle = {api: ThrottleConfig(rate=rate, burst=burst) if api in ("ClaimPhoneNumber", "DescribePhoneNumber")
+                else ThrottleConfig(rate=None) for api in API_NAMES}
+    config = SandboxConfig(inventory=(InventorySpec(count=len(numbers)),), throttle=throttle, claim_delay=0.0,
+                           record_timeline=True)
+    sandbox = Sandbox(config)
+    url = server.fresh_url()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "numbers.txt"
+        path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
+        async with serve(sandbox) as running:
+            env = cli_env(SandboxEnv(sandbox, running.endpoint_url))
+            args = ["claim", str(path), "--instance-id", INSTANCE_ID, "--journal", url, "--rate", str(rate),
+                    "--burst", str(burst), "--log-format", "json", "--no-preflight", "--verify-timeout", "30"]
+            processes = [await asyncio.create_subprocess_exec(*BULKCLAIM, *args, env=env, stdout=subprocess.DEVNULL,
+                                                              stderr=subprocess.DEVNULL) for _ in range(workers)]
+            codes = [await p.wait() for p in processes]
+    claims = [at for at, api, _ in sandbox.state.timeline if api == "ClaimPhoneNumber"]
+    stats = sandbox.state.stats["ClaimPhoneNumber"]
+    requests, throttled = sum(stats.values()), stats.get("ThrottlingException", 0)
+    ideal = (len(numbers) - burst) / rate
+    executed = len({e.phone_number for e in sandbox.state.ledger if e.action == "claim"})
+    span = claims[-1] - claims[0]
+    return {"workers": workers, "T": round(span, 2), "eta": round(ideal / span, 3),
+            "theta": round(throttled / requests, 4), "A": round(requests / len(numbers), 3),
+            "claimed": executed, "exit_codes": codes}
+
+
+async def reservation_latency(server: PgServer, count: int = 2000) -> dict[str, float]:
+    """Milliseconds per shared-budget reservation (one statement each), p50 and p99, on loopback."""
+    location = parse_url(server.fresh_url())
+    Heartbeat(location).end()  # creates the journal's schema
+    budgets = Budgets(location, "bench")
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await budgets.reserve("bench/ClaimPhoneNumber", 1e6, 1000, 0)
+        samples.append((time.perf_counter() - started) * 1000)
+    await budgets.aclose()
+    samples.sort()
+    return {"p50_ms": round(samples[len(samples) // 2], 3), "p99_ms": round(samples[int(len(samples) * 0.99)], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--numbers", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--burst", type=int, default=5)
+    parser.add_argument("--times", type=int, default=3)
+    opts = parser.parse_args()
+    bindir = server_binaries()
+    if bindir is None:
+        sys.exit("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    numbers = [s.phone_number for s in generate(InventorySpec(count=opts.numbers))]
+    print(json.dumps({"load": os.getloadavg()}), flush=True)
+    with throwaway_server(bindir) as server:
+        print(json.dumps({"reservation": asyncio.run(reservation_latency(server))}), flush=True)
+        rows: dict[int, list[dict[str, Any]]] = {opts.workers: [], 1: []}
+        for _ in range(opts.times):
+            for workers in (opts.workers, 1):
+                row = asyncio.run(one_run(server, numbers, workers, opts.rate, opts.burst))
+                rows[workers].append(row)
+                print(json.dumps(row), flush=True)
+    for workers, runs in rows.items():
+        etas, thetas = [r["eta"] for r in runs], [r["theta"] for r in runs]
+        print(f"{workers} worker(s): eta median {statistics.median(etas)} ({min(etas)}-{max(etas)}), "
+              f"theta median {statistics.median(thetas):.2%} (worst {max(thetas):.2%})")
+
+
+if __name__ == "__main__":
+    main()
