@@ -58,6 +58,8 @@ from bulkclaim.worklist import WorkList
 
 __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 
+#: Without an answer timeout, how long a request may take to execute (botocore's connect + read).
+_LATE_REQUEST = 20.0
 _THROTTLE_ALLOWANCE = 10  # 429s (certainly not executed) a number may get: this many times max_attempts
 _NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
                 "(it was not sent again)")
@@ -104,6 +106,7 @@ class Engine:
         if not state.stopping:
             owned = await sweep_targets(self.api, await self.journal.targets_to_reconcile(summary.members_run),
                                         self.log, stop=state.stop)
+            state.recheck_removed_at = self.clock() + (self.api.answer_timeout or _LATE_REQUEST)
             await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
         state.raise_if_aborted()  # e.g. the target's quota reached (see RunState.claim_failed)
@@ -145,7 +148,7 @@ class Engine:
                 already = owned.get(planned.request.target.key, {}).get(planned.request.phone_number)
                 if (summary.removed and already is None and planned.status == Status.PENDING
                         and planned.request.key in summary.removed and planned.request.key not in self._in_flight):
-                    outcome = self._removed_not_held(planned, planned.request.target.key in owned, log)
+                    outcome = await self._removed_not_held(planned, planned.request.target.key in owned, log, state)
                 else:
                     outcome = await self.claim_number(planned, already, log=log, state=state)
                 if outcome.status == Status.IN_PROGRESS and self.options.verify:
@@ -154,13 +157,27 @@ class Engine:
                     await count_and_emit(emit, summary, outcome)
                     work.finished()
 
-    def _removed_not_held(self, planned: Planned, swept: bool, log: Any) -> Outcome:
+    async def _removed_not_held(self, planned: Planned, swept: bool, log: Any, state: RunState) -> Outcome:
         """A number no longer in the input that the target does not hold is not sent again: after a whole
-        listing of the target, no claim of ours took effect (failed); without one it stays unknown."""
+        listing of the target, no claim of ours took effect (failed); without one it stays unknown.
+
+        A request of the run that died may still be on its way (stalled, executed late): the number is
+        asked about once more, a whole request's time after the listing, before it is called failed."""
         log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
+        unknown = _outcome(planned, Status.PENDING, planned.attempts)
         if not swept:
             log.warning("claim.unknown", note="no longer in the input, and the target could not be listed")
-            return _outcome(planned, Status.PENDING, planned.attempts)
+            return unknown
+        await state.pause(self.api.sleep, state.recheck_removed_at - self.clock())
+        if state.stopping:
+            return unknown
+        try:
+            held = await find_owned(self.api, planned.request.target, planned.request.phone_number, stop=state.stop)
+        except CallFailed as lookup:
+            log.warning("claim.unknown", error_code=lookup.classified.code, note="no longer in the input")
+            return unknown
+        if held is not None:  # our dead run's request executed after the listing
+            return self._record(self._recovered(planned, planned.attempts, held, log, state))
         log.warning("claim.failed", error_code=NOT_CLAIMED)
         return self._record(_outcome(planned, Status.FAILED, planned.attempts, error=(NOT_CLAIMED, _NOT_CLAIMED)))
 

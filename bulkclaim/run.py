@@ -43,6 +43,9 @@ class RunState:
         #: Set (with one warning) when DescribePhoneNumber answered AccessDenied: accepted claims of
         #: this run are then left ``in_progress`` instead of polled.
         self.verify_denied = False
+        #: When (engine clock) a number no longer in the input, not listed on its target, is asked
+        #: about again before it is called not claimed: a dead run's request may still execute.
+        self.recheck_removed_at = 0.0
         #: Why this run stopped on its own (raised by ``raise_if_aborted`` when the run ends).
         self.aborted: FatalServiceError | None = None
 
