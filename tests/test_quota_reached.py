@@ -6,8 +6,8 @@ the FAILED number stays reserved for us, so after the quota is raised ``--retry-
 The bound on claims sent after the first limit FAILED: claims are spaced by the claim bucket (1/s on
 the command line, 2/s in the library test) and the FAILED is seen by one DescribePhoneNumber on
 loopback (0.5 s after the answer on the command line, at once in the library test). So no further
-claim's turn comes before the stop, and at most one can if the machine stalls longer than that: the
-tests allow that one, and no more.
+claim's turn comes before the stop, and one or two can if a loaded machine stalls the verify by a
+slot or two (CI saw both): the tests allow two, and no more.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ async def test_cli_stops_at_the_first_claim_failed_for_the_limit_then_retry_fail
     # No Service Quotas access: the preflight cannot know the quota, as for a principal without
     # servicequotas:GetServiceQuota; the service's own answer is what stops the run.
     async with sandbox_env(phone_number_quota=QUOTA, claim_delay=0.0, service_quotas_access=False) as env:
-        numbers = write_numbers(tmp_path / "numbers.txt", NUMBERS[:6])
+        # Eight numbers: the quota's 3, the FAILED 4th, at most 2 late (asserted below) leave 2 never sent.
+        numbers = write_numbers(tmp_path / "numbers.txt", NUMBERS)
         args = ["claim", str(numbers), "--instance-id", INSTANCE_ID, "--rate", "1", "--burst", "1",
                 "--verify-timeout", "5", "--log-format", "json", "--report", str(tmp_path / "report.jsonl"),
                 "--journal", str(tmp_path / "j.journal")]
@@ -59,7 +60,7 @@ async def test_cli_stops_at_the_first_claim_failed_for_the_limit_then_retry_fail
         assert len(late) <= 2, late  # see the module docstring (2: a loaded machine can delay the verify by a slot)
         with sqlite3.connect(tmp_path / "j.journal") as conn:
             statuses = dict(conn.execute("SELECT phone_number, status FROM numbers").fetchall())
-        unsent = [n for n in NUMBERS[:6] if env.sandbox.state.executions(n) == 0]
+        unsent = [n for n in NUMBERS if env.sandbox.state.executions(n) == 0]
         assert len(unsent) >= 1 and all(statuses[n] == "pending" for n in unsent)
         assert statuses[NUMBERS[QUOTA]] == "failed"
 
@@ -67,8 +68,8 @@ async def test_cli_stops_at_the_first_claim_failed_for_the_limit_then_retry_fail
         finished = await run_cli(env, tmp_path, *args, "--retry-failed")
         assert finished.returncode == 0, finished.stderr[-2000:]
         rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
-        assert {r["phone_number"]: r["status"] for r in rows} == dict.fromkeys(NUMBERS[:6], "claimed")
-        for number in NUMBERS[:6]:  # the failed ones reclaimed (reserved for us), the others claimed once
+        assert {r["phone_number"]: r["status"] for r in rows} == dict.fromkeys(NUMBERS, "claimed")
+        for number in NUMBERS:  # the failed ones reclaimed (reserved for us), the others claimed once
             holder = env.sandbox.state.holder_of(number)
             assert holder is not None and holder.target_arn == TARGET
             assert holder.status(env.sandbox.clock()) == "CLAIMED"
