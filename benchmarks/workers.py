@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -27,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bulkclaim.journal.postgres.budget import Budgets
 from bulkclaim.journal.postgres.connection import parse_url
@@ -46,6 +49,7 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
                            record_timeline=True)
     sandbox = Sandbox(config)
     url = server.fresh_url()
+    samples: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "numbers.txt"
         path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
@@ -55,7 +59,9 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
                     "--burst", str(burst), "--log-format", "json", "--no-preflight", "--verify-timeout", "30"]
             processes = [await asyncio.create_subprocess_exec(*BULKCLAIM, *args, env=env, stdout=subprocess.DEVNULL,
                                                               stderr=subprocess.DEVNULL) for _ in range(workers)]
+            sampler = asyncio.create_task(sample_shared_rate(url, samples))
             codes = [await p.wait() for p in processes]
+            sampler.cancel()
     claims = [at for at, api, _ in sandbox.state.timeline if api == "ClaimPhoneNumber"]
     stats = sandbox.state.stats["ClaimPhoneNumber"]
     requests, throttled = sum(stats.values()), stats.get("ThrottlingException", 0)
@@ -64,7 +70,48 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
     span = claims[-1] - claims[0]
     return {"workers": workers, "T": round(span, 2), "eta": round(ideal / span, 3),
             "theta": round(throttled / requests, 4), "A": round(requests / len(numbers), 3),
-            "claimed": executed, "exit_codes": codes}
+            "claimed": executed, "exit_codes": codes, "lost": losses(sandbox.state.timeline, samples, rate)}
+
+
+async def sample_shared_rate(url: str, samples: list[tuple[float, float]]) -> None:
+    """(time, the shared budget's ClaimPhoneNumber rate) every 20 ms, read from the journal's row."""
+    location = parse_url(url)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(location.conninfo, autocommit=True) as conn:
+                await conn.execute(f'SET search_path TO "{location.schema}"')
+                while True:
+                    cursor = await conn.execute("SELECT rate FROM rate_budget WHERE key LIKE '%/ClaimPhoneNumber'")
+                    row = await cursor.fetchone()
+                    if row is not None:
+                        samples.append((time.monotonic(), float(row[0])))
+                    await asyncio.sleep(0.02)
+        except psycopg.Error:  # the schema is not there yet
+            await asyncio.sleep(0.05)
+
+
+def losses(timeline: list[tuple[float, str, str]], samples: list[tuple[float, float]], rate: float) -> dict[str, Any]:
+    """Where the seconds beyond T* went, from the sandbox's timeline of ClaimPhoneNumber answers and the
+    sampled shared rate: slots spent on 429s; idle gaps (no request for more than two intervals while
+    the budget was at full rate); the rate below the ceiling after cuts (seconds of slots not offered);
+    the start (first to fifth request) and the tail (the last 1% of accepted claims)."""
+    claims = [(at, outcome) for at, api, outcome in timeline if api == "ClaimPhoneNumber"]
+    times = [at for at, _ in claims]
+    first, last = times[0], times[-1]
+    throttled = sum(1 for _, outcome in claims if outcome == "ThrottlingException")
+    cut_seconds = 0.0
+    for (at, shared), (following, _) in itertools.pairwise(samples):
+        if first <= at <= last and shared < rate * 0.999:
+            cut_seconds += (following - at) * (1 - shared / rate)
+    idle = [b - a for a, b in itertools.pairwise(times) if b - a > 2 / rate]
+    accepted = [at for at, outcome in claims if outcome != "ThrottlingException"]
+    tail_from = accepted[int(len(accepted) * 0.99)]
+    return {"throttled_slots_s": round(throttled / rate, 2), "rate_cut_s": round(cut_seconds, 2),
+            "idle_gaps": len(idle), "idle_s": round(sum(g - 1 / rate for g in idle), 2),
+            "longest_gap_s": round(max(idle, default=0.0), 3),
+            "start_s": round(times[min(4, len(times) - 1)] - first, 3),
+            "tail_rate": round((len(accepted) - int(len(accepted) * 0.99)) / max(1e-9, last - tail_from), 1),
+            "min_shared_rate": round(min((r for _, r in samples), default=rate), 2)}
 
 
 async def reservation_latency(server: PgServer, count: int = 2000) -> dict[str, float]:
