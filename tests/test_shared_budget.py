@@ -36,9 +36,15 @@ async def test_one_bucket_for_every_worker_on_the_servers_clock(postgres: PgServ
         assert waits[:3] == [0.0, 0.0, 0.0]
         assert [round(w) for w in waits[3:]] == [1, 2, 3], waits
         # a 429 heard by one worker lowers the rate both get
-        _, cut = await buckets[0].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 1)
-        _, seen = await buckets[1].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 0)
-        assert cut == pytest.approx(0.7) and seen < 0.71
+        cut = (await buckets[0].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 1)).rate
+        seen = await buckets[1].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 0)
+        assert cut == pytest.approx(0.7) and seen.rate < 0.71
+        # the 429 of a request booked before that cut is of the same bunch: it cuts nothing more ...
+        again = await buckets[1].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 1, seen.booked_at - 1)
+        assert again.rate == pytest.approx(seen.rate, rel=0.01)
+        # ... one booked after it does
+        later = await buckets[1].reserve("us-east-1//ClaimPhoneNumber", 1.0, 3, 1, seen.booked_at)
+        assert later.rate == pytest.approx(again.rate * 0.7, rel=0.01)
         # another API has a bucket of its own
         assert (await buckets[1].reserve("us-east-1//DescribePhoneNumber", 1.0, 3, 0))[0] == 0.0
         for budgets in buckets:

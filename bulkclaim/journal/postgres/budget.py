@@ -13,9 +13,11 @@ bucket tries again every moment and the run goes on once the server is back. Aft
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -24,7 +26,7 @@ from bulkclaim.journal.postgres.connection import Location, driver
 from bulkclaim.model import JournalError
 from bulkclaim.ratelimit import Sleep
 
-__all__ = ["Budgets", "SharedBucket"]
+__all__ = ["Budgets", "SharedBucket", "Slot"]
 
 _DECREASE = 0.7
 _SETTLE_INTERVALS = 6.0  # as ratelimit.AdaptiveRate
@@ -45,19 +47,19 @@ class Budgets:
     def bucket(self, api: str, rate: float, burst: int) -> SharedBucket:
         return SharedBucket(self, f"{self.scope}/{api}", rate, burst)
 
-    async def reserve(self, key: str, ceiling: float, burst: int, cuts: int) -> tuple[float, float]:
-        """Book one slot of ``key``'s bucket: (seconds to wait, the shared rate now). Waits (sending
-        nothing) while the server cannot be reached; JournalError after ``reconnect_timeout``."""
+    async def reserve(self, key: str, ceiling: float, burst: int, cuts: int, booked: float = math.inf) -> Slot:
+        """Book one slot of ``key``'s bucket, telling it of ``cuts`` 429s (the latest of whose slots was
+        booked at ``booked``, server time). Waits (sending nothing) while the server cannot be reached;
+        JournalError after ``reconnect_timeout``."""
         psycopg = driver()
         away_since: float | None = None
         while True:
             try:
                 async with self._lock:
                     conn = self._conn or await self._connect()
-                    cursor = await conn.execute(RESERVE_CALL, (key, ceiling, burst, cuts,
-                                                                              min(ceiling, 0.1), _DECREASE,
-                                                                              _SETTLE_INTERVALS))
-                    wait, rate = await cursor.fetchone()
+                    cursor = await conn.execute(RESERVE_CALL, (key, ceiling, burst, cuts, booked,
+                                                               min(ceiling, 0.1), _DECREASE, _SETTLE_INTERVALS))
+                    wait, rate, booked_at = await cursor.fetchone()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 await self._drop()
                 now = self.clock()
@@ -73,7 +75,7 @@ class Budgets:
                 continue
             if away_since is not None:
                 self._warn("journal.reachable", after_seconds=round(self.clock() - away_since, 1))
-            return float(wait), float(rate)
+            return Slot(float(wait), float(rate), float(booked_at))
 
     def _warn(self, event: str, **fields: Any) -> None:
         import structlog  # not at import time: ``bulkclaim --help`` loads no logging library
@@ -104,6 +106,20 @@ class Budgets:
         await self._drop()
 
 
+class Slot(NamedTuple):
+    """A booked slot: seconds to wait before sending, the shared rate, when it was booked (server time)."""
+
+    wait: float
+    rate: float
+    booked_at: float
+
+
+#: when the slot the current task sends on was booked (each request is sent by its own task, which
+#: hears its 429 after acquiring its slot: see ``calls.Api``); unknown: +inf, a 429 that cuts
+
+_BOOKED: ContextVar[float] = ContextVar("bulkclaim_budget_booked", default=math.inf)
+
+
 class SharedBucket:
     """A :class:`~bulkclaim.ratelimit.Limiter`'s bucket (and adaptive controller) drawn from the
     journal's ``rate_budget`` row ``key``: ``ceiling`` per second, ``burst`` at once, across every
@@ -113,24 +129,31 @@ class SharedBucket:
         self._budgets, self.key, self.ceiling, self.burst = budgets, key, ceiling, burst
         self._rate = ceiling  # the shared rate as the last slot found it
         self._cuts = 0  # 429s heard since the last slot: they go with the next one
+        self._booked = -math.inf  # when the latest of their slots was booked
 
     @property
     def rate(self) -> float:
         return self._rate
 
     async def acquire(self) -> None:
-        cuts, self._cuts = self._cuts, 0
+        cuts, booked, self._cuts, self._booked = self._cuts, self._booked, 0, -math.inf
         try:
-            wait, self._rate = await self._budgets.reserve(self.key, self.ceiling, self.burst, cuts)
+            slot = await self._budgets.reserve(self.key, self.ceiling, self.burst, cuts, booked)
         except BaseException:
             self._cuts += cuts  # not applied: keep them for the next slot
+            self._booked = max(self._booked, booked)
             raise
-        if wait >= _MIN_SLEEP:
-            await self._budgets.sleep(wait)
+        self._rate = slot.rate
+        _BOOKED.set(slot.booked_at)
+        if slot.wait >= _MIN_SLEEP:
+            await self._budgets.sleep(slot.wait)
 
     def on_throttle(self) -> None:
-        """A 429: the next slot of any worker's takes the shared rate down (AIMD, in the row)."""
+        """A 429: the next slot of any worker's takes the shared rate down (AIMD, in the row), unless
+        the throttled request's slot was booked before the last cut (then it is one of the same bunch)."""
         self._cuts += 1
+        self._booked = max(self._booked, _BOOKED.get())
 
     def on_success(self) -> None:
         """Recovery is the row's own (a cubic curve in the server's time since the last cut)."""
+

@@ -12,13 +12,13 @@ process, so that several processes on several hosts can share one journal.
 
 from __future__ import annotations
 
-from bulkclaim.journal.postgres.budget_sql import RESERVE_BUDGET as _RESERVE_BUDGET
+from bulkclaim.journal.postgres.budget_sql import DROP_V2, RESERVE_BUDGET
 from bulkclaim.journal.postgres.connection import Location, PgConnection
 from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -115,7 +115,7 @@ CREATE TABLE slots (
 # is leased (``lease_owner``), and every lease bumps ``lease_epoch``: an outcome written under an
 # older epoch (by an owner whose lease was taken over) is ignored. ``rate_budget``: one GCRA bucket
 # per (account, region, API) with the AIMD state in the same row; UNLOGGED, since a crash of the
-# server only refills the bucket. ``reserve_budget`` takes one send slot in one statement.
+# server only refills the bucket (``reserve_budget``, which takes one send slot in one statement, is v3's).
 _V2 = [
     "ALTER TABLE numbers ADD COLUMN lease_owner bigint, ADD COLUMN lease_epoch bigint NOT NULL DEFAULT 0",
     """CREATE TABLE workers (
@@ -140,10 +140,12 @@ _V2 = [
         throttles bigint NOT NULL DEFAULT 0,
         reservations bigint NOT NULL DEFAULT 0
     )""",
-    _RESERVE_BUDGET,
 ]
 
-_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2}
+# v3: ``reserve_budget`` is told when the throttled slots were booked, to cut once per bunch of 429s.
+_V3 = [DROP_V2, RESERVE_BUDGET]
+
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:
