@@ -37,15 +37,20 @@ class WorkList:
         self._exhausted = self._fetching = False
         self._outstanding = 0  # numbers handed out and not yet ``finished`` (being claimed or verified)
         self._arrived = anyio.Event()  # set (and replaced) whenever a fetch ends
+        self._watch = anyio.CancelScope()
+        if not journal.exclusive:
+            tg.start_soon(self._take_over)
 
     async def next(self) -> Planned | None:
         """The next number to work on, or ``None`` once there is none (or a stop was requested)."""
         while not self._page:
             if self._exhausted or self._stopping():
+                self._done()
                 return None
             self._fetch_soon()
             await self._arrived.wait()
         if self._stopping():
+            self._done()
             return None
         planned = self._page.popleft()
         self._outstanding += 1
@@ -56,6 +61,23 @@ class WorkList:
     def finished(self) -> None:
         """A number handed out by :meth:`next` is done with (claimed, verified, or left as it is)."""
         self._outstanding -= 1
+
+    def _done(self) -> None:
+        self._watch.cancel()  # nothing more is taken over: this worker is done with the run
+
+    async def _take_over(self) -> None:
+        """A shared journal: a killed worker's numbers are leased by the next look after its lease
+        expired, at the front of the page (they are the oldest), not when this worker's own run low."""
+        with self._watch:
+            while True:
+                orphans = await self._journal.take_over(self._run)
+                if orphans:
+                    self._page.extendleft(reversed(orphans))
+                    self._wake()
+
+    def _wake(self) -> None:
+        arrived, self._arrived = self._arrived, anyio.Event()
+        arrived.set()
 
     def _fetch_soon(self) -> None:
         if not self._fetching and not self._exhausted:
@@ -72,5 +94,4 @@ class WorkList:
                 not self._page and not await self._journal.more_work(self._run, idle=self._outstanding == 0)))
         finally:
             self._fetching = False
-            arrived, self._arrived = self._arrived, anyio.Event()
-            arrived.set()
+            self._wake()

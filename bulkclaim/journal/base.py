@@ -43,6 +43,8 @@ class SqlJournal(Generic[ConnectionT]):
 
     #: one process at a time (a second open is refused); False: processes share the journal (and runs)
     exclusive: ClassVar[bool] = True
+    #: numbers taken over from a dead worker (only a shared journal's workers die holding numbers)
+    takeovers = 0
     #: outcomes are written only under the lease they were worked under (see ``lazy``)
     _guarded: ClassVar[bool] = False
 
@@ -179,6 +181,9 @@ class SqlJournal(Generic[ConnectionT]):
 
     async def more_work(self, run: int, *, idle: bool) -> bool:
         return False
+
+    async def take_over(self, run: int) -> list[Planned]:
+        return []
 
     async def lease(self, planned: Planned) -> Planned | Outcome:
         return planned

@@ -31,6 +31,10 @@ class Journal(Protocol):
     @property
     def exclusive(self) -> bool: ...
 
+    #: Numbers this process took over from a worker whose lease expired (a shared journal's; else 0).
+    @property
+    def takeovers(self) -> int: ...
+
     # -- runs and planning -----------------------------------------------------------------------------
     async def begin_run(self) -> int:
         """A new run's id (runs of one journal are numbered in the order they began)."""
@@ -79,6 +83,13 @@ class Journal(Protocol):
         """After :meth:`work_page` found nothing: whether to ask again (a moment later), because other
         workers are still working on numbers of ``run`` and may die before they finish them, or
         because this one is not ``idle`` yet (numbers of its own are still being claimed or verified)."""
+        ...
+
+    async def take_over(self, run: int) -> list[Planned]:
+        """A shared journal: wait a moment (a fraction of the lease TTL), then lease and return every
+        number of ``run`` that a dead worker held (none, mostly). Asked over and over while a worker
+        has numbers in hand, so that a killed worker's numbers are owned again within about one lease
+        TTL whatever the survivors are busy with. An exclusive journal returns none at once."""
         ...
 
     async def lease(self, planned: Planned) -> Planned | Outcome:

@@ -58,6 +58,7 @@ class PostgresJournal(SqlJournal[PgConnection]):
         self._epochs: dict[tuple[str, str], int] = {}  # the lease each number of ours is worked under
         self.poll = min(1.0, location.lease_ttl / 4)  # how often a waiting worker looks again
         self._budgets: dict[str, Budgets] = {}
+        self.takeovers = 0  # numbers this process took over from a dead worker
 
     @classmethod
     def open(cls, url: str) -> PostgresJournal:
@@ -119,13 +120,19 @@ class PostgresJournal(SqlJournal[PgConnection]):
         """Lease the next ``limit`` numbers of ``run`` nobody alive holds (``after`` is not needed: a
         number leased once is not offered again to its owner, and a dead worker's come back)."""
         rows = await self._submit(partial(leases.pick, run=run, worker=self.worker.id, limit=limit))
-        return [self._leased(row[:-1]) for row in rows], after
+        return self._picked(rows), after
 
     async def more_work(self, run: int, *, idle: bool) -> bool:
         if await self._submit(partial(leases.more_work, run=run, worker=self.worker.id, idle=idle)):
             await anyio.sleep(self.poll)
             return True
         return False
+
+    async def take_over(self, run: int) -> list[Planned]:
+        await anyio.sleep(self.poll)
+        with anyio.CancelScope(shield=True):  # what is leased is returned, never dropped on the way
+            rows = await self._submit(partial(leases.pick, run=run, worker=self.worker.id, limit=0))
+        return self._picked(rows)
 
     async def lease(self, planned: Planned) -> Planned | Outcome:
         """Wait until no live worker holds ``planned``'s number, then hold it; its outcome instead if
@@ -157,6 +164,11 @@ class PostgresJournal(SqlJournal[PgConnection]):
         if budgets is None:
             budgets = self._budgets[scope] = Budgets(self.location, scope, sleep=sleep, clock=clock)
         return budgets
+
+    def _picked(self, rows: list[tuple[object, ...]]) -> list[Planned]:
+        """Rows of ``leases.pick``; counts the take-overs."""
+        self.takeovers += sum(1 for row in rows if row[-1])
+        return [self._leased(row[:-1]) for row in rows]
 
     def _leased(self, row: tuple[object, ...]) -> Planned:
         planned = planning.planned_from_row(row[:-1])

@@ -38,18 +38,22 @@ LEASED_COLUMNS = ("target, phone_number, description, tags, source, client_token
 
 
 def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any, ...]]:
-    """Lease up to ``limit`` of ``run``'s unfinished numbers that nobody (alive) holds, in input order:
-    rows of ``LEASED_COLUMNS`` plus whether it was taken over from a dead worker."""
+    """Lease every unfinished number of ``run`` that a dead worker held (a take-over, whatever ``limit``)
+    and up to ``limit`` that nobody holds, in input order: rows of ``LEASED_COLUMNS`` plus whether it
+    was taken over. A take-over is never held back by ``limit``: the numbers a killed worker held are
+    owned again at the first pick after its heartbeat expired (``limit`` 0: only those)."""
     columns = ", ".join(f"numbers.{c.strip()}" for c in LEASED_COLUMNS.split(","))
     rows = conn.execute(
-        "WITH candidate AS (SELECT target, phone_number, ord, lease_owner AS previous FROM numbers "
-        f"WHERE seen_run=? AND {_UNFINISHED} AND (lease_owner IS NULL OR lease_owner IN {_DEAD}) "
-        "ORDER BY ord LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "WITH orphan AS (SELECT target, phone_number, ord, lease_owner AS previous FROM numbers "
+        f"WHERE seen_run=? AND {_UNFINISHED} AND lease_owner IN {_DEAD} FOR UPDATE SKIP LOCKED), "
+        "free AS (SELECT target, phone_number, ord, NULL::bigint AS previous FROM numbers "
+        f"WHERE seen_run=? AND {_UNFINISHED} AND lease_owner IS NULL ORDER BY ord LIMIT ? FOR UPDATE SKIP LOCKED), "
+        "candidate AS (SELECT * FROM orphan UNION ALL SELECT * FROM free) "
         "UPDATE numbers SET lease_owner=?, lease_epoch=numbers.lease_epoch + 1, "
         "maybe_sent=CASE WHEN candidate.previous IS NULL THEN numbers.maybe_sent ELSE 1 END "
         "FROM candidate WHERE numbers.target=candidate.target AND numbers.phone_number=candidate.phone_number "
         f"RETURNING candidate.ord, {columns}, candidate.previous IS NOT NULL",
-        (run, limit, worker)).fetchall()
+        (run, run, limit, worker)).fetchall()
     if rows:
         conn.execute("UPDATE workers SET run=?, waiting=false WHERE id=?", (run, worker))
     return [tuple(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
