@@ -154,18 +154,24 @@ class Acquirer:
         waiting = [(slot, planned) for slot, planned in slots
                    if planned is not None and planned.status == Status.IN_PROGRESS]
         workers = max(1, min(len(open_slots), self.engine.api.limiters["ClaimPhoneNumber"].max_in_flight))
+        self.state.summary.to_send += len(open_slots) + (len(waiting) if self.engine.options.verify else 0)
         try:
-            async with anyio.create_task_group() as tg:
-                queue = deque(open_slots)
-                for _ in range(workers):
-                    tg.start_soon(self._work, queue)
-                for slot, planned in waiting if self.engine.options.verify else []:
-                    tg.start_soon(self._fill, slot, planned)  # verified; a FAILED claim is replaced
+            with self.engine.api.telemetry.tracking(self.state):  # the slots' numbers in the metrics
+                await self._fill_all(open_slots, waiting, workers)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
         await self.journal.flush()
         self.state.raise_if_aborted()  # a slot's claim found the target at its quota: no more were sent
         return await self.journal.slot_outcomes(self.name)
+
+    async def _fill_all(self, open_slots: list[tuple[int, Planned | None]], waiting: list[tuple[int, Planned]],
+                        workers: int) -> None:
+        async with anyio.create_task_group() as tg:
+            queue = deque(open_slots)
+            for _ in range(workers):
+                tg.start_soon(self._work, queue)
+            for slot, planned in waiting if self.engine.options.verify else []:
+                tg.start_soon(self._fill, slot, planned)  # verified; a FAILED claim is replaced
 
     async def _work(self, queue: deque[tuple[int, Planned | None]]) -> None:
         while queue and not self.state.stopping:
@@ -175,7 +181,7 @@ class Acquirer:
     async def _fill(self, slot: int, planned: Planned | None) -> None:
         log = self.engine.log.bind(acquisition=self.name, slot=slot)
         replacing = planned is None or _needs_candidate(planned)
-        for _ in range(self.max_candidates):
+        for tried in range(self.max_candidates):
             if self.state.stopping:
                 return
             if replacing or planned is None:
@@ -191,10 +197,13 @@ class Acquirer:
                     return
                 log.info("acquire.candidate", phone_number=planned.request.phone_number,
                          client_token=planned.client_token)
+                if tried:
+                    self.state.summary.to_send += 1  # the slot's next number, after a failed one
             outcome = await self.engine.claim_number(planned, self._owned.get(planned.request.phone_number),
                                                state=self.state)
             if outcome.status == Status.IN_PROGRESS and self.engine.options.verify:
                 outcome = await self.engine.verify(outcome, state=self.state)
+            self.state.summary.statuses[outcome.status.value] += 1
             if outcome.status != Status.FAILED:
                 return  # claimed, in_progress, or unknown (pending): the slot keeps this number
             log.info("acquire.replaced", phone_number=planned.request.phone_number, error_code=outcome.error_code)

@@ -153,6 +153,7 @@ class Claimer:
                 if settings.max_pool_connections < pool:
                     settings = dataclasses.replace(settings, max_pool_connections=pool)
                 client = await stack.enter_async_context(connect_client(settings, self._session))
+            self.telemetry.watch(self.journal)  # its lease take-overs, if it has leases
             shared = self.journal.shared_budget("/".join(_scope(self._settings)), sleep=self._sleep, clock=self._clock)
             if shared is not None:  # a shared journal: one budget for every worker, in the journal's database
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep, shared=shared)

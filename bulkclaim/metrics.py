@@ -9,16 +9,18 @@ touches no registry by itself (:func:`serve` and :func:`write_textfile` are what
 
 Metrics (no phone number, token or id is ever a label):
 
-- ``bulkclaim_numbers_total{status}``: numbers whose outcome the runs reported, by status (those of
-  the runs going on and of every ended run: it only grows);
+- ``bulkclaim_numbers_total{status}``: numbers whose outcome the runs (claim runs, acquisitions,
+  releases) reported, by status (those of the runs going on and of every ended run: it only grows);
 - ``bulkclaim_numbers_remaining``: numbers the runs going on still have to settle;
 - ``bulkclaim_requests_total{api,outcome}``: requests sent, by API and outcome (``ok``, ``throttled``:
   a 429, ``error``: any other error, a timeout, no answer);
 - ``bulkclaim_request_duration_seconds{api}``: latency of each request (its wait for a turn excluded);
-- ``bulkclaim_rate_limit_per_second{api}`` / ``bulkclaim_rate_ceiling_per_second{api}``: the rate
-  the limiter sends at now (lowered by 429s, see ratelimit.py) and the configured one;
-- ``bulkclaim_lease_takeovers_total``: numbers taken over from a worker whose lease expired (always 0
-  until the PostgreSQL journal has leases).
+- ``bulkclaim_rate_limit_per_second{api,budget}`` / ``bulkclaim_rate_ceiling_per_second{api,budget}``:
+  the rate sent at now (lowered by 429s, see ratelimit.py) and the configured one; ``budget="shared"``:
+  the budget every worker of a PostgreSQL journal shares, as this process's latest slot read it from
+  the journal (every worker shows the same: take the max, not the sum), ``"process"``: this process's;
+- ``bulkclaim_lease_takeovers_total``: numbers this process took over from a PostgreSQL journal's
+  worker whose lease expired.
 """
 
 from __future__ import annotations
@@ -77,9 +79,10 @@ class ClaimerCollector:
                 bounds = [*(f"{bound:g}" for bound in LATENCY_BUCKETS), "+Inf"]
                 latency.add_metric([api], list(zip(bounds, map(float, seen.cumulative), strict=True)),
                                    seen.total_seconds)
-        for api, (current, configured) in sorted(rates.items()):
-            rate.add_metric([api], current)
-            ceiling.add_metric([api], configured)
+        for api, limit in sorted(rates.items()):
+            budget = "shared" if limit.shared else "process"
+            rate.add_metric([api, budget], limit.current)
+            ceiling.add_metric([api, budget], limit.ceiling)
         takeovers.add_metric([], telemetry.lease_takeovers)
         return families
 
@@ -97,11 +100,13 @@ class ClaimerCollector:
                                   "Latency of each request to Connect (its wait for a turn excluded).",
                                   labels=["api"]),
             GaugeMetricFamily("bulkclaim_rate_limit_per_second",
-                              "Requests per second the limiter sends at now (lowered by throttling).", labels=["api"]),
+                              "Requests per second sent at now (lowered by throttling); budget=shared: the rate "
+                              "every worker of a PostgreSQL journal shares, else this process's.",
+                              labels=["api", "budget"]),
             GaugeMetricFamily("bulkclaim_rate_ceiling_per_second", "The configured requests per second.",
-                              labels=["api"]),
+                              labels=["api", "budget"]),
             CounterMetricFamily("bulkclaim_lease_takeovers",
-                                "Numbers taken over from a worker whose lease expired (0 until leases exist)."),
+                                "Numbers this process took over from a worker whose lease expired."),
         )
 
 

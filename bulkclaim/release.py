@@ -18,14 +18,18 @@ from bulkclaim.calls import Api, CallFailed
 from bulkclaim.engine import first_cause
 from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import ToRelease
+from bulkclaim.run import RunState
 
 __all__ = ["ToRelease", "release_all"]
 
 
 async def release_all(api: Api, journal: Journal, numbers: list[ToRelease], *, concurrency: int = 5,
                       stopping: Callable[[], bool] = lambda: False) -> Counter[str]:
-    """Release every number (until ``stopping()``); counts of ``released`` and of each error code."""
+    """Release every number (until ``stopping()``); counts of ``released`` and of each error code.
+    The numbers' new statuses are in ``api``'s metrics as they come (a run of its own)."""
     counts: Counter[str] = Counter()
+    state = RunState()
+    state.summary.to_send = len(numbers)
     log = structlog.get_logger("bulkclaim")
     queue = list(reversed(numbers))
 
@@ -44,6 +48,7 @@ async def release_all(api: Api, journal: Journal, numbers: list[ToRelease], *, c
                 # Not found: the number is not held any more; released before, its answer lost.
                 status = "released" if error[0] == "ResourceNotFoundException" else "failed"
             await journal.record_release(number, status, error)
+            state.summary.statuses[status] += 1
             counts[status if status == "released" else error[0] if error else status] += 1
             if status == "failed" and error:
                 bound.warning("release.failed", error_code=error[0], error_message=error[1])
@@ -51,9 +56,10 @@ async def release_all(api: Api, journal: Journal, numbers: list[ToRelease], *, c
                 bound.info("release.done", note=error[1] if error else None)
 
     try:
-        async with anyio.create_task_group() as tg:
-            for _ in range(max(1, min(concurrency, len(numbers)))):
-                tg.start_soon(worker)
+        with api.telemetry.tracking(state):
+            async with anyio.create_task_group() as tg:
+                for _ in range(max(1, min(concurrency, len(numbers)))):
+                    tg.start_soon(worker)
     except BaseExceptionGroup as group:
         raise first_cause(group) from None
     return counts

@@ -6,7 +6,8 @@ Every request :class:`~bulkclaim.calls.Api` sends is counted here by API and out
 ``throttled``: a 429, ``error``: any other error, a timeout or no answer), with its latency in a
 fixed-bucket histogram. Runs are tracked while they go on (:meth:`Telemetry.tracking`): numbers by
 status are those of the runs going on plus those of the runs that ended, so they only grow, as a
-Prometheus counter must. The limiters' current rates are read when asked.
+Prometheus counter must; a run is a claim run, an acquisition or a release. The limiters' current
+rates and the journals' lease take-overs are read when asked.
 
 Only the event loop writes; an exporter may read from another thread (the HTTP server's): readers
 take copies, and a run moving from "live" to "ended" is atomic for them (one lock).
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from bulkclaim.journal.protocol import Journal
     from bulkclaim.ratelimit import Limiter
     from bulkclaim.run import RunState
 
-__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "Latency", "Telemetry"]
+__all__ = ["LATENCY_BUCKETS", "OUTCOMES", "Latency", "Rate", "Telemetry"]
 
 #: Upper bounds (seconds) of the request latency histogram: Prometheus' defaults, and 15/30 s for the
 #: read timeouts (a call is bounded by the connect + read timeout, 20 s by default).
@@ -44,6 +46,16 @@ class Latency:
     total_seconds: float
 
 
+@dataclass(frozen=True)
+class Rate:
+    """One API's rate: what is sent at now, the configured ceiling, and whether the budget is shared
+    by every worker of a PostgreSQL journal (else it is this process's limiter)."""
+
+    current: float
+    ceiling: float
+    shared: bool
+
+
 class Telemetry:
     """Live counts of one Claimer (or of several, if they are given the same one)."""
 
@@ -56,9 +68,7 @@ class Telemetry:
         self._ended: Counter[str] = Counter()
         #: The limiters whose current rate is shown (the latest Api's; Claimers of a process share them).
         self.limiters: Mapping[str, Limiter] = {}
-        #: Pending numbers taken over from a worker whose lease expired. Nothing increments it yet: it
-        #: is the hook for the PostgreSQL journal's leases, and stays 0 until they exist.
-        self.lease_takeovers = 0
+        self._journals: list[Journal] = []  # whose take-overs are counted (closed ones too: a counter)
 
     # -- written by the engine (the event loop) --------------------------------------------------------
     def request(self, api: str, outcome: str, seconds: float) -> None:
@@ -70,9 +80,11 @@ class Telemetry:
         buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._seconds[api] = self._seconds.get(api, 0.0) + seconds
 
-    def took_over(self, count: int = 1) -> None:
-        """``count`` numbers were taken over from a worker whose lease expired (the leases' hook)."""
-        self.lease_takeovers += count
+    def watch(self, journal: Journal) -> None:
+        """Count the numbers ``journal`` takes over from dead workers (a PostgreSQL journal's leases)."""
+        with self._lock:
+            if all(journal is not known for known in self._journals):
+                self._journals.append(journal)
 
     @contextmanager
     def tracking(self, state: RunState) -> Iterator[None]:
@@ -115,10 +127,18 @@ class Telemetry:
         with self._lock:
             return sum(state.summary.remaining for state in self._live)
 
-    def rates(self) -> dict[str, tuple[float, float]]:
-        """Each API's (current rate, configured ceiling) in requests per second."""
+    @property
+    def lease_takeovers(self) -> int:
+        """Numbers taken over from a worker whose lease expired (by every journal watched)."""
+        with self._lock:
+            return sum(journal.takeovers for journal in self._journals)
+
+    def rates(self) -> dict[str, Rate]:
+        """Each API's current rate and configured ceiling in requests per second. A PostgreSQL
+        journal's workers share one budget: its rate then is the shared one, as this process's latest
+        send slot found it in the journal (every worker shows the same), not a limiter of its own."""
         rates = {}
         for api, limiter in dict(self.limiters).items():
             ceiling = limiter.adaptive.ceiling if limiter.adaptive is not None else limiter.rate
-            rates[api] = (limiter.rate, ceiling)
+            rates[api] = Rate(limiter.rate, ceiling, shared=limiter.shared is not None)
         return rates

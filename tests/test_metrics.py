@@ -115,8 +115,8 @@ async def test_a_claim_run_serves_its_metrics_and_writes_them_as_a_textfile(thro
                 received.values())
     assert value(found, "bulkclaim_requests_total", api="ClaimPhoneNumber", outcome="ok") == len(NUMBERS)
     assert value(found, "bulkclaim_requests_total", api="ClaimPhoneNumber", outcome="throttled") > 0
-    assert value(found, "bulkclaim_rate_ceiling_per_second", api="ClaimPhoneNumber") == 20
-    assert 0 < value(found, "bulkclaim_rate_limit_per_second", api="ClaimPhoneNumber") <= 20
+    assert value(found, "bulkclaim_rate_ceiling_per_second", api="ClaimPhoneNumber", budget="process") == 20
+    assert 0 < value(found, "bulkclaim_rate_limit_per_second", api="ClaimPhoneNumber", budget="process") <= 20
     no_phone_number_in(exposition, NUMBERS)
 
     _check_textfile(textfile, found)
@@ -146,7 +146,7 @@ async def test_the_library_collector_registers_in_the_hosts_registry(tmp_path: P
     assert value(found, "bulkclaim_numbers_remaining") == 0
     assert value(found, "bulkclaim_requests_total", api="ClaimPhoneNumber", outcome="ok") == 6
     assert value(found, "bulkclaim_requests_total", api="ClaimPhoneNumber", outcome="throttled") == 0
-    assert value(found, "bulkclaim_rate_limit_per_second", api="ClaimPhoneNumber") == 2  # the default rate
+    assert value(found, "bulkclaim_rate_limit_per_second", api="ClaimPhoneNumber", budget="process") == 2  # default
     no_phone_number_in(exposition, NUMBERS)
     # Nothing was registered anywhere else.
     assert not [name for name in REGISTRY._names_to_collectors if name.startswith("bulkclaim")]
