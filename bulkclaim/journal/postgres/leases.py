@@ -26,7 +26,8 @@ from bulkclaim.journal.postgres.schema import migrate
 from bulkclaim.journal.sql import Connection
 from bulkclaim.model import JournalError
 
-__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "lease_one", "more_work", "pick", "unlease", "works_on"]
+__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "forget_steps", "keep_step", "lease_one", "more_work", "pick",
+           "step_result", "unlease", "works_on"]
 
 _DEAD = ("(SELECT id FROM workers WHERE ended_at IS NOT NULL OR expires_at < clock_timestamp())")
 _LIVE_WAITING = ("(SELECT id FROM workers WHERE waiting AND ended_at IS NULL "
@@ -157,3 +158,20 @@ LIVE_RUNS = "SELECT run FROM workers WHERE ended_at IS NULL AND expires_at >= cl
 def works_on(conn: Connection, run: int, worker: int) -> None:
     """Record that ``worker`` works on the numbers of ``run`` (other workers of the same inputs join it)."""
     conn.execute("UPDATE workers SET run=? WHERE id=?", (run, worker))
+
+
+# A run-wide step's result (see ``PostgresJournal.once``), kept in ``meta`` under ``run <run> <step>``.
+def step_result(conn: Connection, run: int, step: str) -> str | None:
+    """What the worker that did ``step`` for ``run`` kept; None if no worker finished it yet."""
+    found = conn.execute("SELECT value FROM meta WHERE key=?", (f"run {run} {step}",)).fetchone()
+    return None if found is None else str(found[0])
+
+
+def keep_step(conn: Connection, run: int, step: str, result: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                 (f"run {run} {step}", result))
+
+
+def forget_steps(conn: Connection, run: int) -> None:
+    """A new run takes over ``run``'s plan (no worker of it is alive): its steps are to be done again."""
+    conn.execute("DELETE FROM meta WHERE key LIKE ?", (f"run {run} %",))

@@ -153,7 +153,8 @@ def journal_version(conn: PgConnection, location: Location) -> int | None:
     if not tables:
         return None
     found = conn.execute("SELECT to_regclass(?)", (f'"{location.schema}".meta',)).fetchone()[0]
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if found is not None else {}
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('application', 'schema_version')")
+                .fetchall()) if found is not None else {}
     if meta.get("application") != _APPLICATION:
         raise JournalError(f"{location.name}: schema {location.schema!r} holds tables that are not a bulkclaim "
                            "journal; refusing to touch it (give another schema=)")
