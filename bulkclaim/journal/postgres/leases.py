@@ -40,17 +40,19 @@ LEASED_COLUMNS = ("target, phone_number, description, tags, source, client_token
 
 def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any, ...]]:
     """Lease up to ``limit`` of ``run``'s unfinished numbers that nobody (alive) holds, in input order:
-    rows of ``LEASED_COLUMNS`` plus whether it was taken over from a dead worker."""
+    rows of ``LEASED_COLUMNS`` plus whether it was taken over from a dead worker. Never this worker's
+    own: while its heartbeat lapses (the database was away) the numbers it holds are still in its hands,
+    and taking them again would hand each of them over once per page, as fast as pages are asked for."""
     columns = ", ".join(f"numbers.{c.strip()}" for c in LEASED_COLUMNS.split(","))
     rows = conn.execute(
         "WITH candidate AS (SELECT target, phone_number, ord, lease_owner AS previous FROM numbers "
-        f"WHERE seen_run=? AND {_UNFINISHED} AND (lease_owner IS NULL OR lease_owner IN {_DEAD}) "
+        f"WHERE seen_run=? AND {_UNFINISHED} AND (lease_owner IS NULL OR (lease_owner<>? AND lease_owner IN {_DEAD})) "
         "ORDER BY ord LIMIT ? FOR UPDATE SKIP LOCKED) "
         "UPDATE numbers SET lease_owner=?, lease_epoch=numbers.lease_epoch + 1, "
         "maybe_sent=CASE WHEN candidate.previous IS NULL THEN numbers.maybe_sent ELSE 1 END "
         "FROM candidate WHERE numbers.target=candidate.target AND numbers.phone_number=candidate.phone_number "
         f"RETURNING candidate.ord, {columns}, candidate.previous IS NOT NULL",
-        (run, limit, worker)).fetchall()
+        (run, worker, limit, worker)).fetchall()
     if rows:
         conn.execute("UPDATE workers SET run=?, waiting=false WHERE id=?", (run, worker))
     return [tuple(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
