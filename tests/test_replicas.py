@@ -64,6 +64,10 @@ async def replica_trials(postgres: PgServer, trials: int, seed: int) -> None:
     assert [n for n, outcomes in got.items() if len(outcomes) != 2] == [], "both replicas got an answer"
     assert {n: found for n, found in both.items() if len(found) != 1 or next(iter(found))[:2] !=
             (Status.CLAIMED, tokens[n])} == {}, "one outcome per number, claimed, with the journal's token"
+    requests = env.sandbox.stats()["ClaimPhoneNumber"]
+    print(f"replica trials: {trials}, {sum(requests.values())} ClaimPhoneNumber requests ({requests}), "
+          f"{sum(effects.values())} claim effects, {len(set(tokens.values()))} tokens, 2 outcomes per trial, all "
+          "claimed with the journal's token")
 
 
 async def test_two_replicas_claiming_the_same_number_100_trials(postgres: PgServer) -> None:
