@@ -129,7 +129,9 @@ async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Callab
                                 configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
         return json.dumps({"allow_partial": opts["allow_partial"], "found": asdict(found)})
 
-    made = json.loads(await claimer.journal.once(run, "preflight", check) or "{}")
+    kept = await claimer.journal.once(run, "preflight", check)
+    assert kept is not None  # check() always finishes with a result
+    made = json.loads(kept)
     if made["allow_partial"] != opts["allow_partial"]:
         raise ConfigurationError(
             f"the run these inputs are on (run {run}) was started {'with' if made['allow_partial'] else 'without'} "

@@ -67,18 +67,14 @@ class Planner:
         # them, the later ones join its run while it goes on (and split its numbers, see WorkList).
         async with self.journal.planning(fingerprint):
             if fingerprint is not None:
-                joined = await self.journal.join_plan(fingerprint, summary.run)
-                if joined is not None:  # whatever the options: a joiner with other ones is told so
-                    summary.members_run = joined.members_run
+                # a live run of these inputs is joined whatever the options (one with other ones is told so)
+                found = await self.journal.join_plan(fingerprint, summary.run)
+                if found is None and not self.options.retry_failed:
+                    found = await self.journal.reuse_plan(fingerprint, summary.run)
+                if found is not None:
+                    summary.members_run = found.members_run
                     await self._same_options(summary)
-                    await self._take_over(joined, summary, emit, emit_done)
-                    await self._join_removed(summary)
-                    return summary
-                reused = None if self.options.retry_failed else await self.journal.reuse_plan(fingerprint, summary.run)
-                if reused is not None:
-                    summary.members_run = reused.members_run
-                    await self._same_options(summary)
-                    await self._take_over(reused, summary, emit, emit_done)
+                    await self._take_over(found, summary, emit, emit_done)
                     await self._join_removed(summary)
                     return summary
             await self._plan_rows(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
