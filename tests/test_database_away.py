@@ -75,7 +75,9 @@ async def outage(server: PgServer, tmp_path: Path, down_for: float) -> str:
         assert {"journal.unreachable", "journal.reachable"} <= events
         check_run(env, url)  # nothing lost: every number final, claimed once, with the journal's token
         (epochs,) = query(url, "SELECT max(lease_epoch) FROM numbers")[0]
-        assert epochs <= 3, "no number handed out again and again (a worker re-leasing its own numbers)"
+        # Both heartbeats lapse while the database is down, so a number may change hands a few times as the
+        # workers come back (each takes the other's over); a worker re-leasing its own ones did it 160 times.
+        assert epochs <= 10, "no number handed out again and again (a worker re-leasing its own numbers)"
     return (f"stopped {back - stopped:.1f} s after {claims_before} claims: 0 requests from {_ADMITTED:.0f} s "
             f"after the stop until the restart, first request {resumed_after:.1f} s after it, every number final, "
             "0 double executions")
