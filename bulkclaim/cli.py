@@ -175,9 +175,13 @@ class _Run:
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas
                     debug_kill_point()
-                    if summary.to_send and not opts["no_preflight"]:
+                    async def run_quotas() -> Quotas:
+                        nonlocal quotas
                         quotas = quotas or await read_run_quotas(opts)
-                        await check_quota(claimer, self.target, summary.members_run, quotas, opts)
+                        return quotas
+
+                    if summary.to_send and not opts["no_preflight"]:
+                        await check_quota(claimer, self.target, summary.members_run, run_quotas, opts)
 
                 try:
                     await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,
@@ -205,6 +209,7 @@ class _Run:
 
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
+        removed: dict[tuple[str, str], str] = {}  # numbers no longer in the input: their status now
         if run:
             try:
                 self._write_report()
@@ -214,11 +219,14 @@ class _Run:
                 fail(f"{problem}. Every outcome is in the journal: `bulkclaim report --journal {shown(self.journal)} "
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
-            with read_existing_journal(self.journal) as reader:
+            with read_existing_journal(self.journal) as reader:  # the whole run's, whichever worker did what
                 counts = reader.run_counts(run)
+                for (target, number), status in (self.summary.removed if self.summary else {}).items():
+                    found = reader.lookup(target, number)
+                    removed[(target, number)] = found[0].value if found else status
         tally = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"{tally}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
-        if removed := (self.summary.removed if self.summary else {}):
+        if removed:
             settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
             click.echo(f"{len(removed)} number(s) no longer in the input were sent by an earlier run: settled as "
                        f"{settled} (this run's report lists them; `bulkclaim release` gives back claimed ones)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 import anyio
@@ -118,10 +119,25 @@ class Harness:
         self.requests_sent = sum(limiter.sent for limiter in claimer.limiters.values())
 
 
-async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Quotas, opts: dict[str, Any]) -> Preflight:
-    """The preflight of a claim run, before its first claim (see :func:`judge_preflight`)."""
-    found = await preflight(claimer.api, claimer.journal, target, run, quotas,
-                            configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
+async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Callable[[], Awaitable[Quotas]],
+                      opts: dict[str, Any]) -> Preflight:
+    """The preflight of a claim run, before its first claim (see :func:`judge_preflight`). Workers sharing
+    the run (PostgreSQL) make it once, with the ``--allow-partial`` of the one that makes it: the others
+    take its verdict (and its cut), and one started with another ``--allow-partial`` stops (exit 2)."""
+    async def check() -> str:
+        found = await preflight(claimer.api, claimer.journal, target, run, await quotas(),
+                                configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
+        return json.dumps({"allow_partial": opts["allow_partial"], "found": asdict(found)})
+
+    kept = await claimer.journal.once(run, "preflight", check)
+    assert kept is not None  # check() always finishes with a result
+    made = json.loads(kept)
+    if made["allow_partial"] != opts["allow_partial"]:
+        raise ConfigurationError(
+            f"the run these inputs are on (run {run}) was started {'with' if made['allow_partial'] else 'without'} "
+            f"--allow-partial and this worker {'with' if opts['allow_partial'] else 'without'} it: start every "
+            "worker of a run with the same options (or this one once the run has ended); nothing was sent")
+    found = Preflight(**made["found"])
     judge_preflight(found, opts)
     return found
 

@@ -52,7 +52,16 @@ from bulkclaim.model import (
     first_cause,
 )
 from bulkclaim.planner import Emit, Planner, count_and_emit
-from bulkclaim.reconcile import RECOVERED, Owned, by_status, find_owned, poll_until_settled, sweep_targets
+from bulkclaim.reconcile import (
+    RECOVERED,
+    Owned,
+    by_status,
+    find_owned,
+    owned_from_text,
+    owned_text,
+    poll_until_settled,
+    sweep_targets,
+)
 from bulkclaim.run import InFlight, RunState
 from bulkclaim.worklist import WorkList
 
@@ -104,8 +113,7 @@ class Engine:
         if after_plan is not None:
             await after_plan(summary)
         if not state.stopping:
-            owned = await sweep_targets(self.api, await self.journal.targets_to_reconcile(summary.members_run),
-                                        self.log, stop=state.stop)
+            owned = await self._reconcile(summary, state)
             state.recheck_removed_at = self.clock() + (self.api.answer_timeout or _LATE_REQUEST)
             await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
@@ -114,6 +122,17 @@ class Engine:
             self.log.warning("input.removed_settled", **by_status(summary.removed))
         self.log.info("run.finished", run=summary.run, **summary.statuses)
         return summary
+
+    async def _reconcile(self, summary: RunSummary, state: RunState) -> dict[str, dict[str, Owned]]:
+        """One listing sweep of the targets holding numbers an earlier run may have sent. Workers sharing
+        the run (PostgreSQL) sweep once: one of them lists, the others take what it found."""
+        async def sweep() -> str | None:
+            found = await sweep_targets(self.api, await self.journal.targets_to_reconcile(summary.members_run),
+                                        self.log, stop=state.stop)
+            return None if state.stopping else owned_text(found)
+
+        found = await self.journal.once(summary.members_run, "reconcile", sweep)
+        return {} if found is None else owned_from_text(found)
 
     async def plan(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,
                    emit_done: bool = True, state: RunState | None = None) -> RunSummary:
@@ -168,7 +187,7 @@ class Engine:
         if not swept:
             log.warning("claim.unknown", note="no longer in the input, and the target could not be listed")
             return unknown
-        await state.pause(self.api.sleep, state.recheck_removed_at - self.clock())
+        await state.pause(self.api.sleep, max(0.0, state.recheck_removed_at - self.clock()))  # past: at once
         if state.stopping:
             return unknown
         try:

@@ -9,6 +9,7 @@ earlier run may have sent that the input no longer names join the run, to be set
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from bulkclaim.inputs import check
 from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import (
     ClaimRequest,
+    ConfigurationError,
     Options,
     Outcome,
     ParametersChangedError,
@@ -64,17 +66,39 @@ class Planner:
         # Processes sharing a journal (PostgreSQL) plan the same inputs one at a time: the first plans
         # them, the later ones join its run while it goes on (and split its numbers, see WorkList).
         async with self.journal.planning(fingerprint):
-            if fingerprint is not None and not self.options.retry_failed:
-                joined = await self.journal.join_plan(fingerprint, summary.run)
-                if joined is not None:
-                    await self._take_over(joined, summary, emit, emit_done)
-                    return summary
-                reused = await self.journal.reuse_plan(fingerprint, summary.run)
-                if reused is not None:
-                    await self._take_over(reused, summary, emit, emit_done)
+            if fingerprint is not None:
+                # a live run of these inputs is joined whatever the options (one with other ones is told so)
+                found = await self.journal.join_plan(fingerprint, summary.run)
+                if found is None and not self.options.retry_failed:
+                    found = await self.journal.reuse_plan(fingerprint, summary.run)
+                if found is not None:
+                    summary.members_run = found.members_run
+                    await self._same_options(summary)
+                    await self._take_over(found, summary, emit, emit_done)
                     await self._join_removed(summary)
                     return summary
-            return await self._plan_rows(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
+            await self._plan_rows(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
+            if not state.stopping:
+                if fingerprint is not None:  # a run other workers may join
+                    await self._same_options(summary)
+                await self._join_removed(summary)
+            return summary
+
+    async def _same_options(self, summary: RunSummary) -> None:
+        """The options that change what a run does (``--retry-failed``) are the run's, fixed by the worker
+        that planned it: a worker joining it with other ones stops here, before anything is sent."""
+        mine = json.dumps({"retry_failed": self.options.retry_failed})
+
+        async def record() -> str:
+            return mine
+
+        theirs = await self.journal.once(summary.members_run, "options", record)
+        if theirs is not None and theirs != mine:
+            raise ConfigurationError(
+                f"the run these inputs are on (run {summary.members_run}) was started "
+                f"{'with' if json.loads(theirs)['retry_failed'] else 'without'} --retry-failed and this worker "
+                f"{'with' if self.options.retry_failed else 'without'} it: start every worker of a run with the "
+                "same options (or this one once the run has ended); nothing was sent")
 
     async def _plan_rows(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None,
                          emit_done: bool, state: RunState) -> RunSummary:
@@ -97,17 +121,23 @@ class Planner:
             raise ParametersChangedError([(r.phone_number, r.source) for r in changed])
         if fingerprint is not None and not state.stopping:
             await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
-        if not state.stopping:
-            await self._join_removed(summary)
         return summary
 
     async def _join_removed(self, summary: RunSummary) -> None:
         """Numbers an earlier run may have sent that the input no longer names join this run: they are
-        settled with the service (a listing, then verify) and reported with it, never sent again."""
-        joined = await self.journal.join_unsettled(summary.members_run)
-        if joined:
-            summary.removed.update(((target, number), status) for target, number, status in joined)
-            summary.to_send += len(joined)
+        settled with the service (a listing, then verify) and reported with it, never sent again.
+        Workers sharing the run (PostgreSQL) join them once, and all know them (any of them may lease one)."""
+        found_now: list[tuple[str, str, str]] = []
+
+        async def join() -> str:
+            found_now.extend(await self.journal.join_unsettled(summary.members_run))
+            return json.dumps(found_now)
+
+        joined = [(str(t), str(n), str(s)) for t, n, s in json.loads(await self.journal.once(
+            summary.members_run, "removed", join) or "[]")]
+        summary.removed.update(((target, number), status) for target, number, status in joined)
+        if found_now:  # joined now, by this worker (the others found them counted in the plan they joined)
+            summary.to_send += len(found_now)
             self.log.warning("input.removed", count=len(joined), phone_numbers=[n for _, n, _ in joined[:_NAMED]],
                              note="no longer in the input, but sent by an earlier run: settled with the service "
                                   "(not sent again) and reported with this run")

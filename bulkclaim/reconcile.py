@@ -17,6 +17,7 @@ Every request goes through the same limiters as the claims (their own API bucket
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
 from bulkclaim.model import Target
 
-__all__ = ["RECOVERED", "Owned", "PollResult", "by_status", "find_owned", "poll_until_settled", "sweep",
-           "sweep_targets"]
+__all__ = ["RECOVERED", "Owned", "PollResult", "by_status", "find_owned", "owned_from_text", "owned_text",
+           "poll_until_settled", "sweep", "sweep_targets"]
 
 #: The attempt result recorded when the target holds a number whose token we may have sent: our
 #: claim took effect, its answer was lost (release and the churn count treat it like "accepted").
@@ -81,6 +82,17 @@ async def sweep_targets(api: Api, targets: list[Target], log: Any, *, stop: anyi
             continue
         log.info("run.reconciled", target=target.key, numbers_on_target=len(owned[target.key]))
     return owned
+
+
+def owned_text(owned: dict[str, dict[str, Owned]]) -> str:
+    """A sweep's findings as text, for the workers of a shared run that did not sweep (``Journal.once``)."""
+    return json.dumps({target: {number: [o.phone_number_id, o.phone_number_arn] for number, o in numbers.items()}
+                       for target, numbers in owned.items()})
+
+
+def owned_from_text(text: str) -> dict[str, dict[str, Owned]]:
+    return {target: {number: Owned(*found) for number, found in numbers.items()}
+            for target, numbers in json.loads(text).items()}
 
 
 def by_status(numbers: dict[tuple[str, str], str], named: int = 20) -> dict[str, list[str]]:

@@ -29,6 +29,19 @@ __all__ = ["PgServer", "ServerFailed", "postgres", "server_binaries", "throwaway
 @dataclass(frozen=True)
 class PgServer:
     socket_dir: Path
+    #: how to stop and start it again (``pg_ctl`` and its arguments), for the tests of a database away
+    control: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    def stop(self) -> None:
+        """Stop the server at once (``-m immediate``: every session cut, as a crash or a failover)."""
+        assert self.control is not None
+        subprocess.run([*self.control[0], "stop", "-m", "immediate"], check=True, capture_output=True, timeout=60,
+                       cwd=self.socket_dir)
+
+    def start(self) -> None:
+        assert self.control is not None
+        subprocess.run([*self.control[0], "start", "-w", "-t", "60", *self.control[1]], check=True,
+                       capture_output=True, timeout=90, cwd=self.socket_dir)
 
     def url(self, schema: str | None = None, database: str = "postgres") -> str:
         """A journal URL on this server; a fresh ``schema`` is a fresh, empty journal."""
@@ -96,7 +109,8 @@ def throwaway_server(bindir: Path) -> Iterator[PgServer]:
         except subprocess.CalledProcessError as exc:
             server_log = log.read_text(errors="replace") if log.exists() else ""
             raise ServerFailed(f"could not start PostgreSQL: {exc}\n{exc.stderr!r}\n{server_log}") from None
-        yield PgServer(root)
+        pg_ctl = (*as_user, str(bindir / "pg_ctl"), "-D", str(data))
+        yield PgServer(root, (pg_ctl, ("-l", str(log), "-o", options)))
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*as_user, str(bindir / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)],

@@ -7,6 +7,7 @@ a TTL to run out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 
 import anyio
@@ -155,3 +156,41 @@ async def test_two_claimer_replicas_claiming_the_same_numbers_send_each_once(pos
     assert all({(o.status, o.client_token) for o in outcomes} == {(Status.CLAIMED, outcomes[0].client_token)}
                for outcomes in got.values())
     assert sorted(e.phone_number for e in env.sandbox.ledger) == sorted(numbers)
+
+
+async def test_a_run_wide_step_is_done_by_one_worker_and_the_others_get_its_result(url: str) -> None:
+    async with opened(url) as first, opened(url) as second, opened(url) as third:
+        run = await first.begin_run()
+        doing, may_finish = anyio.Event(), anyio.Event()
+        done_by: list[str] = []
+        got: dict[str, str | None] = {}
+
+        def step(name: str) -> Callable[[], Awaitable[str | None]]:
+            async def produce() -> str | None:
+                done_by.append(name)
+                doing.set()
+                await may_finish.wait()
+                return f"found by {name}"
+            return produce
+
+        async def worker(name: str, journal: PostgresJournal) -> None:
+            got[name] = await journal.once(run, "sweep", step(name))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, "first", first)
+            await doing.wait()  # the first one holds the step: the others wait for its result
+            tg.start_soon(worker, "second", second)
+            tg.start_soon(worker, "third", third)
+            await anyio.sleep(2 * second.poll)  # they look at least once, and do not do the step
+            assert done_by == ["first"]
+            may_finish.set()
+        assert done_by == ["first"] and set(got.values()) == {"found by first"}
+
+        # A step whose worker was stopped (its result None) is not kept: the next worker does it.
+        async def stopped() -> str | None:
+            return None
+        assert await first.once(run, "preflight", stopped) is None
+        may_finish.set()
+        assert await second.once(run, "preflight", step("second")) == "found by second"
+        # Another run's steps are its own.
+        assert await third.once(run + 1, "sweep", step("third")) == "found by third"

@@ -9,7 +9,7 @@ database, gives run ids (:meth:`SqlJournal._new_run`), says which runs may have 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import ClassVar, Generic, TypeVar
@@ -178,6 +178,9 @@ class SqlJournal(Generic[ConnectionT]):
 
     async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         return None
+
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+        return await produce()
 
     async def more_work(self, run: int, *, idle: bool) -> bool:
         return False

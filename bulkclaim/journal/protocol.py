@@ -11,7 +11,7 @@ one only means the same token is sent again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +77,14 @@ class Journal(Protocol):
     async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         """The plan of the same inputs that live workers are working on now, joined by ``run`` (as
         :meth:`reuse_plan`, but nothing is marked possibly sent: numbers are leased one by one)."""
+        ...
+
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+        """A run-wide step (the reconciliation sweep, the quota preflight, the run's options) done by one
+        worker of ``run``: ``produce`` runs in one process at a time, and only while no worker of the
+        run has finished ``step``; what it returns is kept, and the other workers get it instead of
+        doing the step again. ``produce`` returning None (it was stopped) keeps nothing, so the next
+        worker does the step. An exclusive journal (one process) simply awaits ``produce``."""
         ...
 
     async def more_work(self, run: int, *, idle: bool) -> bool:

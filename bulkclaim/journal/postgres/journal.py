@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -112,8 +112,9 @@ class PostgresJournal(SqlJournal[PgConnection]):
 
     async def reuse_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         reused = await super().reuse_plan(fingerprint, run)
-        if reused is not None:
+        if reused is not None:  # a new run on the earlier one's plan: its run-wide steps are done again
             await self._submit(partial(leases.works_on, run=reused.members_run, worker=self.worker.id))
+            await self._submit(partial(leases.forget_steps, run=reused.members_run))
         return reused
 
     async def work_page(self, run: int, after: int, limit: int) -> tuple[list[Planned], int]:
@@ -121,6 +122,30 @@ class PostgresJournal(SqlJournal[PgConnection]):
         number leased once is not offered again to its owner, and a dead worker's come back)."""
         rows = await self._submit(partial(leases.pick, run=run, worker=self.worker.id, limit=limit))
         return self._picked(rows), after
+
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+        """A run-wide step done by one worker (see the protocol): the worker holding the session lock
+        on (``step``, ``run``) does it and keeps its result in ``meta``; the others poll, without
+        blocking the writer, until the result is there or the lock is free (its holder died or was
+        stopped: then one of them does the step). A lost connection drops the lock with the session:
+        the step may then be done twice, which costs requests, never correctness."""
+        key = (self.location.lock_key ^ (zlib.crc32(step.encode()) & 0x7FFFFFFF), run)
+        while True:
+            done = await self._submit(partial(leases.step_result, run=run, step=step))
+            if done is not None:
+                return done
+            if await self._submit(lambda conn: conn.execute("SELECT pg_try_advisory_lock(?, ?)", key).fetchone()[0]):
+                break
+            await anyio.sleep(self.poll)
+        try:
+            done = await self._submit(partial(leases.step_result, run=run, step=step))
+            if done is None and (done := await produce()) is not None:
+                await self._submit(partial(leases.keep_step, run=run, step=step, result=done))
+            return done
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._writer.running:
+                    await self._submit(lambda conn: conn.execute("SELECT pg_advisory_unlock(?, ?)", key))
 
     async def more_work(self, run: int, *, idle: bool) -> bool:
         if await self._submit(partial(leases.more_work, run=run, worker=self.worker.id, idle=idle)):

@@ -26,7 +26,8 @@ from bulkclaim.journal.postgres.schema import migrate
 from bulkclaim.journal.sql import Connection
 from bulkclaim.model import JournalError
 
-__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "lease_one", "more_work", "pick", "unlease", "works_on"]
+__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "forget_steps", "keep_step", "lease_one", "more_work", "pick",
+           "step_result", "unlease", "works_on"]
 
 _DEAD = ("(SELECT id FROM workers WHERE ended_at IS NOT NULL OR expires_at < clock_timestamp())")
 _LIVE_WAITING = ("(SELECT id FROM workers WHERE waiting AND ended_at IS NULL "
@@ -41,11 +42,14 @@ def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any,
     """Lease every unfinished number of ``run`` that a dead worker held (a take-over, whatever ``limit``)
     and up to ``limit`` that nobody holds, in input order: rows of ``LEASED_COLUMNS`` plus whether it
     was taken over. A take-over is never held back by ``limit``: the numbers a killed worker held are
-    owned again at the first pick after its heartbeat expired (``limit`` 0: only those)."""
+    owned again at the first pick after its heartbeat expired (``limit`` 0: only those). Never this
+    worker's own: while its heartbeat lapses (the database was away) the numbers it holds are still in
+    its hands, and taking them again would hand each of them over once per page, as fast as pages are
+    asked for."""
     columns = ", ".join(f"numbers.{c.strip()}" for c in LEASED_COLUMNS.split(","))
     rows = conn.execute(
         "WITH orphan AS (SELECT target, phone_number, ord, lease_owner AS previous FROM numbers "
-        f"WHERE seen_run=? AND {_UNFINISHED} AND lease_owner IN {_DEAD} FOR UPDATE SKIP LOCKED), "
+        f"WHERE seen_run=? AND {_UNFINISHED} AND lease_owner<>? AND lease_owner IN {_DEAD} FOR UPDATE SKIP LOCKED), "
         "free AS (SELECT target, phone_number, ord, NULL::bigint AS previous FROM numbers "
         f"WHERE seen_run=? AND {_UNFINISHED} AND lease_owner IS NULL ORDER BY ord LIMIT ? FOR UPDATE SKIP LOCKED), "
         "candidate AS (SELECT * FROM orphan UNION ALL SELECT * FROM free) "
@@ -53,7 +57,7 @@ def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any,
         "maybe_sent=CASE WHEN candidate.previous IS NULL THEN numbers.maybe_sent ELSE 1 END "
         "FROM candidate WHERE numbers.target=candidate.target AND numbers.phone_number=candidate.phone_number "
         f"RETURNING candidate.ord, {columns}, candidate.previous IS NOT NULL",
-        (run, run, limit, worker)).fetchall()
+        (run, worker, run, limit, worker)).fetchall()
     if rows:
         conn.execute("UPDATE workers SET run=?, waiting=false WHERE id=?", (run, worker))
     return [tuple(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
@@ -161,3 +165,20 @@ LIVE_RUNS = "SELECT run FROM workers WHERE ended_at IS NULL AND expires_at >= cl
 def works_on(conn: Connection, run: int, worker: int) -> None:
     """Record that ``worker`` works on the numbers of ``run`` (other workers of the same inputs join it)."""
     conn.execute("UPDATE workers SET run=? WHERE id=?", (run, worker))
+
+
+# A run-wide step's result (see ``PostgresJournal.once``), kept in ``meta`` under ``run <run> <step>``.
+def step_result(conn: Connection, run: int, step: str) -> str | None:
+    """What the worker that did ``step`` for ``run`` kept; None if no worker finished it yet."""
+    found = conn.execute("SELECT value FROM meta WHERE key=?", (f"run {run} {step}",)).fetchone()
+    return None if found is None else str(found[0])
+
+
+def keep_step(conn: Connection, run: int, step: str, result: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                 (f"run {run} {step}", result))
+
+
+def forget_steps(conn: Connection, run: int) -> None:
+    """A new run takes over ``run``'s plan (no worker of it is alive): its steps are to be done again."""
+    conn.execute("DELETE FROM meta WHERE key LIKE ?", (f"run {run} %",))

@@ -7,7 +7,8 @@ is refused, never rewritten. Migrations run in one transaction under an advisory
 that open a new journal at once create it once.
 
 The tables are SQLite's (version 3), with PostgreSQL types; ``runs`` also records the host of the
-process, so that several processes on several hosts can share one journal.
+process, so that several processes on several hosts can share one journal. ``meta`` also keeps what
+the run-wide steps of a shared run found (key ``run <run> <step>``, see ``PostgresJournal.once``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def journal_version(conn: PgConnection, location: Location) -> int | None:
     if not tables:
         return None
     found = conn.execute("SELECT to_regclass(?)", (f'"{location.schema}".meta',)).fetchone()[0]
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if found is not None else {}
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('application', 'schema_version')")
+                .fetchall()) if found is not None else {}
     if meta.get("application") != _APPLICATION:
         raise JournalError(f"{location.name}: schema {location.schema!r} holds tables that are not a bulkclaim "
                            "journal; refusing to touch it (give another schema=)")
