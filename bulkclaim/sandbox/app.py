@@ -72,7 +72,7 @@ class Sandbox:
 
     @property
     def ledger(self) -> list[LedgerEntry]:
-        """Every claim and release the sandbox executed, in order (idempotent replays excluded)."""
+        """Every claim, release and move the sandbox executed, in order (idempotent replays excluded)."""
         return self.state.ledger
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -101,7 +101,7 @@ class Sandbox:
         operations: dict[str, _Operation] = {
             "ClaimPhoneNumber": self._claim, "ListPhoneNumbersV2": self._list,
             "SearchAvailablePhoneNumbers": self._search, "DescribePhoneNumber": self._describe,
-            "ReleasePhoneNumber": self._release,
+            "ReleasePhoneNumber": self._release, "UpdatePhoneNumber": self._update,
         }
         for api, operation in operations.items():  # method and path as botocore's model says
             method, path = http_route(api)
@@ -222,6 +222,9 @@ class Sandbox:
 
     def _release(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         return self.state.release(request.match_info["PhoneNumberId"], request.query.get("clientToken"))
+
+    def _update(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.update(request.match_info["PhoneNumberId"], body)
 
     def _list(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         page, token = self._pages.page("ListPhoneNumbersV2", self.state.list_claimed(body), body, default_size=100)

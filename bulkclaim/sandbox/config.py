@@ -27,6 +27,7 @@ API_NAMES: tuple[str, ...] = (
     "ListPhoneNumbersV2",
     "ReleasePhoneNumber",
     "SearchAvailablePhoneNumbers",
+    "UpdatePhoneNumber",
 )
 
 
@@ -93,7 +94,8 @@ class FaultConfig:
     garbage_rate: float = 0.0
     late_answer_rate: float = 0.0
     late_answer_seconds: float = 30.0
-    operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber"})
+    operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber",
+                                            "UpdatePhoneNumber"})
     seed: int = 0
 
 

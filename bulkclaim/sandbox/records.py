@@ -92,7 +92,7 @@ class LedgerEntry:
     """One operation the sandbox actually executed (idempotent replays are not entries)."""
 
     seq: int
-    action: str  # "claim" or "release"
+    action: str  # "claim", "release" or "move"
     phone_number: str
     phone_number_id: str
     target_arn: str

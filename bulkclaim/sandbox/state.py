@@ -54,6 +54,8 @@ class SandboxState:
     ledger: list[LedgerEntry] = field(default_factory=list)
     stats: dict[str, Counter[str]] = field(default_factory=dict)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    #: Ids of numbers moved since their flow association was made: a move drops the association.
+    flows_dropped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -108,8 +110,9 @@ class SandboxState:
             failure_message=message, accepted_at=self.clock(),
         )
 
-    def _append_ledger(self, action: str, record: ClaimRecord, token: str | None, outcome: str) -> None:
-        message = record.failure_message if action == "claim" else ""
+    def _append_ledger(self, action: str, record: ClaimRecord, token: str | None, outcome: str,
+                       message: str = "") -> None:
+        message = record.failure_message if action == "claim" else message
         self.ledger.append(LedgerEntry(len(self.ledger) + 1, action, record.stock.phone_number,
                                        record.phone_number_id, record.target_arn, token, outcome, time.time(),
                                        message))
@@ -243,6 +246,51 @@ class SandboxState:
             self._tokens[("release", token)] = Token((reference,), {}, now + self.config.token_lifetime)
         self._append_ledger("release", record, token, "RELEASED")
         return {}
+
+    # -- UpdatePhoneNumber: a move to another instance or TDG ------------------------------------------
+    def update(self, reference: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Move our CLAIMED number to another target: IN_PROGRESS (already on the destination, as
+        Describe shows it) for ``claim_delay``, then CLAIMED, or FAILED when the destination is at
+        its phone-number quota. The number keeps its id and ARN; its flow association is dropped
+        (see ``flows_dropped``: Connect does not carry it over). Same token and same request:
+        the same answer; same token, another request: IdempotencyException."""
+        token = body.get("ClientToken")
+        if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
+            raise invalid("ClientToken must be a lowercase UUID.")
+        target_arn = self.resolve_target(body)
+        assert target_arn is not None
+        now = self.clock()
+        record = self._by_id.get(reference)
+        fingerprint = (record.phone_number_id if record is not None else reference, target_arn)
+        if token is not None:
+            replay = self._replay(("update", token), fingerprint, now)
+            if replay is not None:
+                return replay
+        record = self._own_record(reference, now)
+        if record.released or record.status(now) == "IN_PROGRESS":
+            raise ServiceError("ResourceInUseException", 409,
+                               "The phone number is being claimed, moved or released; try again later.")
+        if record.status(now) == "FAILED":
+            raise not_found(f"Phone number not found: {reference}")
+        if record.target_arn == target_arn:
+            raise invalid(f"Phone number {record.stock.phone_number} is already claimed to {target_arn}.")
+        quota_full = self.limits.quota_refusal(target_arn)
+        source = record.target_arn
+        self.limits.moved(source, target_arn)
+        record.target_arn, record.instance_id = target_arn, self._targets[target_arn]
+        record.settle_at, record.accepted_at = now + self.config.claim_delay, now
+        record.final_status = "FAILED" if quota_full else "CLAIMED"
+        record.failure_message = LIMIT_REACHED.format(target_arn=target_arn) if quota_full else ""
+        self.flows_dropped.append(record.phone_number_id)
+        response = {"PhoneNumberId": record.phone_number_id, "PhoneNumberArn": record.phone_number_arn}
+        if token is not None:
+            self._tokens[("update", token)] = Token(fingerprint, response, now + self.config.token_lifetime)
+        self._append_ledger("move", record, token, record.final_status, message=f"from {source}")
+        return dict(response)
+
+    def moves(self, phone_number: str) -> int:
+        """How many moves of ``phone_number`` were really executed (replays excluded)."""
+        return sum(1 for e in self.ledger if e.action == "move" and e.phone_number == phone_number)
 
     # -- ListPhoneNumbersV2 / SearchAvailablePhoneNumbers ----------------------------------------------
     def _listed(self, record: ClaimRecord, now: float) -> bool:
