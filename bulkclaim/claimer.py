@@ -48,6 +48,7 @@ from bulkclaim.model import (
     Status,
     Target,
 )
+from bulkclaim.move import MoveRow, as_move_rows, resolve_moves
 from bulkclaim.outage import OUTAGE_TIMEOUT
 from bulkclaim.ratelimit import Limiter
 from bulkclaim.run import RunState
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["Claimer", "RateSettings", "connect_api"]
 
 _APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
-         "SearchAvailablePhoneNumbers")
+         "SearchAvailablePhoneNumbers", "UpdatePhoneNumber")
 
 
 class Claimer:
@@ -300,6 +301,17 @@ class Claimer:
                     yield item
         finally:
             scope.cancel()  # nobody reads any more: stop sending claims for this call
+
+    # -- moving numbers --------------------------------------------------------------------------------
+    async def move(self, rows: Iterable[MoveRow | Rejected | str], *, source: Target,
+                   state: RunState | None = None) -> AsyncIterator[Outcome]:
+        """Move every row's number from ``source`` to this Claimer's target (UpdatePhoneNumber), as one
+        journaled run, and yield each number's outcome as :meth:`claim_many` does (``claimed``: CLAIMED
+        on this target). Strings are numbers or PhoneNumberIds. Rows are resolved first with one listing
+        of each target (see :mod:`bulkclaim.move`); numbers neither holds come out ``invalid``."""
+        requests = await resolve_moves(self.api, source, self.target, as_move_rows(rows, self._default_region))
+        async for outcome in self.claim_many(requests, state=state):
+            yield outcome
 
     def _requests(self, rows: Iterable[ClaimRequest | Rejected | str]) -> Iterable[ClaimRequest | Rejected]:
         for index, row in enumerate(rows, start=1):

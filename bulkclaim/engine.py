@@ -240,8 +240,8 @@ class Engine:
                     attempts += 1
                     log.debug("claim.sent", attempt=attempts)
                     try:
-                        answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number",
-                                                     withdraw_if=state.stop.is_set, **params)
+                        answer = await self.api.send(*planned.request.operation, withdraw_if=state.stop.is_set,
+                                                     **params)
                     except Withdrawn:  # stopped while it waited for its turn: never sent
                         return _outcome(planned, Status.PENDING, attempts - 1)
                     except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent

@@ -24,12 +24,12 @@ from typing import Any
 
 import phonenumbers
 
-from bulkclaim.input_rows import InputFileError, csv_records, csv_rows, jsonl_rows, txt_rows
+from bulkclaim.input_rows import InputFileError, Line, csv_records, csv_rows, jsonl_rows, txt_rows
 from bulkclaim.model import ClaimRequest, Rejected, Target, valid_tag_key
 
 __all__ = [
-    "FORMATS", "InputFileError", "check", "check_file", "detect_format", "fingerprint", "normalize_number",
-    "read_inputs",
+    "FORMATS", "InputFileError", "check", "check_file", "detect_format", "file_rows", "fingerprint",
+    "normalize_number", "read_inputs",
 ]
 
 FORMATS = ("csv", "txt", "jsonl")
@@ -130,6 +130,16 @@ def read_inputs(paths: Iterable[Path], *, target: Target | None, fmt: str | None
 
 def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
               default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+    for source, fields in file_rows(path, fmt):
+        if isinstance(fields, Line):
+            yield Rejected(raw=fields.text[:200], source=source, reason=fields.problem or "", target=target)
+        else:
+            yield _to_request(fields, source, target, default_region)
+
+
+def file_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[str, Mapping[str, Any] | Line]]:
+    """Each row of ``path`` as ``(file:line, cells by column)``, or ``(file:line, Line)`` for a line that
+    could not be read as it is (its ``problem`` says why): what a row *means* is the caller's."""
     kind = detect_format(path, fmt)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
@@ -138,11 +148,7 @@ def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
     reader = {"csv": csv_rows, "txt": txt_rows, "jsonl": jsonl_rows}[kind]
     try:
         for line, fields in reader(path):
-            source = f"{path}:{line.number}"
-            if line.problem:
-                yield Rejected(raw=line.text[:200], source=source, reason=line.problem, target=target)
-                continue
-            yield _to_request(fields, source, target, default_region)
+            yield f"{path}:{line.number}", (line if line.problem else fields)
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
 

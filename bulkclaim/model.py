@@ -22,6 +22,7 @@ __all__ = [
     "EndpointUnreachableError",
     "FatalServiceError",
     "JournalError",
+    "MoveFrom",
     "Options",
     "Outcome",
     "ParametersChangedError",
@@ -103,8 +104,20 @@ class Target:
 
 
 @dataclass(frozen=True)
+class MoveFrom:
+    """Where a number is moved from (``bulkclaim move``): its source target and its PhoneNumberId
+    (which a move keeps)."""
+
+    source: Target
+    phone_number_id: str
+
+
+@dataclass(frozen=True)
 class ClaimRequest:
-    """One valid number to claim, normalized to E.164, with where it came from (``file:line``)."""
+    """One valid number to claim, normalized to E.164, with where it came from (``file:line``).
+
+    With ``move_from`` it is a *move* of a number we hold to ``target`` (UpdatePhoneNumber) instead of
+    a claim: the same pipeline, journal and guarantees, another request (see :attr:`operation`)."""
 
     phone_number: str
     target: Target
@@ -114,6 +127,7 @@ class ClaimRequest:
     #: False for a number that is already in canonical E.164 form but not yet checked against the
     #: numbering plan: it is checked only if the journal does not know it (it was when first planned).
     checked: bool = field(default=True, compare=False)
+    move_from: MoveFrom | None = None
 
     def __post_init__(self) -> None:
         if self.tags and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()):
@@ -125,11 +139,23 @@ class ClaimRequest:
 
     def params_hash(self) -> str:
         """A digest of everything sent with the claim but the token: a change means a different claim."""
-        canonical = json.dumps([self.phone_number, self.target.key, self.description or "",
-                                sorted(self.tags.items())], separators=(",", ":"))
+        fields: list[Any] = [self.phone_number, self.target.key, self.description or "", sorted(self.tags.items())]
+        if self.move_from is not None:
+            fields += [self.move_from.source.key, self.move_from.phone_number_id]
+        canonical = json.dumps(fields, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def operation(self) -> tuple[str, str]:
+        """The Connect operation that brings the number to ``target``, and its client method."""
+        return ("ClaimPhoneNumber", "claim_phone_number") if self.move_from is None else (
+            "UpdatePhoneNumber", "update_phone_number")
+
     def claim_params(self, client_token: str) -> dict[str, Any]:
+        """The request's parameters (a move's: the number's id, the destination and the token)."""
+        if self.move_from is not None:
+            return {"PhoneNumberId": self.move_from.phone_number_id, "ClientToken": client_token,
+                    **self.target.request_params()}
         params: dict[str, Any] = {"PhoneNumber": self.phone_number, "ClientToken": client_token,
                                   **self.target.request_params()}
         if self.description:

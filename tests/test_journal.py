@@ -635,8 +635,9 @@ async def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
     journal = SqliteJournal.open(path)
     await journal.close()
     with peek(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1, "the old rows are kept"
+        assert "move_from" in {row[1] for row in conn.execute("PRAGMA table_info(numbers)")}, "v4: moves"
         assert conn.execute("SELECT ended_at FROM runs").fetchone()[0] is None, "not known to have ended cleanly"
         assert conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
 

@@ -112,8 +112,7 @@ class SqlJournal(Generic[ConnectionT]):
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
         def query(conn: ConnectionT) -> tuple[list[Planned], int]:
             rows = conn.execute(
-                "SELECT ord, target, phone_number, description, tags, source, client_token, status, attempts, "
-                "maybe_sent, phone_number_id, phone_number_arn FROM numbers "
+                f"SELECT ord, {planning.PLANNED_COLUMNS} FROM numbers "
                 "WHERE seen_run=? AND ord>? AND status IN ('pending', 'in_progress') ORDER BY ord LIMIT ?",
                 (run, after, limit)).fetchall()
             targets: dict[str, Target] = {}

@@ -20,6 +20,7 @@ from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
     JournalError,
+    MoveFrom,
     Outcome,
     Planned,
     PlanResult,
@@ -29,7 +30,11 @@ from bulkclaim.model import (
     new_token,
 )
 
-__all__ = ["join_unsettled", "lookup", "plan_batch", "planned_from_row", "reuse_plan"]
+__all__ = ["PLANNED_COLUMNS", "join_unsettled", "lookup", "plan_batch", "planned_from_row", "reuse_plan"]
+
+#: The columns of ``numbers`` that :func:`planned_from_row` reads, in its order.
+PLANNED_COLUMNS = ("target, phone_number, description, tags, source, client_token, status, attempts, maybe_sent, "
+                   "phone_number_id, phone_number_arn, move_from")
 
 _RACES = 5  # times a batch is decided again after losing a race to another planner
 
@@ -99,13 +104,16 @@ def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _E
         in_batch.add(key)
         if row is None or (row.status == Status.FAILED and (retry_failed or row.error_code == NOT_CLAIMED)):
             token = new_token()
-            values = (request.params_hash(), request.description, _tags_text(request), request.source, token, run,
+            moved = request.move_from  # a move: the number's id is known before anything is sent
+            values = (request.params_hash(), request.description, _tags_text(request), request.source, token,
+                      moved.phone_number_id if moved else None, moved.source.key if moved else None, run,
                       next_ord, now, now)
             if row is None:
                 decided.new_rows.append((target, number, *values))
             else:
                 decided.replaces.append((*values, target, number, row.client_token))
-            result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False))
+            result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False,
+                                       phone_number_id=moved.phone_number_id if moved else None))
         elif row.status == Status.PENDING and row.params_hash != request.params_hash():
             result.changed.append(request)
             continue
@@ -130,13 +138,13 @@ def _write(conn: Connection, decided: _Decisions) -> bool:
     read (the rows went in in key order, so two planners of the same numbers never deadlock)."""
     written = conn.executemany(
         "INSERT INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "
-        "status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT (target, phone_number) DO NOTHING",
+        "phone_number_id, move_from, status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT (target, phone_number) DO NOTHING",
         sorted(decided.new_rows, key=lambda row: (row[0], row[1]))).rowcount
     if decided.replaces:
         written += conn.executemany(
-            "UPDATE numbers SET params_hash=?, description=?, tags=?, source=?, client_token=?, status='pending', "
-            "attempts=0, maybe_sent=0, phone_number_id=NULL, phone_number_arn=NULL, error_code=NULL, "
+            "UPDATE numbers SET params_hash=?, description=?, tags=?, source=?, client_token=?, phone_number_id=?, "
+            "move_from=?, status='pending', attempts=0, maybe_sent=0, phone_number_arn=NULL, error_code=NULL, "
             "error_message=NULL, seen_run=?, ord=?, created_at=?, updated_at=? "
             "WHERE target=? AND phone_number=? AND client_token=? AND status='failed'",
             sorted(decided.replaces, key=lambda row: (row[-3], row[-2]))).rowcount
@@ -177,14 +185,15 @@ _NO_TAGS: MappingProxyType[str, str] = MappingProxyType({})
 def planned_from_row(row: Sequence[Any], targets: dict[str, Target] | None = None) -> Planned:
     """A journal row as a :class:`Planned`. Rows that share ``targets`` share one :class:`Target` per
     key (and so compute its key once, not once per number)."""
-    target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn = row
+    target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn, moved = row
     found = targets.get(target) if targets is not None else None
     if found is None:
         found = Target.from_key(target)
         if targets is not None:
             targets[target] = found
+    move = MoveFrom(Target.from_key(moved), number_id) if moved else None
     request = ClaimRequest(number, found, description, MappingProxyType(json.loads(tags)) if tags else _NO_TAGS,
-                           source or "")
+                           source or "", move_from=move)
     return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)
 
 

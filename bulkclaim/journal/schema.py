@@ -11,7 +11,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "connect_read_only", "migrate", "refuse_foreign"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
 
 _V1 = """
@@ -108,7 +108,13 @@ _V3 = """
 ALTER TABLE runs ADD COLUMN ended_at REAL
 """
 
-_STEPS = {1: _V1, 2: _V2, 3: _V3}
+# v4 (issue 16): ``numbers.move_from``, the source target of a move (``bulkclaim move``: the row's
+# ``phone_number_id`` is then the number's id, known before the move is sent); NULL for a claim.
+_V4 = """
+ALTER TABLE numbers ADD COLUMN move_from TEXT
+"""
+
+_STEPS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

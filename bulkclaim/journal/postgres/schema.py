@@ -18,7 +18,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -143,7 +143,10 @@ _V2 = [
     _RESERVE_BUDGET,
 ]
 
-_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2}
+# v3 (issue 16): ``numbers.move_from``, as SQLite's v4: the source target of a move, NULL for a claim.
+_V3 = ["ALTER TABLE numbers ADD COLUMN move_from text"]
+
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:
