@@ -115,7 +115,7 @@ async def test_a_number_moved_outside_bulkclaim_is_adopted_and_a_full_destinatio
     async with sandbox_env(**TWO_INSTANCES) as env:
         claimed = await claimed_on_source(env, tmp_path / "claims", numbers)
         async with env.client() as client:  # moved by hand before bulkclaim's run
-            await client.update_phone_number(PhoneNumberId=claimed[numbers[0]].phone_number_id, InstanceId=DEST)
+            await client.update_phone_number(PhoneNumberId=str(claimed[numbers[0]].phone_number_id), InstanceId=DEST)
         async with await mover(env, tmp_path / "j") as c:
             moved = await move_all(c, numbers[:2])
         assert {moved[n].status for n in numbers[:2]} == {Status.CLAIMED}
