@@ -43,6 +43,9 @@ async def listed_on(client: ConnectClient, instance_id: str) -> list[str]:
 async def test_a_move_is_asynchronous_and_keeps_the_numbers_id(clock: FakeClock) -> None:
     async with sandbox_env(clock=clock, claim_delay=1.0, **TWO_INSTANCES) as env, env.client() as client:
         number_id = await claimed(client, clock)
+        flow = env.sandbox.state.flows.flows_of(INSTANCE_ID)[0]
+        await client.associate_phone_number_contact_flow(PhoneNumberId=number_id, InstanceId=INSTANCE_ID,
+                                                         ContactFlowId=flow.id)
         answer = await client.update_phone_number(PhoneNumberId=number_id, InstanceId=DEST, ClientToken=token())
         assert answer["PhoneNumberId"] == number_id
         assert await status_of(client, number_id) == ("IN_PROGRESS", DEST)
@@ -51,9 +54,10 @@ async def test_a_move_is_asynchronous_and_keeps_the_numbers_id(clock: FakeClock)
         assert await listed_on(client, DEST) == [NUMBER]
         assert await listed_on(client, INSTANCE_ID) == []
         assert [(e.action, e.target_arn.rsplit("/", 1)[1]) for e in env.sandbox.ledger] == [
-            ("claim", INSTANCE_ID), ("move", DEST)]
+            ("claim", INSTANCE_ID), ("associate", INSTANCE_ID), ("move", DEST)]
         assert env.sandbox.state.moves(NUMBER) == 1
-        assert env.sandbox.state.flows_dropped == [number_id]  # Connect drops the flow association
+        assert env.sandbox.state.flows.associated(number_id) is None  # Connect drops the flow association
+        assert (await client.list_flow_associations(InstanceId=INSTANCE_ID))["FlowAssociationSummaryList"] == []
 
 
 async def test_the_same_token_gets_the_same_answer_and_another_request_a_conflict(clock: FakeClock) -> None:

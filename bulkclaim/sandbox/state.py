@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulkclaim.sandbox.config import SandboxConfig
+from bulkclaim.sandbox.flows import VOICE, FlowBook, instance_of, not_settled
 from bulkclaim.sandbox.inventory import StockNumber
 from bulkclaim.sandbox.limits import TargetLimits
 from bulkclaim.sandbox.records import (
@@ -54,8 +55,6 @@ class SandboxState:
     ledger: list[LedgerEntry] = field(default_factory=list)
     stats: dict[str, Counter[str]] = field(default_factory=dict)
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
-    #: Ids of numbers moved since their flow association was made: a move drops the association.
-    flows_dropped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -73,6 +72,7 @@ class SandboxState:
         self._by_id: dict[str, ClaimRecord] = {}
         self._cooldown_until: dict[str, float] = {}
         self._tokens: dict[tuple[str, str], Token] = {}
+        self.flows = FlowBook(self._arn_prefix, cfg.instance_ids, cfg.flows_per_instance, cfg.seed)
         for number in cfg.foreign_claims:
             self._take_by_rival(self._stock.setdefault(number, StockNumber(number, "US", "DID")))
 
@@ -111,11 +111,11 @@ class SandboxState:
         )
 
     def _append_ledger(self, action: str, record: ClaimRecord, token: str | None, outcome: str,
-                       message: str = "") -> None:
+                       contact_flow_id: str = "", message: str = "") -> None:
         message = record.failure_message if action == "claim" else message
         self.ledger.append(LedgerEntry(len(self.ledger) + 1, action, record.stock.phone_number,
                                        record.phone_number_id, record.target_arn, token, outcome, time.time(),
-                                       message))
+                                       message, contact_flow_id))
 
     # -- targets -------------------------------------------------------------------------------------
     def resolve_target(self, body: dict[str, Any], *, required: bool = True) -> str | None:
@@ -241,6 +241,7 @@ class SandboxState:
             raise not_found(f"Phone number not found: {reference}")
         record.released, record.gone_at = True, now + self.config.release_delay
         self.limits.released(record.target_arn, now)
+        self.flows.disassociate(record.phone_number_id)  # see flows.py: the association goes with it
         self._cooldown_until[record.stock.phone_number] = record.gone_at + self.config.release_cooldown
         if token is not None:
             self._tokens[("release", token)] = Token((reference,), {}, now + self.config.token_lifetime)
@@ -252,7 +253,7 @@ class SandboxState:
         """Move our CLAIMED number to another target: IN_PROGRESS (already on the destination, as
         Describe shows it) for ``claim_delay``, then CLAIMED, or FAILED when the destination is at
         its phone-number quota. The number keeps its id and ARN; its flow association is dropped
-        (see ``flows_dropped``: Connect does not carry it over). Same token and same request:
+        (Connect does not carry it over: see ``flows.py``). Same token and same request:
         the same answer; same token, another request: IdempotencyException."""
         token = body.get("ClientToken")
         if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
@@ -281,7 +282,7 @@ class SandboxState:
         record.settle_at, record.accepted_at = now + self.config.claim_delay, now
         record.final_status = "FAILED" if quota_full else "CLAIMED"
         record.failure_message = LIMIT_REACHED.format(target_arn=target_arn) if quota_full else ""
-        self.flows_dropped.append(record.phone_number_id)
+        self.flows.disassociate(record.phone_number_id)  # the flow belongs to the source instance
         response = {"PhoneNumberId": record.phone_number_id, "PhoneNumberArn": record.phone_number_arn}
         if token is not None:
             self._tokens[("update", token)] = Token(fingerprint, response, now + self.config.token_lifetime)
@@ -339,6 +340,42 @@ class SandboxState:
             if s.country == country and s.type == number_type and s.phone_number.startswith(prefix)
             and self._available(s.phone_number, now, to_claimant=False)
         ]
+
+    # -- contact flows (flows.py) ---------------------------------------------------------------------
+    def _instance_record(self, reference: str, instance_id: str, now: float) -> ClaimRecord:
+        """Our number ``reference`` (id or ARN), claimed to ``instance_id`` (or to a TDG)."""
+        self.flows.flows_of(instance_id)  # 404 for an unknown instance
+        record = self._own_record(reference, now)
+        if record.released or (record.instance_id is not None and record.instance_id != instance_id):
+            raise not_found(f"Phone number not found in instance {instance_id}: {reference}")
+        return record
+
+    def associate_flow(self, reference: str, body: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        instance_id = instance_of(body["InstanceId"])
+        record = self._instance_record(reference, instance_id, now)
+        flow = self.flows.flow(instance_id, str(body["ContactFlowId"]))
+        if record.status(now) != "CLAIMED":
+            raise not_settled(reference)
+        self.flows.associate(record.phone_number_id, flow)
+        self._append_ledger("associate", record, None, "ASSOCIATED", flow.id)
+        return {}
+
+    def disassociate_flow(self, reference: str, instance: str) -> dict[str, Any]:
+        record = self._instance_record(reference, instance_of(instance), self.clock())
+        self.flows.disassociate(record.phone_number_id)
+        return {}
+
+    def flow_associations(self, instance: str, resource_type: str | None) -> list[dict[str, Any]]:
+        instance_id = instance_of(instance)
+        self.flows.flows_of(instance_id)
+        if resource_type not in (None, VOICE):
+            return []  # the sandbox has phone numbers only
+        return [{"ResourceId": self._by_id[number_id].phone_number_arn, "FlowId": flow.arn, "ResourceType": VOICE}
+                for number_id, flow in self.flows.associations_of(instance_id)]
+
+    def contact_flows(self, instance: str) -> list[dict[str, Any]]:
+        return [flow.summary() for flow in self.flows.flows_of(instance_of(instance))]
 
     # -- inspection helpers for tests and the CLI ------------------------------------------------------
     def holder_of(self, phone_number: str) -> ClaimRecord | None:
