@@ -27,29 +27,26 @@ from bulkclaim.cli_common import (
     EXIT_USAGE,
     JournalOption,
     JournalSpec,
-    aws_options,
     client_settings,
     default_journal,
     fail,
     group_verbosity_options,
     option,
-    quota_options,
-    rate_options,
     rate_settings,
     read_run_quotas,
     shown,
     target_of,
     target_options,
     verbosity,
-    verbosity_options,
 )
 from bulkclaim.cli_help import GroupedCommand
-from bulkclaim.cli_metrics import check_metrics, metrics_options
+from bulkclaim.cli_metrics import check_metrics
+from bulkclaim.cli_move import move_command
+from bulkclaim.cli_options import run_options
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
-from bulkclaim.inputs import FORMATS
 from bulkclaim.model import BulkclaimError, JournalError, Status, Target
 from bulkclaim.sandbox.command import sandbox_command
 
@@ -72,27 +69,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command("claim", cls=GroupedCommand, short_help="Claim the numbers of input files (CSV, text, JSON Lines).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_options
-@option("journal", type=JournalOption(), group="Journal and report",
-        help="The journal: a file, or a postgresql:// URL; re-running with it resumes "
-             "[default: bulkclaim-<target>.journal].")
-@option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
-        help="Write the report of this run's numbers here (.csv or .jsonl), replaced atomically.")
-@rate_options
-@option("no-verify", is_flag=True, group="Claiming", help="Do not wait for CLAIMED; leave accepted claims in_progress.")
-@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, group="Claiming",
-        help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
-@option("retry-failed", is_flag=True, group="Claiming", help="Try failed numbers again, with new tokens.")
-@option("default-region-for-numbers", metavar="CC", group="Input", help="Country for national numbers, e.g. US.")
-@option("format", dest="input_format", type=click.Choice(FORMATS), group="Input",
-        help="Input format [default: from extension].")
-@option("dry-run", is_flag=True, group="Claiming", help="Read, validate, plan and check quotas; claim nothing.")
-@quota_options
-@aws_options
-@option("no-progress", is_flag=True, group="Output", help="No progress bar, even on a terminal.")
-@verbosity_options
-@metrics_options
-@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
-        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@run_options
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
     target = target_of(opts)  # a usage error first: it needs nothing more loaded
@@ -125,12 +102,14 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
 
 @dataclass
 class _Run:
-    """One ``bulkclaim claim``: the Claimer, signals, preflight, progress, report and exit code."""
+    """One ``bulkclaim claim`` (or ``move``): the Claimer, signals, preflight, progress, report and exit code."""
 
     target: Target
     journal: JournalSpec
     opts: dict[str, Any]
     summary: RunSummary | None = None
+    #: ``bulkclaim move``: the numbers' source; ``target`` is their destination
+    source: Target | None = None
 
     def run(self, rows: Any) -> int:
         from bulkclaim.cli_metrics import exporting
@@ -168,9 +147,15 @@ class _Run:
                 self.harness.install_signals(state.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
                 self.summary = state.summary
-                digest = await anyio.to_thread.run_sync(lambda: fingerprint(
-                    opts["inputs"], target=self.target, fmt=opts["input_format"],
-                    default_region=opts["default_region_for_numbers"]))
+                digest: str | None = None
+                if self.source is None:
+                    digest = await anyio.to_thread.run_sync(lambda: fingerprint(
+                        opts["inputs"], target=self.target, fmt=opts["input_format"],
+                        default_region=opts["default_region_for_numbers"]))
+                else:  # a move: rows become requests once the source and the destination are listed
+                    from bulkclaim.move import resolve_moves
+
+                    rows = await resolve_moves(claimer.api, self.source, self.target, rows, stop=state.stop)
 
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas
@@ -184,7 +169,8 @@ class _Run:
                                                                        emit_done=False, after_plan=before_sending,
                                                                        state=state),
                                             state,
-                                            claimer.limiters["ClaimPhoneNumber"], tty=tty,
+                                            claimer.limiters["ClaimPhoneNumber" if self.source is None
+                                                             else "UpdatePhoneNumber"], tty=tty,
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
                     self.summary = state.summary
@@ -324,6 +310,7 @@ def report_command(journal: JournalSpec, fmt: str | None, output: Path | None, s
         fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
 
 
+cli.add_command(move_command)
 cli.add_command(acquire_command)
 cli.add_command(release_command)
 cli.add_command(sandbox_command)
