@@ -14,13 +14,10 @@ the tokens for the next Claimer to resume with.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import os
 import random
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -39,6 +36,7 @@ from bulkclaim.connect import connect_client
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
 from bulkclaim.journal import Journal, open_journal
+from bulkclaim.limiters import APIS, answer_timeout, budget_scope, connect_api, shared_limiters
 from bulkclaim.model import (
     BulkclaimError,
     ClaimRequest,
@@ -50,7 +48,6 @@ from bulkclaim.model import (
 )
 from bulkclaim.move import MoveRow, as_move_rows, resolve_moves
 from bulkclaim.outage import OUTAGE_TIMEOUT
-from bulkclaim.ratelimit import Limiter
 from bulkclaim.run import RunState
 from bulkclaim.settings import ClientSettings, RateSettings
 from bulkclaim.telemetry import Telemetry
@@ -60,8 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Claimer", "RateSettings", "connect_api"]
 
-_APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
-         "SearchAvailablePhoneNumbers", "UpdatePhoneNumber")
 
 
 class Claimer:
@@ -154,17 +149,18 @@ class Claimer:
                 if settings.max_pool_connections < pool:
                     settings = dataclasses.replace(settings, max_pool_connections=pool)
                 client = await stack.enter_async_context(connect_client(settings, self._session))
-            shared = self.journal.shared_budget("/".join(_scope(self._settings)), sleep=self._sleep, clock=self._clock)
+            shared = self.journal.shared_budget("/".join(budget_scope(self._settings)), sleep=self._sleep,
+                                                clock=self._clock)
             if shared is not None:  # a shared journal: one budget for every worker, in the journal's database
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep, shared=shared)
-                                 for api in _APIS}
+                                 for api in APIS}
             elif self._clock is time.monotonic and self._sleep is anyio.sleep:
-                self.limiters = _shared_limiters(self._settings, self.rates)
+                self.limiters = shared_limiters(self._settings, self.rates)
             else:  # an injected clock (tests, simulations) gets limiters of its own
-                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
+                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in APIS}
             self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng,
                            clock=self._clock, fatal_cooldown=self._fatal_cooldown,
-                           outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings),
+                           outage_timeout=self._outage_timeout, answer_timeout=answer_timeout(self._settings),
                            telemetry=self.telemetry)
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._claims = RunState()  # what claim() does is one long run: the Claimer's life
@@ -323,61 +319,6 @@ class Claimer:
                 yield ClaimRequest(number, self.target, source=f"claim_many:{index}")
             except ValueError as exc:
                 yield Rejected(raw=row, source=f"claim_many:{index}", reason=str(exc), target=self.target)
-
-
-@contextlib.asynccontextmanager
-async def connect_api(settings: ClientSettings, rates: RateSettings | None = None, *,
-                      outage_timeout: float = OUTAGE_TIMEOUT) -> AsyncIterator[Api]:
-    """A Connect client behind this process's shared limiters, without a journal or an engine:
-    for listings (the dry run's preflight). Fatal answers stop it for good."""
-    async with connect_client(settings) as client:
-        yield Api(client, _shared_limiters(settings, rates or RateSettings()), outage_timeout=outage_timeout,
-                  answer_timeout=_answer_timeout(settings))
-
-
-def _answer_timeout(settings: ClientSettings) -> float:
-    """The bound of one whole call: a connection, then the whole answer within the read timeout."""
-    return settings.connect_timeout + settings.read_timeout
-
-
-# The account's bucket is per Region and API: every Claimer of this process (on this event loop) that
-# talks to the same Region and endpoint *with the same rate settings* shares one limiter per API.
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Limiter]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str, Limiter]:
-    """This process's limiters for ``settings``' Region and endpoint, one per API.
-
-    They are keyed by the rate settings as well as the scope: a Claimer asking for other rates (rate,
-    burst, in-flight cap, adaptive) gets limiters of its own built from *its* arguments, never another
-    Claimer's. Those then do not share one budget with the first Claimer's: together they may send
-    more than either's rate, so a warning says so; give every Claimer of a process the same rates
-    to have them share one budget.
-    """
-    registry = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
-    scope = _scope(settings)
-    limiters: dict[str, Limiter] = {}
-    for api in _APIS:
-        rate, burst = rates.per_api.get(api, (rates.rate, rates.burst))
-        in_flight = rates.max_in_flight if api == "ClaimPhoneNumber" else None
-        key = (*scope, api, rate, burst, in_flight, rates.adaptive)
-        if key not in registry:
-            others = [k[3:] for k in registry if k[:3] == (*scope, api)]
-            if others:
-                structlog.get_logger("bulkclaim").warning(
-                    "limiter.not_shared", api=api, region=scope[0], rate=rate, burst=burst, max_in_flight=in_flight,
-                    adaptive=rates.adaptive, other_settings=others,
-                    hint="Claimers with different rates do not share one rate budget")
-            registry[key] = rates.limiter(api, time.monotonic, anyio.sleep)
-        limiters[api] = registry[key]
-    return limiters
-
-
-def _scope(settings: ClientSettings) -> tuple[str, str]:
-    """What an account's rate budget is per (besides the API): the Region, and the endpoint."""
-    return (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
-            settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
 
 
 async def _next_item(rx: MemoryObjectReceiveStream[Outcome | BaseException]) -> Outcome | BaseException | None:

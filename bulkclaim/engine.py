@@ -19,6 +19,11 @@
 5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
    is sent again) and handed to ``emit``.
 
+A *move* (``bulkclaim move``, see ``move.py``) is the same flow: its request carries ``move_from``, so
+step 3 sends UpdatePhoneNumber (``request.operation``) to the destination instead of ClaimPhoneNumber,
+and everything else — the token, retries, reconciliation against the destination, verification — is
+the claim's.
+
 The engine is long-lived (one client, one journal); what belongs to one run (its stop, its live
 counts) is a :class:`~bulkclaim.run.RunState` handed to each step, so concurrent runs on one engine
 never share a stop or a summary.

@@ -66,25 +66,31 @@ async def run_trial(seed: int, tmp_path: Path, tally: Tally, *, faults: FaultCon
     throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
     async with sandbox_env(faults=FaultConfig(**{**faults.__dict__, "seed": seed}), throttle=throttle,
                            claim_delay=0.05, foreign_claims=tuple(FOREIGN), token_lifetime=token_lifetime) as env:
-        for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
-            process = await anyio.open_process([*BULKCLAIM, *args(tmp_path)], env=cli_env(env))
-            async with process:
-                await anyio.sleep(rng.uniform(0.2, 3.0))
-                if process.returncode is None:
-                    process.send_signal(signal.SIGKILL)
-                    tally.kills += 1
-                await process.wait()
-            tally.runs += 1
-        for _ in range(6):
-            result = await run_cli(env, tmp_path, *args(tmp_path))
-            tally.runs += 1
-            assert "Traceback" not in result.stderr
-            if result.returncode in (0, 1):
-                break
-        else:
-            raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
+        await kill_then_finish(env, tmp_path, args(tmp_path), rng, tally, seed)
         check_trial(seed, env, tmp_path, tally)
     tally.trials += 1
+
+
+async def kill_then_finish(env: SandboxEnv, cwd: Path, cli_args: list[str], rng: random.Random, tally: Tally,
+                           seed: int) -> int:
+    """Run the CLI and SIGKILL it at a random moment (once or twice), then run it again until it
+    finishes (exit 0 or 1); its exit code. Shared by every kill -9 trial (claims, moves)."""
+    for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
+        process = await anyio.open_process([*BULKCLAIM, *cli_args], env=cli_env(env))
+        async with process:
+            await anyio.sleep(rng.uniform(0.2, 3.0))
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+                tally.kills += 1
+            await process.wait()
+        tally.runs += 1
+    for _ in range(6):
+        result = await run_cli(env, cwd, *cli_args)
+        tally.runs += 1
+        assert "Traceback" not in result.stderr
+        if result.returncode in (0, 1):
+            return result.returncode
+    raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
 
 
 def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally) -> None:
