@@ -1,7 +1,8 @@
 """The ``bulkclaim`` command line. Only the CLI configures logging, installs signal handlers and
 chooses the process's exit code (DESIGN §4):
 
-    0 every valid number claimed (or already ours)   1 finished, some failed / invalid / not settled
+    0 every valid number claimed (or already ours), and associated with its contact flow if it has one
+    1 finished, some failed / invalid / not settled, or a contact flow not associated (failed / pending)
     2 usage, configuration or input error, nothing sent   3 aborted on a fatal service error
     130 SIGINT   143 SIGTERM
 """
@@ -81,8 +82,11 @@ def cli(verbose: bool, quiet: bool) -> None:
 @option("no-verify", is_flag=True, group="Claiming", help="Do not wait for CLAIMED; leave accepted claims in_progress.")
 @option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, group="Claiming",
         help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
-@option("retry-failed", is_flag=True, group="Claiming", help="Try failed numbers again, with new tokens.")
+@option("retry-failed", is_flag=True, group="Claiming",
+        help="Try failed numbers again, with new tokens, and failed contact-flow associations.")
 @option("default-region-for-numbers", metavar="CC", group="Input", help="Country for national numbers, e.g. US.")
+@option("resolve-flow-names", is_flag=True, group="Input",
+        help="Let contact_flow name flows by name (looked up once with ListContactFlows), not only by id or ARN.")
 @option("format", dest="input_format", type=click.Choice(FORMATS), group="Input",
         help="Input format [default: from extension].")
 @option("dry-run", is_flag=True, group="Claiming", help="Read, validate, plan and check quotas; claim nothing.")
@@ -111,8 +115,11 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         if opts["report"]:
             report_format(opts["report"])
             check_writable(opts["report"])
+        from bulkclaim.cli_flows import resolve_flow_names
+
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
-                           default_region=opts["default_region_for_numbers"])
+                           default_region=opts["default_region_for_numbers"],
+                           flow_names=resolve_flow_names(inputs, target, opts))
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
@@ -205,6 +212,7 @@ class _Run:
 
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
+        flows: dict[str, int] = {}
         if run:
             try:
                 self._write_report()
@@ -215,8 +223,10 @@ class _Run:
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
             with read_existing_journal(self.journal) as reader:
-                counts = reader.run_counts(run)
+                counts, flows = reader.run_counts(run), reader.flow_counts(run)
         tally = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
+        if flows:
+            tally += " — flows: " + " · ".join(f"{status} {n}" for status, n in sorted(flows.items()))
         click.echo(f"{tally}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if removed := (self.summary.removed if self.summary else {}):
             settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
@@ -229,7 +239,9 @@ class _Run:
             return EXIT_SIGNAL[self.harness.signal_received]
         # Numbers no longer in the input count only while their outcome is unknown (pending, in_progress).
         gone = Counter(s for s in removed.values() if s in ("claimed", "failed"))
-        return EXIT_OK if set(+(Counter(counts) - gone)) <= {"claimed"} else EXIT_INCOMPLETE
+        # A contact flow asked for and not associated (failed, or pending) leaves the run incomplete too.
+        complete = set(+(Counter(counts) - gone)) <= {"claimed"} and set(flows) <= {"associated"}
+        return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
 async def _ignore(_: Any) -> None:

@@ -18,7 +18,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -143,7 +143,15 @@ _V2 = [
     _RESERVE_BUDGET,
 ]
 
-_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2}
+# v3 (issue 16): contact flows, as SQLite's v4 (see ``bulkclaim.journal.schema``).
+_V3 = [
+    "ALTER TABLE numbers ADD COLUMN contact_flow text, ADD COLUMN flow_status text, "
+    "ADD COLUMN flow_attempts integer NOT NULL DEFAULT 0, ADD COLUMN flow_error_code text, "
+    "ADD COLUMN flow_error_message text",
+    "CREATE INDEX numbers_flows_pending ON numbers (seen_run, ord) WHERE flow_status='pending'",
+]
+
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:
