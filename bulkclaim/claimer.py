@@ -33,6 +33,7 @@ from bulkclaim.acquire import Acquirer, AcquireSpec
 from bulkclaim.backoff import Backoff
 from bulkclaim.calls import Api
 from bulkclaim.connect import connect_client
+from bulkclaim.contact_flows import flow_id
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
 from bulkclaim.journal import Journal, open_journal
@@ -40,6 +41,7 @@ from bulkclaim.limiters import APIS, answer_timeout, budget_scope, connect_api, 
 from bulkclaim.model import (
     BulkclaimError,
     ClaimRequest,
+    FlowStatus,
     Outcome,
     ParametersChangedError,
     Rejected,
@@ -193,15 +195,19 @@ class Claimer:
 
     # -- one number ------------------------------------------------------------------------------------
     async def claim(self, phone_number: str, *, description: str | None = None,
-                    tags: Mapping[str, str] | None = None) -> Outcome:
+                    tags: Mapping[str, str] | None = None, contact_flow: str | None = None) -> Outcome:
         """Claim one number (E.164, or national with ``default_region_for_numbers``) and wait for it.
+
+        ``contact_flow`` (a flow id, or its ARN): once the number is CLAIMED it is associated with that
+        flow (``outcome.flow_status``); a failed association does not make the claim fail.
 
         Raises ValueError for a number that is not valid, FatalServiceError when the service refuses
         the caller (credentials, permissions, unknown target), ParametersChangedError when a pending
         claim of this number was started with another description or tags.
         """
+        flow = None if contact_flow is None else flow_id(contact_flow, self.target)
         request = ClaimRequest(normalize_number(phone_number, self._default_region), self.target, description,
-                               MappingProxyType(dict(tags or {})), source="claim()")
+                               MappingProxyType(dict(tags or {})), source="claim()", contact_flow=flow)
         shared = self._inflight.get(request.key)
         if shared is None:
             shared = self._inflight[request.key] = _Shared()
@@ -228,7 +234,10 @@ class Claimer:
         if planned.changed:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
-            return planned.done[0]
+            done = planned.done[0]
+            if done.status == Status.CLAIMED and done.flow_status == FlowStatus.PENDING:
+                return await self.engine.finish_flow(done, state=self._claims)
+            return done
         # Replicas sharing a journal (PostgreSQL): one sends, the others wait for its outcome.
         work = await self.journal.lease(planned.work[0])
         if isinstance(work, Outcome):
@@ -237,6 +246,8 @@ class Claimer:
             outcome = await self.engine.claim_number(work, state=self._claims)
             if outcome.status == Status.IN_PROGRESS and self.options.verify:
                 outcome = await self.engine.verify(outcome, state=self._claims)
+            if outcome.status == Status.CLAIMED and outcome.flow_status == FlowStatus.PENDING:
+                outcome = await self.engine.finish_flow(outcome, state=self._claims)
         finally:
             self.journal.unlease(work)
         self._claims.raise_if_aborted()  # the target's quota reached: this and every later claim() raise

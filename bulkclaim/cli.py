@@ -1,7 +1,8 @@
 """The ``bulkclaim`` command line. Only the CLI configures logging, installs signal handlers and
 chooses the process's exit code (DESIGN §4):
 
-    0 every valid number claimed (or already ours)   1 finished, some failed / invalid / not settled
+    0 every valid number claimed (or already ours), and associated with its contact flow if it has one
+    1 finished, some failed / invalid / not settled, or a contact flow not associated (failed / pending)
     2 usage, configuration or input error, nothing sent   3 aborted on a fatal service error
     130 SIGINT   143 SIGTERM
 """
@@ -88,8 +89,11 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         if opts["report"]:
             report_format(opts["report"])
             check_writable(opts["report"])
+        from bulkclaim.cli_flows import resolve_flow_names
+
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
-                           default_region=opts["default_region_for_numbers"])
+                           default_region=opts["default_region_for_numbers"],
+                           flow_names=resolve_flow_names(inputs, target, opts))
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
@@ -191,6 +195,7 @@ class _Run:
 
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
+        flows: dict[str, int] = {}
         if run:
             try:
                 self._write_report()
@@ -201,8 +206,10 @@ class _Run:
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
             with read_existing_journal(self.journal) as reader:
-                counts = reader.run_counts(run)
+                counts, flows = reader.run_counts(run), reader.flow_counts(run)
         tally = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
+        if flows:
+            tally += " — flows: " + " · ".join(f"{status} {n}" for status, n in sorted(flows.items()))
         click.echo(f"{tally}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if removed := (self.summary.removed if self.summary else {}):
             settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
@@ -215,7 +222,9 @@ class _Run:
             return EXIT_SIGNAL[self.harness.signal_received]
         # Numbers no longer in the input count only while their outcome is unknown (pending, in_progress).
         gone = Counter(s for s in removed.values() if s in ("claimed", "failed"))
-        return EXIT_OK if set(+(Counter(counts) - gone)) <= {"claimed"} else EXIT_INCOMPLETE
+        # A contact flow asked for and not associated (failed, or pending) leaves the run incomplete too.
+        complete = set(+(Counter(counts) - gone)) <= {"claimed"} and set(flows) <= {"associated"}
+        return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
 async def _ignore(_: Any) -> None:

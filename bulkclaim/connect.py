@@ -158,7 +158,8 @@ _ANSWER_KEYS = {"ClaimPhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
                 "UpdatePhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
                 "DescribePhoneNumber": ("ClaimedPhoneNumberSummary",)}
 _LIST_KEYS = {"ListPhoneNumbersV2": "ListPhoneNumbersSummaryList",
-              "SearchAvailablePhoneNumbers": "AvailableNumbersList"}
+              "SearchAvailablePhoneNumbers": "AvailableNumbersList", "ListContactFlows": "ContactFlowSummaryList",
+              "ListFlowAssociations": "FlowAssociationSummaryList"}
 
 
 #: The operations that bring a number to a target (a claim, a move): same token discipline, same answers.
@@ -177,8 +178,9 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
         if code in _FATAL_CODES or status == 403:
             return Classified(Verdict.FATAL, code, message)
         if code == "ResourceNotFoundException":
-            # On a claim or a listing the target itself is unknown; on a describe, only that number.
-            fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2")
+            # On a claim or a listing the target itself is unknown; on a describe (or an association:
+            # that number or that flow), only that number.
+            fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2", "ListContactFlows", "ListFlowAssociations")
             return Classified(Verdict.FATAL if fatal else Verdict.TERMINAL, code, message)
         if code == "InvalidParameterException" and "not available" in message.lower():
             return Classified(Verdict.UNAVAILABLE, code, message)

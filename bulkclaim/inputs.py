@@ -24,12 +24,13 @@ from typing import Any
 
 import phonenumbers
 
-from bulkclaim.input_rows import InputFileError, Line, csv_records, csv_rows, jsonl_rows, txt_rows
+from bulkclaim.contact_flows import FlowNames, flow_id, is_flow_name
+from bulkclaim.input_rows import InputFileError, csv_records, csv_rows, jsonl_rows, txt_rows
 from bulkclaim.model import ClaimRequest, Rejected, Target, valid_tag_key
 
 __all__ = [
     "FORMATS", "InputFileError", "check", "check_file", "detect_format", "file_rows", "fingerprint",
-    "normalize_number", "read_inputs",
+    "flow_names_used", "normalize_number", "read_inputs",
 ]
 
 FORMATS = ("csv", "txt", "jsonl")
@@ -121,25 +122,28 @@ def check_file(path: Path, fmt: str | None = None) -> None:
 
 
 def read_inputs(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
-                default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+                default_region: str | None = None, flow_names: FlowNames | None = None,
+                ) -> Iterator[ClaimRequest | Rejected]:
     """Every row of every file, in order. Whole-file problems raise before that file's first row, but
-    for a CSV quote that never closes, found where the file ends: ``check_file`` finds it up front."""
+    for a CSV quote that never closes, found where the file ends: ``check_file`` finds it up front.
+    ``flow_names`` (``--resolve-flow-names``): contact flows named by name, by instance."""
     for path in paths:
-        yield from read_file(path, target=target, fmt=fmt, default_region=default_region)
+        yield from read_file(path, target=target, fmt=fmt, default_region=default_region, flow_names=flow_names)
 
 
 def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
-              default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+              default_region: str | None = None, flow_names: FlowNames | None = None,
+              ) -> Iterator[ClaimRequest | Rejected]:
     for source, fields in file_rows(path, fmt):
-        if isinstance(fields, Line):
-            yield Rejected(raw=fields.text[:200], source=source, reason=fields.problem or "", target=target)
+        if isinstance(fields, Rejected):
+            yield dataclasses.replace(fields, target=target)
         else:
-            yield _to_request(fields, source, target, default_region)
+            yield _to_request(fields, source, target, default_region, flow_names)
 
 
-def file_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[str, Mapping[str, Any] | Line]]:
-    """Each row of ``path`` as ``(file:line, cells by column)``, or ``(file:line, Line)`` for a line that
-    could not be read as it is (its ``problem`` says why): what a row *means* is the caller's."""
+def file_rows(path: Path, fmt: str | None) -> Iterator[tuple[str, Mapping[str, Any] | Rejected]]:
+    """Each row of ``path`` as its cells by column, or as a Rejected row (without a target) it could not
+    read: what a row *means* is the caller's (claims here, moves in ``move``)."""
     kind = detect_format(path, fmt)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
@@ -148,13 +152,36 @@ def file_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[str, Mapping
     reader = {"csv": csv_rows, "txt": txt_rows, "jsonl": jsonl_rows}[kind]
     try:
         for line, fields in reader(path):
-            yield f"{path}:{line.number}", (line if line.problem else fields)
+            source = f"{path}:{line.number}"
+            if line.problem:
+                yield source, Rejected(raw=line.text[:200], source=source, reason=line.problem)
+                continue
+            yield source, fields
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def flow_names_used(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
+                    ) -> dict[str, dict[str, str]]:
+    """The contact flows rows name by name (``--resolve-flow-names``): instance id -> name -> the first
+    ``file:line`` naming it. Rows that are invalid otherwise are left to the run to report."""
+    used: dict[str, dict[str, str]] = {}
+    for path in paths:
+        for source, fields in file_rows(path, fmt):
+            if isinstance(fields, Rejected) or fields.get("contact_flow") in (None, ""):
+                continue
+            name = str(fields["contact_flow"]).strip()
+            try:
+                instance = _row_target(fields, target).instance
+            except ValueError:
+                continue
+            if instance is not None and is_flow_name(name):
+                used.setdefault(instance, {}).setdefault(name, source)
+    return used
+
+
 def _to_request(fields: Mapping[str, Any], source: str, default_target: Target | None,
-                default_region: str | None) -> ClaimRequest | Rejected:
+                default_region: str | None, flow_names: FlowNames | None = None) -> ClaimRequest | Rejected:
     raw = str(fields.get("phone_number") or "")
     try:
         target = _row_target(fields, default_target)
@@ -167,9 +194,12 @@ def _to_request(fields: Mapping[str, Any], source: str, default_target: Target |
         number = raw if canonical else normalize_number(raw, default_region)
         description = _description(fields.get("description"))
         tags = _tags(fields.get("tags"))
+        flow = fields.get("contact_flow")
+        contact_flow = None if flow in (None, "") else flow_id(flow, target, flow_names)
     except ValueError as exc:
         return Rejected(raw=raw, source=source, reason=str(exc), target=target)
-    return ClaimRequest(number, target, description, MappingProxyType(tags), source, checked=not canonical)
+    return ClaimRequest(number, target, description, MappingProxyType(tags), source, checked=not canonical,
+                        contact_flow=contact_flow)
 
 
 def check(request: ClaimRequest) -> ClaimRequest | Rejected:

@@ -27,7 +27,8 @@ from bulkclaim.settings import ClientSettings, RateSettings
 __all__ = ["APIS", "answer_timeout", "budget_scope", "connect_api", "shared_limiters"]
 
 APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
-         "SearchAvailablePhoneNumbers", "UpdatePhoneNumber")
+         "SearchAvailablePhoneNumbers", "UpdatePhoneNumber", "AssociatePhoneNumberContactFlow", "ListContactFlows",
+        "ListFlowAssociations")
 
 
 @contextlib.asynccontextmanager

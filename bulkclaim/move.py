@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.input_rows import Line
 from bulkclaim.inputs import file_rows, normalize_number
 from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, MoveFrom, Rejected, Target
 from bulkclaim.reconcile import Owned, sweep
@@ -52,10 +51,7 @@ def read_move_rows(paths: Iterable[Path], *, fmt: str | None = None,
     ``contact_flow``; other columns, such as ``description`` and ``tags``, are not part of a move)."""
     for path in paths:
         for source, fields in file_rows(path, fmt):
-            if isinstance(fields, Line):
-                yield Rejected(raw=fields.text[:200], source=source, reason=fields.problem or "")
-            else:
-                yield move_row(fields, source, default_region)
+            yield fields if isinstance(fields, Rejected) else move_row(fields, source, default_region)
 
 
 def move_row(fields: Mapping[str, Any], source: str, default_region: str | None) -> MoveRow | Rejected:

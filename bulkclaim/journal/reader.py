@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkclaim.journal import releases
+from bulkclaim.journal.flows import OUTCOME_COLUMNS, outcome_from_row
 from bulkclaim.journal.lock import LockHolder, lock_holder
 from bulkclaim.journal.protocol import JournalStatus
 from bulkclaim.journal.schema import connect_read_only
@@ -103,6 +104,10 @@ class SqlReader:
             counts[Status.INVALID.value] = invalid
         return counts
 
+    def flow_counts(self, run: int) -> dict[str, int]:
+        return dict(self._conn.execute("SELECT flow_status, count(*) FROM numbers WHERE seen_run=? "
+                                       "AND flow_status IS NOT NULL GROUP BY flow_status", (run,)).fetchall())
+
     def churn(self, target: str, now: float | None = None) -> int:
         return releases.churn(self._conn, target, now)
 
@@ -114,13 +119,9 @@ class SqlReader:
     def outcomes(self, run: int | None = None, statuses: frozenset[str] | None = None) -> Iterator[Outcome]:
         try:
             where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
-            for row in self._conn.execute(
-                    "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                    f"attempts, error_code, error_message, updated_at, seen_run FROM numbers {where} "
-                    "ORDER BY seen_run, ord", args):
-                number, source, target, status, number_id, arn, token, attempts, code, message, updated, seen = row
-                outcome = Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts,
-                                  code, message, updated, seen)
+            for row in self._conn.execute(f"SELECT {OUTCOME_COLUMNS} FROM numbers {where} ORDER BY seen_run, ord",
+                                          args):
+                outcome = outcome_from_row(row)
                 if statuses is None or outcome.status.value in statuses:
                     yield outcome
             if statuses is not None and Status.INVALID.value not in statuses:

@@ -57,6 +57,7 @@ class FlowBook:
 
     def __init__(self, arn_prefix: str, instance_ids: tuple[str, ...], per_instance: int, seed: int) -> None:
         rng = random.Random(f"flows-{seed}")  # its own stream: number ids stay as they were
+        self._arn_prefix = arn_prefix
         self._flows: dict[str, dict[str, ContactFlow]] = {}
         for instance_id in instance_ids:
             flows = {}
@@ -66,6 +67,13 @@ class FlowBook:
                                              flow_name(index), instance_id)
             self._flows[instance_id] = flows
         self._associated: dict[str, ContactFlow] = {}  # phone number id -> flow
+
+    def add(self, instance_id: str, flow_id: str, name: str) -> ContactFlow:
+        """Create a flow in an instance (as a user publishing one in the console), e.g. between two runs."""
+        arn_prefix = self._arn_prefix
+        flow = ContactFlow(flow_id, f"{arn_prefix}:instance/{instance_id}/contact-flow/{flow_id}", name, instance_id)
+        self._flows.setdefault(instance_id, {})[flow_id] = flow
+        return flow
 
     def flows_of(self, instance_id: str) -> list[ContactFlow]:
         """The flows of an instance (404 for an instance the sandbox does not have)."""

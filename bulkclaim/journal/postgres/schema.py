@@ -18,7 +18,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -143,10 +143,18 @@ _V2 = [
     _RESERVE_BUDGET,
 ]
 
-# v3 (issue 16): ``numbers.move_from``, as SQLite's v4: the source target of a move, NULL for a claim.
-_V3 = ["ALTER TABLE numbers ADD COLUMN move_from text"]
+# v3 (issue 16): contact flows, as SQLite's v4 (see ``bulkclaim.journal.schema``).
+_V3 = [
+    "ALTER TABLE numbers ADD COLUMN contact_flow text, ADD COLUMN flow_status text, "
+    "ADD COLUMN flow_attempts integer NOT NULL DEFAULT 0, ADD COLUMN flow_error_code text, "
+    "ADD COLUMN flow_error_message text",
+    "CREATE INDEX numbers_flows_pending ON numbers (seen_run, ord) WHERE flow_status='pending'",
+]
 
-_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3}
+# v4 (issue 16): ``numbers.move_from``, as SQLite's v5: the source target of a move, NULL for a claim.
+_V4 = ["ALTER TABLE numbers ADD COLUMN move_from text"]
+
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:
