@@ -159,7 +159,8 @@ class _Run:
                 else:  # a move: rows become requests once the source and the destination are listed
                     from bulkclaim.move import resolve_moves
 
-                    rows = await resolve_moves(claimer.api, self.source, self.target, rows, stop=state.stop)
+                    rows = await resolve_moves(claimer.api, self.source, self.target, rows, stop=state.stop,
+                                               flow_names=opts.get("flow_names"))
 
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas

@@ -64,6 +64,9 @@ def move_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         if opts["report"]:
             report_format(opts["report"])
             check_writable(opts["report"])
+        from bulkclaim.cli_flows import resolve_flow_names
+
+        opts["flow_names"] = resolve_flow_names(inputs, destination, opts)  # flows of the destination
         rows = read_move_rows(inputs, fmt=opts["input_format"], default_region=opts["default_region_for_numbers"])
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
@@ -93,7 +96,7 @@ def _resolved(rows: Any, source: Target, destination: Target, opts: dict[str, An
 
     async def resolve() -> list[Any]:
         async with connect_api(client_settings(opts), outage_timeout=opts["outage_timeout"]) as api:
-            return await resolve_moves(api, source, destination, rows)
+            return await resolve_moves(api, source, destination, rows, flow_names=opts.get("flow_names"))
 
     try:
         return anyio.run(resolve)

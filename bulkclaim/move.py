@@ -11,7 +11,9 @@ its answer lost (recorded, not sent again), and the journal is keyed by (destina
 
 What is a move's own is here: reading rows that name numbers (E.164, or a PhoneNumberId), and
 resolving them with one ListPhoneNumbersV2 listing of the source and one of the destination (a
-number moved by an earlier run is found on the destination, with the same id).
+number moved by an earlier run is found on the destination, with the same id). Connect does not
+carry a number's contact-flow association over: a row's ``contact_flow`` (a flow of the destination)
+is associated once the number is CLAIMED there, by the pipeline's flow stage (``associate.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
+from bulkclaim.contact_flows import FlowNames, flow_id
 from bulkclaim.inputs import file_rows, normalize_number
 from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, MoveFrom, Rejected, Target
 from bulkclaim.reconcile import Owned, sweep
@@ -80,9 +83,11 @@ def as_move_rows(rows: Iterable[MoveRow | Rejected | str], default_region: str |
 
 
 async def resolve_moves(api: Api, source: Target, destination: Target, rows: Iterable[MoveRow | Rejected], *,
-                        stop: anyio.Event | None = None) -> list[ClaimRequest | Rejected]:
+                        stop: anyio.Event | None = None, flow_names: FlowNames | None = None,
+                        ) -> list[ClaimRequest | Rejected]:
     """Each row as a move request to ``destination``, or rejected (invalid) if neither the source nor
-    the destination holds its number. Raises FatalServiceError when a target cannot be listed (an
+    the destination holds its number, or its ``contact_flow`` is not a flow of the destination (an id,
+    an ARN, or with ``flow_names`` a name). Raises FatalServiceError when a target cannot be listed (an
     unknown target among them): nothing is sent then."""
     if source.key == destination.key:
         raise ConfigurationError(f"the source and the destination are the same target ({source.key})")
@@ -90,11 +95,12 @@ async def resolve_moves(api: Api, source: Target, destination: Target, rows: Ite
     on_destination = await _listing(api, destination, stop)
     by_id = {owned.phone_number_id: number for listing in (on_destination, on_source)
              for number, owned in listing.items()}
-    return [_request(row, source, destination, on_source, on_destination, by_id) for row in rows]
+    return [_request(row, source, destination, on_source, on_destination, by_id, flow_names) for row in rows]
 
 
 def _request(row: MoveRow | Rejected, source: Target, destination: Target, on_source: dict[str, Owned],
-             on_destination: dict[str, Owned], by_id: dict[str, str]) -> ClaimRequest | Rejected:
+             on_destination: dict[str, Owned], by_id: dict[str, str],
+             flow_names: FlowNames | None) -> ClaimRequest | Rejected:
     if isinstance(row, Rejected):
         return replace(row, target=destination)
     number = row.phone_number or by_id.get(row.phone_number_id or "")
@@ -109,7 +115,12 @@ def _request(row: MoveRow | Rejected, source: Target, destination: Target, on_so
     if row.phone_number_id is not None and row.phone_number_id != held.phone_number_id:
         return Rejected(raw=number, source=row.source, target=destination,
                         reason=f"{number} has PhoneNumberId {held.phone_number_id}, not {row.phone_number_id}")
-    return ClaimRequest(number, destination, source=row.source, move_from=MoveFrom(source, held.phone_number_id))
+    try:  # Connect does not carry a flow association over: it is made again on the destination
+        flow = None if row.contact_flow is None else flow_id(row.contact_flow, destination, flow_names)
+    except ValueError as exc:
+        return Rejected(raw=number, source=row.source, target=destination, reason=str(exc))
+    return ClaimRequest(number, destination, source=row.source, contact_flow=flow,
+                        move_from=MoveFrom(source, held.phone_number_id))
 
 
 async def _listing(api: Api, target: Target, stop: anyio.Event | None) -> dict[str, Owned]:

@@ -44,23 +44,27 @@ async def claim_on_source(env: SandboxEnv, tmp_path: Path, numbers: list[str]) -
 
 async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path) -> None:
     ids = await claim_on_source(env, tmp_path, NUMBERS[:6])
+    flow = env.sandbox.state.flows.flows_of(DEST)[0]
     (tmp_path / "move.csv").write_text(
         "phone_number,phone_number_id,contact_flow\n"
-        + "".join(f"{n},,\n" for n in NUMBERS[:3])
+        + f"{NUMBERS[0]},,{flow.name}\n"  # by name: --resolve-flow-names, a flow of the destination
+        + "".join(f"{n},,\n" for n in NUMBERS[1:3])
         + "".join(f",{ids[n]},\n" for n in NUMBERS[3:6])
         + f"{NUMBERS[7]},,\n", encoding="utf-8")  # never claimed: invalid
     inputs = tmp_path / "move.csv"
 
-    dry = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--dry-run",)))
+    dry = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--dry-run", "--resolve-flow-names")))
     assert dry.returncode == 1, dry.stderr  # one invalid row
     assert "would move:        6" in dry.stdout and "invalid:           1" in dry.stdout
     assert not [e for e in env.sandbox.ledger if e.action == "move"], "a dry run sends nothing"
 
     report = tmp_path / "moved.csv"
-    result = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--report", str(report))))
+    result = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--report", str(report),
+                                                                              "--resolve-flow-names")))
     no_traceback(result)
     assert result.returncode == 1, result.stderr  # finished, one invalid
-    assert "claimed 6" in result.stdout and "invalid 1" in result.stdout
+    assert "claimed 6" in result.stdout and "invalid 1" in result.stdout and "flows: associated 1" in result.stdout
+    assert env.sandbox.state.flows.associated(ids[NUMBERS[0]]) == flow, "re-associated on the destination"
     moves = [e for e in env.sandbox.ledger if e.action == "move"]
     assert sorted(e.phone_number for e in moves) == sorted(NUMBERS[:6])
     lines = report.read_text().splitlines()

@@ -10,7 +10,7 @@ import pytest
 
 from bulkclaim import Claimer, Outcome, RateSettings, Status
 from bulkclaim.journal import open_journal
-from bulkclaim.model import Target
+from bulkclaim.model import FlowStatus, Target
 from bulkclaim.move import MoveRow
 from bulkclaim.sandbox import FaultConfig, InventorySpec
 from bulkclaim.sandbox.inventory import generate
@@ -54,15 +54,25 @@ async def test_numbers_move_once_each_by_number_or_id_and_a_rerun_sends_nothing(
         claimed = await claimed_on_source(env, journal, numbers)
         env.sandbox.set_faults(FaultConfig(lost_response_rate=0.3, error_rate=0.2, seed=3,
                                            operations=frozenset({"UpdatePhoneNumber"})))
+        flow, other_flow = env.sandbox.state.flows.flows_of(DEST)[:2]
         rows: list[Any] = [*numbers[:4], *(claimed[n].phone_number_id for n in numbers[4:6]),
-                           MoveRow("rows:7", numbers[6], claimed[numbers[6]].phone_number_id),
-                           MoveRow("rows:8", numbers[7]), "+12069999999", "not a number"]
+                           MoveRow("rows:7", numbers[6], claimed[numbers[6]].phone_number_id, flow.id),
+                           MoveRow("rows:8", numbers[7], contact_flow=other_flow.arn), "+12069999999", "not a number",
+                           MoveRow("rows:11", numbers[0], contact_flow="no such flow")]
         async with await mover(env, journal) as c:
-            moved = await move_all(c, rows)
+            outcomes = [o async for o in c.move(rows, source=SOURCE)]
+        moved = {o.phone_number: o for o in outcomes if o.source != "rows:11"}
+        (bad_flow,) = [o for o in outcomes if o.source == "rows:11"]
+        assert bad_flow.status == Status.INVALID and "not a flow id or ARN" in (bad_flow.error_message or "")
         assert {n: moved[n].status for n in numbers} == dict.fromkeys(numbers, Status.CLAIMED)
         assert {n: moved[n].target for n in numbers} == dict.fromkeys(numbers, f"instance/{DEST}")
         assert moved["+12069999999"].status == Status.INVALID  # neither instance holds it: never sent
         assert "not a number" in moved and moved["not a number"].status == Status.INVALID
+        # Connect drops the flow association on a move: re-associated on the destination, as asked
+        state = env.sandbox.state
+        assert [state.flows.associated(str(claimed[n].phone_number_id)) for n in numbers[6:8]] == [flow, other_flow]
+        assert {moved[n].flow_status for n in numbers[6:8]} == {FlowStatus.ASSOCIATED}
+        assert moved[numbers[5]].flow_status is None
         ledger = moves_of(env)
         assert sorted(n for n, _ in ledger) == sorted(numbers), "each number moved exactly once"
         assert dict(ledger) == {n: moved[n].client_token for n in numbers}, "with its journaled token"

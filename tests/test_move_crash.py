@@ -1,11 +1,12 @@
 """kill -9 at any moment during ``bulkclaim move`` (issue 16's acceptance), on test_crash.py's harness.
 
 Numbers claimed on one instance are moved to another by the real CLI, SIGKILLed at random moments and
-re-run until it finishes, with lost answers and 500s on UpdatePhoneNumber and DescribePhoneNumber.
-After every trial: each UpdatePhoneNumber executed once (the sandbox's ledger), with the one token
-the journal holds for the number (every attempt used it), every number CLAIMED on the destination
-with its id, and the report says so. CI runs a short version; ``pytest -m slow`` the 100-number,
-10-trial one.
+re-run until it finishes, with lost answers and 500s on UpdatePhoneNumber, DescribePhoneNumber and
+AssociatePhoneNumberContactFlow. After every trial: each UpdatePhoneNumber executed once (the
+sandbox's ledger), with the one token the journal holds for the number (every attempt used it),
+every number CLAIMED on the destination with its id and associated there with its row's flow
+(Connect drops the association on a move), and the report says so. CI runs a short version;
+``pytest -m slow`` the 100-number, 10-trial one.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ DEST = "99999999-8888-7777-6666-555555555555"
 DEST_ARN = f"arn:aws:connect:us-east-1:123456789012:instance/{DEST}"
 POOL = [s.phone_number for s in generate(InventorySpec(count=100))]
 FAULTS = FaultConfig(lost_response_rate=0.03, error_rate=0.03,
-                     operations=frozenset({"UpdatePhoneNumber", "DescribePhoneNumber"}))
+                     operations=frozenset({"UpdatePhoneNumber", "DescribePhoneNumber",
+                                           "AssociatePhoneNumberContactFlow"}))
 
 
 def move_args(trial: Path) -> list[str]:
-    return ["move", str(trial / "numbers.txt"), "--instance-id", INSTANCE_ID, "--to-instance-id", DEST,
+    return ["move", str(trial / "numbers.csv"), "--instance-id", INSTANCE_ID, "--to-instance-id", DEST,
             "--journal", str(trial / "j.journal"), "--report", str(trial / "report.jsonl"), "--rate", "100",
             "--burst", "10", "--read-timeout", "0.3", "--verify-timeout", "5", "--grace-period", "0",
             "--log-format", "json"]
@@ -49,13 +51,19 @@ def claim_on_source(env: SandboxEnv, numbers: list[str]) -> dict[str, str]:
 
 async def move_trial(seed: int, trial: Path, numbers: list[str], tally: Tally) -> None:
     rng = random.Random(seed)
-    (trial / "numbers.txt").write_text("\n".join(numbers) + "\n", encoding="utf-8")
     throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
     async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), throttle=throttle,
                            instance_ids=(INSTANCE_ID, DEST)) as env:
         ids = claim_on_source(env, numbers)
+        dest_flows = env.sandbox.state.flows.flows_of(DEST)
+        flows = {n: dest_flows[i % len(dest_flows)].id for i, n in enumerate(numbers)}  # each row's flow
+        (trial / "numbers.csv").write_text("phone_number,contact_flow\n" + "".join(
+            f"{n},{flows[n]}\n" for n in numbers), encoding="utf-8")
         code = await kill_then_finish(env, trial, move_args(trial), rng, tally, seed)
         problems = check_moves(env, trial, numbers, ids, tally)
+        associated = {n: getattr(env.sandbox.state.flows.associated(ids[n]), "id", None) for n in numbers}
+        if wrong_flow := [n for n in numbers if associated[n] != flows[n]]:
+            problems.append(f"not associated with its row's flow on the destination: {wrong_flow}")
         if code != 0:
             problems.append(f"exit {code}")
         if problems:
@@ -86,7 +94,8 @@ def check_moves(env: SandboxEnv, trial: Path, numbers: list[str], ids: dict[str,
         elif moved.count(number) != 1:
             problems.append(f"{number} on the destination after {moved.count(number)} moves")
         row = rows.get(number, {})
-        if (row.get("status"), row.get("phone_number_id")) != ("claimed", ids[number]):
+        if (row.get("status"), row.get("phone_number_id"), row.get("flow_status")) != (
+                "claimed", ids[number], "associated"):
             problems.append(f"{number} report row {row}")
     return problems
 
