@@ -10,7 +10,7 @@ import pytest
 
 from bulkclaim.sandbox.flows import flow_name
 from tests.support import INSTANCE_ID, SandboxEnv
-from tests.test_cli import NUMBERS, claim_args, env, no_traceback, run_cli  # noqa: F401 - env: the fixture
+from tests.test_cli import NUMBERS, claim_args, env, no_traceback, run_cli
 
 pytestmark = pytest.mark.anyio
 
