@@ -13,6 +13,7 @@ from tests.support import INSTANCE_ID, SandboxEnv
 from tests.test_cli import NUMBERS, claim_args, env, no_traceback, run_cli
 
 pytestmark = pytest.mark.anyio
+_FIXTURES = (env,)  # test_cli's sandbox, which the tests below take by name
 
 UNKNOWN_FLOW = "0000aaaa-0000-4000-8000-000000000000"
 
