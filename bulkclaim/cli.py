@@ -44,6 +44,7 @@ from bulkclaim.cli_common import (
     verbosity,
     verbosity_options,
 )
+from bulkclaim.cli_export import export_command
 from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_metrics import check_metrics, metrics_options
 from bulkclaim.cli_quota import acquire_command, release_command
@@ -341,6 +342,7 @@ cli.add_command(release_command)
 cli.add_command(sandbox_command)
 cli.add_command(demo_command)
 cli.add_command(search_command)
+cli.add_command(export_command)
 
 
 def main() -> None:
