@@ -40,6 +40,7 @@ from bulkclaim.cli_common import (
     target_options,
     verbosity,
 )
+from bulkclaim.cli_export import export_command
 from bulkclaim.cli_help import GroupedCommand
 from bulkclaim.cli_metrics import check_metrics
 from bulkclaim.cli_move import move_command
@@ -326,6 +327,7 @@ cli.add_command(release_command)
 cli.add_command(sandbox_command)
 cli.add_command(demo_command)
 cli.add_command(search_command)
+cli.add_command(export_command)
 
 
 def main() -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bulkclaim.model import Target
+
+if TYPE_CHECKING:
+    from bulkclaim.calls import Api
 
 __all__ = ["FlowNames", "flow_id", "is_flow_name", "list_flow_names"]
 
@@ -57,22 +60,18 @@ def flow_id(value: Any, target: Target, names: FlowNames | None = None) -> str:
     return found
 
 
-async def list_flow_names(api: Any, instance: str) -> dict[str, str]:
+async def list_flow_names(api: Api, instance: str) -> dict[str, str]:
     """Every flow of ``instance`` by name (ListContactFlows, all pages, through ``api``'s limiter and
     retries). A name two flows share resolves to neither: the row must give the id."""
     names: dict[str, str] = {}
     shared: set[str] = set()
-    token: str | None = None
-    while True:
-        page = await api.call("ListContactFlows", "list_contact_flows", InstanceId=instance, MaxResults=1000,
-                              **({"NextToken": token} if token else {}))
-        for flow in page.get("ContactFlowSummaryList", []):
-            name, flow_id_ = flow.get("Name"), flow.get("Id")
-            if not name or not flow_id_:
+    async for page in api.pages("ListContactFlows", "list_contact_flows", "ContactFlowSummaryList",
+                                InstanceId=instance, MaxResults=1000):
+        for flow in page:
+            name, found = flow.get("Name"), flow.get("Id")
+            if not name or not found:
                 continue
-            if name in names and names[name] != flow_id_:
+            if name in names and names[name] != found:
                 shared.add(name)
-            names[name] = flow_id_
-        token = page.get("NextToken")
-        if not token:
-            return {name: found for name, found in names.items() if name not in shared}
+            names[name] = found
+    return {name: found for name, found in names.items() if name not in shared}

@@ -119,3 +119,14 @@ async def test_flow_names_and_arns_name_flows_of_the_target_only(tmp_path: Path)
             await c.claim(NUMBERS[1], contact_flow=flow_name(1))
     assert env.sandbox.state.executions(NUMBERS[1]) == 0
     assert FAST_BACKOFF.max_attempts > 1
+
+
+def test_rate_auto_gives_associations_their_own_quota() -> None:
+    from bulkclaim.cli_common import rate_settings
+    from bulkclaim.quotas import Quotas
+
+    opts = {"rate": "auto", "burst": 5, "max_in_flight": None, "no_adaptive": False}
+    rates = rate_settings(opts, Quotas(claim_rate=3.0, flow_rate=7.0))
+    assert (rates.rate, rates.per_api["AssociatePhoneNumberContactFlow"]) == (3.0, (7.0, 5))
+    assert rate_settings(opts, Quotas()).per_api["AssociatePhoneNumberContactFlow"] == (2.0, 5), "Connect's default"
+    assert rate_settings({**opts, "rate": 9.0}, Quotas(flow_rate=7.0)).per_api == {}, "--rate N: every API"

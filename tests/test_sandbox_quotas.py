@@ -37,11 +37,11 @@ async def test_rate_quota_is_the_claim_bucket_and_unreadable_quotas_are_reported
     async with sandbox_env(throttle={"ClaimPhoneNumber": ThrottleConfig(rate=37.0, burst=5)}) as env:
         quotas = await read_quotas(env.settings)
         assert (quotas.phone_numbers, quotas.claim_rate, quotas.problems) == (10_000, 37.0, [])
-        assert env.sandbox.stats()["ServiceQuotas.GetServiceQuota"] == {"ok": 2}
+        assert env.sandbox.stats()["ServiceQuotas.GetServiceQuota"] == {"ok": 3}  # with AssociatePhone...'s
         env.sandbox.configure(service_quotas_access=False)
         denied = await read_quotas(env.settings)
         assert (denied.phone_numbers, denied.claim_rate) == (None, None)
-        assert all("AccessDeniedException" in problem for problem in denied.problems) and len(denied.problems) == 2
+        assert all("AccessDeniedException" in problem for problem in denied.problems) and len(denied.problems) == 3
 
 
 async def test_instance_quota_refuses_the_claim_beyond_it_in_refuse_mode() -> None:
