@@ -12,8 +12,10 @@ its answer lost (recorded, not sent again), and the journal is keyed by (destina
 What is a move's own is here: reading rows that name numbers (E.164, or a PhoneNumberId), and
 resolving them with one ListPhoneNumbersV2 listing of the source and one of the destination (a
 number moved by an earlier run is found on the destination, with the same id). Connect does not
-carry a number's contact-flow association over: a row's ``contact_flow`` (a flow of the destination)
-is associated once the number is CLAIMED there, by the pipeline's flow stage (``associate.py``).
+carry a number's contact-flow association over: a row's ``contact_flow`` is associated once the
+number is CLAIMED there, by the pipeline's flow stage (``associate.py``): a flow of the destination,
+or a flow of the source (as ``export`` writes it), which stands for the destination's flow of the
+same name (:class:`FlowMap`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from typing import Any
 import anyio
 
 from bulkclaim.calls import Api, CallFailed
-from bulkclaim.contact_flows import FlowNames, flow_id
+from bulkclaim.contact_flows import FlowNames, flow_id, list_flow_names
 from bulkclaim.inputs import file_rows, normalize_number
 from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, MoveFrom, Rejected, Target
 from bulkclaim.reconcile import Owned, sweep
 
-__all__ = ["MoveRow", "as_move_rows", "read_move_rows", "resolve_moves"]
+__all__ = ["FlowMap", "MoveRow", "as_move_rows", "read_move_rows", "resolve_moves"]
 
 _NUMBER_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -91,15 +93,19 @@ async def resolve_moves(api: Api, source: Target, destination: Target, rows: Ite
     unknown target among them): nothing is sent then."""
     if source.key == destination.key:
         raise ConfigurationError(f"the source and the destination are the same target ({source.key})")
+    rows = list(rows)
     on_source = await _listing(api, source, stop)
     on_destination = await _listing(api, destination, stop)
     by_id = {owned.phone_number_id: number for listing in (on_destination, on_source)
              for number, owned in listing.items()}
-    return [_request(row, source, destination, on_source, on_destination, by_id, flow_names) for row in rows]
+    flows = None
+    if any(isinstance(row, MoveRow) and row.contact_flow for row in rows):
+        flows = await FlowMap.between(api, source, destination)
+    return [_request(row, source, destination, on_source, on_destination, by_id, flows, flow_names) for row in rows]
 
 
 def _request(row: MoveRow | Rejected, source: Target, destination: Target, on_source: dict[str, Owned],
-             on_destination: dict[str, Owned], by_id: dict[str, str],
+             on_destination: dict[str, Owned], by_id: dict[str, str], flows: FlowMap | None,
              flow_names: FlowNames | None) -> ClaimRequest | Rejected:
     if isinstance(row, Rejected):
         return replace(row, target=destination)
@@ -116,11 +122,54 @@ def _request(row: MoveRow | Rejected, source: Target, destination: Target, on_so
         return Rejected(raw=number, source=row.source, target=destination,
                         reason=f"{number} has PhoneNumberId {held.phone_number_id}, not {row.phone_number_id}")
     try:  # Connect does not carry a flow association over: it is made again on the destination
-        flow = None if row.contact_flow is None else flow_id(row.contact_flow, destination, flow_names)
+        flow = None if row.contact_flow is None else (
+            (flows.on_destination(row.contact_flow) if flows else None)
+            or flow_id(row.contact_flow, destination, flow_names))
     except ValueError as exc:
         return Rejected(raw=number, source=row.source, target=destination, reason=str(exc))
     return ClaimRequest(number, destination, source=row.source, contact_flow=flow,
                         move_from=MoveFrom(source, held.phone_number_id))
+
+
+@dataclass(frozen=True)
+class FlowMap:
+    """The source's flows and the destination's flow of the same name: a row may name its number's flow
+    on the source (as ``export`` of the source writes it), and the move associates the destination's
+    flow of that name (a migration recreates its flows there; flows belong to an instance)."""
+
+    source: Target
+    destination: Target
+    source_names: dict[str, str]  # source flow id -> name
+    to_destination: dict[str, str]  # source flow id -> the destination's flow id of the same name
+
+    @classmethod
+    async def between(cls, api: Api, source: Target, destination: Target) -> FlowMap | None:
+        """One ListContactFlows of each instance (``None`` unless both are instances)."""
+        if source.instance is None or destination.instance is None:
+            return None
+        try:
+            on_source = await list_flow_names(api, source.instance)
+            on_destination = await list_flow_names(api, destination.instance)
+        except CallFailed as failed:
+            raise FatalServiceError(failed.classified.code, "cannot list the contact flows: "
+                                                            f"{failed.classified.message}") from failed
+        return cls(source, destination, {flow: name for name, flow in on_source.items()},
+                   {flow: on_destination[name] for name, flow in on_source.items() if name in on_destination})
+
+    def on_destination(self, value: str) -> str | None:
+        """The destination's flow for a row naming a flow of the source (id or ARN); ``None`` if the row
+        does not name one. ValueError if the destination has no flow of that name."""
+        try:
+            named = flow_id(value, self.source)
+        except ValueError:
+            return None
+        if named not in self.source_names:
+            return None
+        found = self.to_destination.get(named)
+        if found is None:
+            raise ValueError(f"contact flow {named} is {self.source.key}'s flow {self.source_names[named]!r}; "
+                             f"{self.destination.key} has no flow of that name")
+        return found
 
 
 async def _listing(api: Api, target: Target, stop: anyio.Event | None) -> dict[str, Owned]:

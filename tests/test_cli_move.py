@@ -3,6 +3,7 @@ status and report on a move journal, and usage errors without a traceback."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from bulkclaim.sandbox import API_NAMES, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
 from tests.test_cli import no_traceback, run_cli, write_numbers
+from tests.test_cli_flows import write_csv
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +102,37 @@ async def test_an_unknown_destination_stops_before_anything_is_sent(env: Sandbox
     no_traceback(result)
     assert result.returncode == 3, result.stderr
     assert not [e for e in env.sandbox.ledger if e.action == "move"]
+
+
+async def test_export_move_export_round_trip(env: SandboxEnv, tmp_path: Path) -> None:
+    """Issue 16: export a source, move what it holds with that file, export the destination: the same
+    rows (number, id, description, tags), each flow now the destination's flow of the same name."""
+    source_flows = env.sandbox.state.flows.flows_of(INSTANCE_ID)
+    rows = [(NUMBERS[i], source_flows[i % 3].id if i % 4 else "") for i in range(8)]
+    claimed = await run_cli(env, tmp_path, "claim", str(write_csv(tmp_path / "in.csv", rows)), "--instance-id",
+                            INSTANCE_ID, "--journal", str(tmp_path / "claim.journal"), "--rate", "200", "--burst", "20")
+    assert claimed.returncode == 0, claimed.stderr
+    record = env.sandbox.state.holder_of(NUMBERS[1])
+    assert record is not None
+    record.description, record.tags = "front desk", {"team": "ops"}
+    first = await run_cli(env, tmp_path, "export", "--instance-id", INSTANCE_ID, "--output", "first.csv")
+    assert first.returncode == 0, first.stderr
+    moved = await run_cli(env, tmp_path, *move_args(tmp_path, tmp_path / "first.csv"))
+    no_traceback(moved)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "claimed 8" in moved.stdout and "flows: associated 6" in moved.stdout
+    second = await run_cli(env, tmp_path, "export", "--instance-id", DEST, "--output", "second.csv")
+    assert second.returncode == 0, second.stderr
+    empty = await run_cli(env, tmp_path, "export", "--instance-id", INSTANCE_ID, "--output", "empty.csv")
+    assert "exported 0 number(s)" in empty.stdout
+    name = {flow.id: flow.name for i in (INSTANCE_ID, DEST) for flow in env.sandbox.state.flows.flows_of(i)}
+
+    def table(path: Path) -> list[dict[str, str]]:
+        with path.open() as handle:
+            return [{**row, "contact_flow": name.get(row["contact_flow"], "")} for row in csv.DictReader(handle)]
+
+    before, after = table(tmp_path / "first.csv"), table(tmp_path / "second.csv")
+    assert len(before) == 8 and after == before
+    dest_ids = {flow.id for flow in env.sandbox.state.flows.flows_of(DEST)}
+    with (tmp_path / "second.csv").open() as handle:
+        assert {row["contact_flow"] for row in csv.DictReader(handle)} <= dest_ids | {""}
