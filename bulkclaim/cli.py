@@ -38,13 +38,11 @@ from bulkclaim.cli_common import (
     shown,
     target_of,
     target_options,
-    verbosity,
 )
 from bulkclaim.cli_export import export_command
 from bulkclaim.cli_help import GroupedCommand
-from bulkclaim.cli_metrics import check_metrics
 from bulkclaim.cli_move import move_command
-from bulkclaim.cli_options import run_options
+from bulkclaim.cli_options import prepare_run, run_options
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
@@ -76,20 +74,10 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
     target = target_of(opts)  # a usage error first: it needs nothing more loaded
 
-    from bulkclaim.inputs import InputFileError, check_file, read_inputs
-    from bulkclaim.logs import configure_logging
-    from bulkclaim.report import check_writable, report_format
+    from bulkclaim.inputs import InputFileError, read_inputs
 
-    opts["verbosity"] = verbosity(opts)
-    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
-    check_metrics(opts)
-    journal = opts["journal"] or default_journal(target)
     try:
-        for path in inputs:
-            check_file(path, opts["input_format"])
-        if opts["report"]:
-            report_format(opts["report"])
-            check_writable(opts["report"])
+        journal = prepare_run(inputs, opts, default_journal(target))
         from bulkclaim.cli_flows import resolve_flow_names
 
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],

@@ -19,11 +19,9 @@ from bulkclaim.cli_common import (
     option,
     target_of,
     target_options,
-    verbosity,
 )
 from bulkclaim.cli_help import GroupedCommand
-from bulkclaim.cli_metrics import check_metrics
-from bulkclaim.cli_options import run_options
+from bulkclaim.cli_options import prepare_run, run_options
 from bulkclaim.model import Target
 
 __all__ = ["move_command"]
@@ -49,21 +47,11 @@ def move_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         raise click.UsageError(f"the source and the destination are the same ({source.key})")
 
     from bulkclaim.cli import _Run
-    from bulkclaim.inputs import InputFileError, check_file
-    from bulkclaim.logs import configure_logging
+    from bulkclaim.inputs import InputFileError
     from bulkclaim.move import read_move_rows
-    from bulkclaim.report import check_writable, report_format
 
-    opts["verbosity"] = verbosity(opts)
-    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
-    check_metrics(opts)
-    journal = opts["journal"] or _default_journal(destination)
     try:
-        for path in inputs:
-            check_file(path, opts["input_format"])
-        if opts["report"]:
-            report_format(opts["report"])
-            check_writable(opts["report"])
+        journal = prepare_run(inputs, opts, _default_journal(destination))
         from bulkclaim.cli_flows import resolve_flow_names
 
         opts["flow_names"] = resolve_flow_names(inputs, destination, opts)  # flows of the destination

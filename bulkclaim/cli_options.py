@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bulkclaim.cli_common import (
     JournalOption,
+    JournalSpec,
     _stack,
     aws_options,
     option,
     quota_options,
     rate_options,
+    verbosity,
     verbosity_options,
 )
-from bulkclaim.cli_metrics import metrics_options
+from bulkclaim.cli_metrics import check_metrics, metrics_options
 from bulkclaim.inputs import FORMATS
 
-__all__ = ["run_options"]
+__all__ = ["prepare_run", "run_options"]
 
 #: The options of a command that brings numbers to a target through the journal: claim and move.
 run_options = _stack(
@@ -48,3 +51,22 @@ run_options = _stack(
     option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
            help="Seconds in-flight requests get to finish after SIGINT/SIGTERM."),
 )
+
+
+def prepare_run(inputs: tuple[Path, ...], opts: dict[str, Any], default_journal: Path) -> JournalSpec:
+    """What ``claim`` and ``move`` do before reading a row: logging and metrics set up, every input file
+    and the report's path checked (InputFileError, ValueError: nothing is sent); the run's journal."""
+    from bulkclaim.inputs import check_file
+    from bulkclaim.logs import configure_logging
+    from bulkclaim.report import check_writable, report_format
+
+    opts["verbosity"] = verbosity(opts)
+    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
+    check_metrics(opts)
+    for path in inputs:
+        check_file(path, opts["input_format"])
+    if opts["report"]:
+        report_format(opts["report"])
+        check_writable(opts["report"])
+    journal: JournalSpec = opts["journal"] or default_journal
+    return journal

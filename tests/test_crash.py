@@ -13,7 +13,7 @@ import json
 import random
 import signal
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +105,19 @@ async def kill_then_finish(env: SandboxEnv, cwd: Path, cli_args: list[str], rng:
         if result.returncode in (0, 1):
             return result.returncode
     raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
+
+
+async def run_trials(tmp_path: Path, seeds: range,
+                     trial: Callable[[int, Path, Tally], Awaitable[None]]) -> Tally:
+    """``trial`` once per seed, each in a folder of its own; fails listing every trial's problems."""
+    tally = Tally()
+    for seed in seeds:
+        trial_dir = tmp_path / f"trial{seed}"
+        trial_dir.mkdir()
+        await trial(seed, trial_dir, tally)
+    print(tally.line())
+    assert not tally.problems, tally.problems
+    return tally
 
 
 def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally, *, numbers: list[str] = NUMBERS,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
-from tests.test_crash import Tally, kill_then_finish
+from tests.test_crash import Tally, kill_then_finish, run_trials
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +50,7 @@ def claim_on_source(env: SandboxEnv, numbers: list[str]) -> dict[str, str]:
     return ids
 
 
-async def move_trial(seed: int, trial: Path, numbers: list[str], tally: Tally) -> None:
+async def move_trial(seed: int, trial: Path, tally: Tally, *, numbers: list[str]) -> None:
     rng = random.Random(seed)
     throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
     async with sandbox_env(faults=FaultConfig(**{**FAULTS.__dict__, "seed": seed}), throttle=throttle,
@@ -101,21 +102,9 @@ def check_moves(env: SandboxEnv, trial: Path, numbers: list[str], ids: dict[str,
 
 
 async def test_sigkill_during_a_move_moves_each_number_once_with_one_token(tmp_path: Path) -> None:
-    tally = Tally()
-    for seed in range(2):
-        trial = tmp_path / f"trial{seed}"
-        trial.mkdir()
-        await move_trial(seed, trial, POOL[:30], tally)
-    print(tally.line())
-    assert not tally.problems, tally.problems
+    await run_trials(tmp_path, range(2), partial(move_trial, numbers=POOL[:30]))
 
 
 @pytest.mark.slow
 async def test_sigkill_during_a_move_of_100_numbers_long_variant(tmp_path: Path) -> None:
-    tally = Tally()
-    for seed in range(300, 310):
-        trial = tmp_path / f"trial{seed}"
-        trial.mkdir()
-        await move_trial(seed, trial, POOL, tally)
-    print(tally.line())
-    assert not tally.problems, tally.problems
+    await run_trials(tmp_path, range(300, 310), partial(move_trial, numbers=POOL))

@@ -158,9 +158,7 @@ class SandboxState:
         if not isinstance(description, str) or len(description) > 500:
             raise invalid("PhoneNumberDescription must be a string of at most 500 characters.")
         tags = validate_tags(body.get("Tags"))
-        token = body.get("ClientToken")
-        if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
-            raise invalid("ClientToken must be a lowercase UUID.")
+        token = _client_token(body)
         target_arn = self.resolve_target(body)
         assert target_arn is not None
         now = self.clock()
@@ -255,9 +253,7 @@ class SandboxState:
         its phone-number quota. The number keeps its id and ARN; its flow association is dropped
         (Connect does not carry it over: see ``flows.py``). Same token and same request:
         the same answer; same token, another request: IdempotencyException."""
-        token = body.get("ClientToken")
-        if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
-            raise invalid("ClientToken must be a lowercase UUID.")
+        token = _client_token(body)
         target_arn = self.resolve_target(body)
         assert target_arn is not None
         now = self.clock()
@@ -390,3 +386,8 @@ class SandboxState:
         return self._cooldown_until.get(phone_number, float("-inf")) > self.clock()
 
 
+def _client_token(body: dict[str, Any]) -> str | None:
+    token = body.get("ClientToken")
+    if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
+        raise invalid("ClientToken must be a lowercase UUID.")
+    return token
