@@ -315,7 +315,10 @@ class Claimer:
         """Move every row's number from ``source`` to this Claimer's target (UpdatePhoneNumber), as one
         journaled run, and yield each number's outcome as :meth:`claim_many` does (``claimed``: CLAIMED
         on this target). Strings are numbers or PhoneNumberIds. Rows are resolved first with one listing
-        of each target (see :mod:`bulkclaim.move`); numbers neither holds come out ``invalid``."""
+        of each target (see :mod:`bulkclaim.move`); numbers neither holds come out ``invalid``. A
+        :class:`~bulkclaim.move.MoveRow`'s ``contact_flow`` (a flow of this target, or of ``source``: the
+        one of the same name here) is associated once the number is CLAIMED here (``outcome.flow_status``):
+        Connect does not carry the association over."""
         requests = await resolve_moves(self.api, source, self.target, as_move_rows(rows, self._default_region))
         async for outcome in self.claim_many(requests, state=state):
             yield outcome

@@ -24,8 +24,9 @@
 
 A *move* (``bulkclaim move``, see ``move.py``) is the same flow: its request carries ``move_from``, so
 step 3 sends UpdatePhoneNumber (``request.operation``) to the destination instead of ClaimPhoneNumber,
-and everything else — the token, retries, reconciliation against the destination, verification — is
-the claim's.
+and everything else — the token, retries, reconciliation against the destination, verification, and
+the flow stage (Connect drops a number's flow association on a move: it is made again there) — is the
+claim's.
 
 The engine is long-lived (one client, one journal); what belongs to one run (its stop, its live
 counts) is a :class:`~bulkclaim.run.RunState` handed to each step, so concurrent runs on one engine
