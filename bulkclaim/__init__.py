@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         Status,
         Target,
     )
+    from bulkclaim.move import MoveRow
     from bulkclaim.quotas import Quotas, read_quotas
     from bulkclaim.run import RunState
     from bulkclaim.settings import ClientSettings, RateSettings
@@ -57,6 +58,7 @@ _WHERE = {
     "FatalServiceError": "model",
     "FlowStatus": "model",
     "JournalError": "model",
+    "MoveRow": "move",
     "Outcome": "model",
     "ParametersChangedError": "model",
     "QuotaExceededError": "model",
@@ -83,6 +85,7 @@ __all__ = [
     "FlowStatus",
     "Journal",
     "JournalError",
+    "MoveRow",
     "Options",
     "Outcome",
     "ParametersChangedError",
