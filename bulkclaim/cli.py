@@ -118,15 +118,15 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
             check_writable(opts["report"])
         from bulkclaim.cli_flows import resolve_flow_names
 
+        flow_names = resolve_flow_names(inputs, target, opts)
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
-                           default_region=opts["default_region_for_numbers"],
-                           flow_names=resolve_flow_names(inputs, target, opts))
+                           default_region=opts["default_region_for_numbers"], flow_names=flow_names)
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
             sys.exit(dry_run(rows, target, journal, opts))
         expect_report(opts["report"], journal)
-        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).run(rows))
+        sys.exit(_Run(target, journal, {**opts, "inputs": inputs, "flow_names": flow_names}).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -178,7 +178,7 @@ class _Run:
                 self.summary = state.summary
                 digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                     opts["inputs"], target=self.target, fmt=opts["input_format"],
-                    default_region=opts["default_region_for_numbers"]))
+                    default_region=opts["default_region_for_numbers"], flow_names=opts.get("flow_names")))
 
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas
