@@ -279,6 +279,8 @@ def status_command(journal: JournalSpec, as_json: bool) -> None:
             f"{count} on run {run}" if run else f"{count} planning" for run, count in status.workers.items()))
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
+    if status.flows:
+        click.echo(f"  {'flows':<12} " + " · ".join(f"{name} {n}" for name, n in sorted(status.flows.items())))
     if status.live:
         speed = "-" if status.claims_per_second is None else f"{status.claims_per_second:.2f}"
         eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"

@@ -50,6 +50,11 @@ async def test_flows_by_id_arn_and_name_are_associated_and_reported(env: Sandbox
         **{n: (flow, "associated") for n, flow in expected.items()}, NUMBERS[3]: (None, None)}
     assert associations(env) == expected
     assert env.sandbox.stats()["ListContactFlows"] == {"ok": 1}, "names resolved once per run"
+    journal = f"bulkclaim-{INSTANCE_ID}.journal"
+    status = await run_cli(env, tmp_path, "status", "--journal", journal, "--json")
+    assert json.loads(status.stdout)["flows"] == {"associated": 3}
+    human = await run_cli(env, tmp_path, "status", "--journal", journal)
+    assert "flows        associated 3" in human.stdout
 
 
 async def test_an_unknown_flow_name_stops_the_run_before_anything_is_sent(env: SandboxEnv, tmp_path: Path) -> None:
