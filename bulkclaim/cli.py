@@ -80,15 +80,15 @@ def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         journal = prepare_run(inputs, opts, default_journal(target))
         from bulkclaim.cli_flows import resolve_flow_names
 
+        flow_names = resolve_flow_names(inputs, target, opts)
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
-                           default_region=opts["default_region_for_numbers"],
-                           flow_names=resolve_flow_names(inputs, target, opts))
+                           default_region=opts["default_region_for_numbers"], flow_names=flow_names)
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
             sys.exit(dry_run(rows, target, journal, opts))
         expect_report(opts["report"], journal)
-        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).run(rows))
+        sys.exit(_Run(target, journal, {**opts, "inputs": inputs, "flow_names": flow_names}).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -144,7 +144,7 @@ class _Run:
                 if self.source is None:
                     digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                         opts["inputs"], target=self.target, fmt=opts["input_format"],
-                        default_region=opts["default_region_for_numbers"]))
+                        default_region=opts["default_region_for_numbers"], flow_names=opts.get("flow_names")))
                 else:  # a move: rows become requests once the source and the destination are listed
                     from bulkclaim.move import resolve_moves
 
@@ -251,6 +251,8 @@ def status_command(journal: JournalSpec, as_json: bool) -> None:
             f"{count} on run {run}" if run else f"{count} planning" for run, count in status.workers.items()))
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
+    if status.flows:
+        click.echo(f"  {'flows':<12} " + " · ".join(f"{name} {n}" for name, n in sorted(status.flows.items())))
     if status.live:
         speed = "-" if status.claims_per_second is None else f"{status.claims_per_second:.2f}"
         eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"

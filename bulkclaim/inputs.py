@@ -82,12 +82,14 @@ def normalize_number(raw: str, default_region: str | None) -> str:
 
 
 def fingerprint(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
-                default_region: str | None = None) -> str:
+                default_region: str | None = None, flow_names: FlowNames | None = None) -> str:
     """A digest of everything that decides how these inputs are planned: the files' names as given
-    (they appear in report rows) and contents, the target, the format and the default region.
+    (they appear in report rows) and contents, the target, the format, the default region and the
+    flows names resolved to (a flow renamed since is planned again).
     Equal fingerprints plan identically, which lets a re-run take over an earlier plan as it is."""
-    digest = hashlib.sha256(json.dumps([target.key if target else None, fmt, default_region,
-                                        _READER_VERSION]).encode())
+    names = {instance: dict(flows) for instance, flows in (flow_names or {}).items()}
+    digest = hashlib.sha256(json.dumps([target.key if target else None, fmt, default_region, _READER_VERSION,
+                                        *([names] if names else [])], sort_keys=True).encode())
     for path in paths:
         digest.update(b"\0" + str(path).encode() + b"\0")
         try:

@@ -50,6 +50,11 @@ async def test_flows_by_id_arn_and_name_are_associated_and_reported(env: Sandbox
         **{n: (flow, "associated") for n, flow in expected.items()}, NUMBERS[3]: (None, None)}
     assert associations(env) == expected
     assert env.sandbox.stats()["ListContactFlows"] == {"ok": 1}, "names resolved once per run"
+    journal = f"bulkclaim-{INSTANCE_ID}.journal"
+    status = await run_cli(env, tmp_path, "status", "--journal", journal, "--json")
+    assert json.loads(status.stdout)["flows"] == {"associated": 3}
+    human = await run_cli(env, tmp_path, "status", "--journal", journal)
+    assert "flows        associated 3" in human.stdout
 
 
 async def test_an_unknown_flow_name_stops_the_run_before_anything_is_sent(env: SandboxEnv, tmp_path: Path) -> None:
@@ -79,3 +84,15 @@ async def test_a_failed_association_leaves_the_claim_and_exits_1(env: SandboxEnv
     assert again.returncode == 0, again.stderr
     assert associations(env) == {NUMBERS[0]: UNKNOWN_FLOW}
     assert [e.action for e in env.sandbox.ledger] == ["claim", "associate"], "claimed once, associated once"
+
+
+async def test_a_flow_renamed_between_runs_is_planned_again(env: SandboxEnv, tmp_path: Path) -> None:
+    inputs = write_csv(tmp_path / "in.csv", [(NUMBERS[0], "Main inbound")])
+    first_flow = env.sandbox.state.flows.add(INSTANCE_ID, "aaaaaaaa-1111-4111-8111-111111111111", "Main inbound")
+    first = await run_cli(env, tmp_path, *claim_args(inputs), "--resolve-flow-names")
+    assert first.returncode == 0, first.stderr
+    env.sandbox.state.flows.add(INSTANCE_ID, first_flow.id, "Old inbound")  # renamed in the console
+    second_flow = env.sandbox.state.flows.add(INSTANCE_ID, "bbbbbbbb-2222-4222-8222-222222222222", "Main inbound")
+    again = await run_cli(env, tmp_path, *claim_args(inputs), "--resolve-flow-names")
+    assert again.returncode == 0, again.stderr
+    assert associations(env) == {NUMBERS[0]: second_flow.id}, "the same file, the flow its name names now"

@@ -206,6 +206,8 @@ class JournalStatus:
     live_run: int | None = None
     #: a shared journal (PostgreSQL): the workers alive now, by the run whose numbers they work on
     workers: dict[int, int] | None = None
+    #: numbers with a contact flow, by ``flow_status`` (every run)
+    flows: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         fields = dict(self.__dict__)

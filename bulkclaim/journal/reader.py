@@ -92,9 +92,12 @@ class SqlReader:
         ]
         pending = counts.get(Status.PENDING.value, 0)
         eta = pending / rate if rate and pending else None
+        flows = dict(conn.execute("SELECT flow_status, count(*) FROM numbers WHERE flow_status IS NOT NULL "
+                                  "GROUP BY flow_status").fetchall())
         return JournalStatus(self.name, holder.held, holder.pid, counts, runs, latest,
                              plan[0] if plan else latest, started, rate, eta, per_run, last_errors, error_count,
-                             latest if holder.held and holder.pid is not None and holder.pid == run_pid else None)
+                             latest if holder.held and holder.pid is not None and holder.pid == run_pid else None,
+                             flows=flows)
 
     def run_counts(self, run: int) -> dict[str, int]:
         counts = dict(self._conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
