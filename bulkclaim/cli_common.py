@@ -261,6 +261,7 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
         log = structlog.get_logger("bulkclaim")
         # Contact-flow associations have a quota of their own (L-D2ECB451, default 2/s).
         per_api["AssociatePhoneNumberContactFlow"] = (quotas.flow_rate or 2.0, opts["burst"])
+        per_api["UpdatePhoneNumber"] = (quotas.move_rate or 2.0, opts["burst"])  # moves: L-B7E1268D
         rate = quotas.claim_rate or 2.0
         if quotas.claim_rate:
             log.info("rate.auto", rate=rate, source="Service Quotas L-21385E28")

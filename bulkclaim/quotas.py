@@ -33,6 +33,7 @@ __all__ = [
 PHONE_NUMBER_QUOTA = "L-8F812903"
 CLAIM_RATE_QUOTA = "L-21385E28"
 FLOW_RATE_QUOTA = "L-D2ECB451"  # AssociatePhoneNumberContactFlow requests per second
+MOVE_RATE_QUOTA = "L-B7E1268D"  # UpdatePhoneNumber (``bulkclaim move``) requests per second
 #: Three attempts, about 0.4 and 0.8 s apart at most: the quotas are a preflight, not the run.
 _BACKOFF = Backoff(base=0.4, floor=0.2, cap=0.8, max_attempts=3)
 
@@ -45,6 +46,8 @@ class Quotas:
     claim_rate: float | None = None
     #: AssociatePhoneNumberContactFlow's rate quota (contact flows after claims)
     flow_rate: float | None = None
+    #: UpdatePhoneNumber's rate quota (``bulkclaim move``)
+    move_rate: float | None = None
     problems: list[str] = field(default_factory=list)
 
     def phone_number_quota(self, configured: int | None = None) -> tuple[int | None, str]:
@@ -66,7 +69,7 @@ async def read_quotas(settings: ClientSettings) -> Quotas:
 
 
 async def read_quotas_with(client: Any) -> Quotas:
-    """Read the quotas (phone numbers, claim rate, association rate) with an existing Service Quotas
+    """Read the quotas (phone numbers, claim, association and move rates) with an existing Service Quotas
     client; never raises for service errors."""
     quotas = Quotas()
     try:
@@ -74,6 +77,7 @@ async def read_quotas_with(client: Any) -> Quotas:
         quotas.phone_numbers = None if numbers is None else int(numbers)
         quotas.claim_rate = await _value(client, CLAIM_RATE_QUOTA, quotas.problems)
         quotas.flow_rate = await _value(client, FLOW_RATE_QUOTA, quotas.problems)
+        quotas.move_rate = await _value(client, MOVE_RATE_QUOTA, quotas.problems)
     except _Unreachable:  # not asked again, nor twice: the run's own requests will say why, and wait for it
         pass
     return quotas

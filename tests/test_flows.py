@@ -126,7 +126,8 @@ def test_rate_auto_gives_associations_their_own_quota() -> None:
     from bulkclaim.quotas import Quotas
 
     opts = {"rate": "auto", "burst": 5, "max_in_flight": None, "no_adaptive": False}
-    rates = rate_settings(opts, Quotas(claim_rate=3.0, flow_rate=7.0))
+    rates = rate_settings(opts, Quotas(claim_rate=3.0, flow_rate=7.0, move_rate=4.0))
     assert (rates.rate, rates.per_api["AssociatePhoneNumberContactFlow"]) == (3.0, (7.0, 5))
+    assert rates.per_api["UpdatePhoneNumber"] == (4.0, 5), "moves: L-B7E1268D"
     assert rate_settings(opts, Quotas()).per_api["AssociatePhoneNumberContactFlow"] == (2.0, 5), "Connect's default"
     assert rate_settings({**opts, "rate": 9.0}, Quotas(flow_rate=7.0)).per_api == {}, "--rate N: every API"
