@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.migrations
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.workers
+	$(BIN)/python -m benchmarks.flows
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput --quick

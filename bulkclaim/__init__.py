@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ConfigurationError,
         EndpointUnreachableError,
         FatalServiceError,
+        FlowStatus,
         JournalError,
         Options,
         Outcome,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         Status,
         Target,
     )
+    from bulkclaim.move import MoveRow
     from bulkclaim.quotas import Quotas, read_quotas
     from bulkclaim.run import RunState
     from bulkclaim.settings import ClientSettings, RateSettings
@@ -54,7 +56,9 @@ _WHERE = {
     "ConfigurationError": "model",
     "EndpointUnreachableError": "model",
     "FatalServiceError": "model",
+    "FlowStatus": "model",
     "JournalError": "model",
+    "MoveRow": "move",
     "Outcome": "model",
     "ParametersChangedError": "model",
     "QuotaExceededError": "model",
@@ -78,8 +82,10 @@ __all__ = [
     "ConfigurationError",
     "EndpointUnreachableError",
     "FatalServiceError",
+    "FlowStatus",
     "Journal",
     "JournalError",
+    "MoveRow",
     "Options",
     "Outcome",
     "ParametersChangedError",

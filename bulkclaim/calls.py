@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -167,6 +167,19 @@ class Api:
                 return await self.send(operation, method, **params)
         assert retrying.failure is not None  # only a stop after a failed attempt ends the loop here
         raise retrying.failure
+
+    async def pages(self, operation: str, method: str, rows: str, *, stop: anyio.Event | None = None,
+                    **params: Any) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every page of a List call (each through :meth:`call`: its limiter and retries), as the list
+        ``rows`` of each answer, following NextToken to the end."""
+        next_token: str | None = None
+        while True:
+            page = await self.call(operation, method, stop=stop, **params,
+                                   **({"NextToken": next_token} if next_token else {}))
+            yield list(page.get(rows, []))
+            next_token = page.get("NextToken")
+            if not next_token:
+                return
 
     def retrying(self, *, stop: anyio.Event | None = None, throttles: int | None = None,
                  rng: random.Random | None = None) -> Retrying:

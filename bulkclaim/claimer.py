@@ -14,13 +14,10 @@ the tokens for the next Claimer to resume with.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import os
 import random
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -36,20 +33,23 @@ from bulkclaim.acquire import Acquirer, AcquireSpec
 from bulkclaim.backoff import Backoff
 from bulkclaim.calls import Api
 from bulkclaim.connect import connect_client
+from bulkclaim.contact_flows import flow_id
 from bulkclaim.engine import Engine, Options, RunSummary
 from bulkclaim.inputs import normalize_number
 from bulkclaim.journal import Journal, open_journal
+from bulkclaim.limiters import APIS, answer_timeout, budget_scope, connect_api, shared_limiters
 from bulkclaim.model import (
     BulkclaimError,
     ClaimRequest,
+    FlowStatus,
     Outcome,
     ParametersChangedError,
     Rejected,
     Status,
     Target,
 )
+from bulkclaim.move import MoveRow, as_move_rows, resolve_moves
 from bulkclaim.outage import OUTAGE_TIMEOUT
-from bulkclaim.ratelimit import Limiter
 from bulkclaim.run import RunState
 from bulkclaim.settings import ClientSettings, RateSettings
 from bulkclaim.telemetry import Telemetry
@@ -59,8 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Claimer", "RateSettings", "connect_api"]
 
-_APIS = ("ClaimPhoneNumber", "DescribePhoneNumber", "ListPhoneNumbersV2", "ReleasePhoneNumber",
-         "SearchAvailablePhoneNumbers")
 
 
 class Claimer:
@@ -154,17 +152,18 @@ class Claimer:
                     settings = dataclasses.replace(settings, max_pool_connections=pool)
                 client = await stack.enter_async_context(connect_client(settings, self._session))
             self.telemetry.watch(self.journal)  # its lease take-overs, if it has leases
-            shared = self.journal.shared_budget("/".join(_scope(self._settings)), sleep=self._sleep, clock=self._clock)
+            shared = self.journal.shared_budget("/".join(budget_scope(self._settings)), sleep=self._sleep,
+                                                clock=self._clock)
             if shared is not None:  # a shared journal: one budget for every worker, in the journal's database
                 self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep, shared=shared)
-                                 for api in _APIS}
+                                 for api in APIS}
             elif self._clock is time.monotonic and self._sleep is anyio.sleep:
-                self.limiters = _shared_limiters(self._settings, self.rates)
+                self.limiters = shared_limiters(self._settings, self.rates)
             else:  # an injected clock (tests, simulations) gets limiters of its own
-                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in _APIS}
+                self.limiters = {api: self.rates.limiter(api, self._clock, self._sleep) for api in APIS}
             self.api = Api(client, self.limiters, backoff=self._backoff, sleep=self._sleep, rng=self._rng,
                            clock=self._clock, fatal_cooldown=self._fatal_cooldown,
-                           outage_timeout=self._outage_timeout, answer_timeout=_answer_timeout(self._settings),
+                           outage_timeout=self._outage_timeout, answer_timeout=answer_timeout(self._settings),
                            telemetry=self.telemetry)
             self.engine = Engine(self.api, self.journal, self.options, log=self.log, clock=self._clock, rng=self._rng)
             self._claims = RunState()  # what claim() does is one long run: the Claimer's life
@@ -197,15 +196,19 @@ class Claimer:
 
     # -- one number ------------------------------------------------------------------------------------
     async def claim(self, phone_number: str, *, description: str | None = None,
-                    tags: Mapping[str, str] | None = None) -> Outcome:
+                    tags: Mapping[str, str] | None = None, contact_flow: str | None = None) -> Outcome:
         """Claim one number (E.164, or national with ``default_region_for_numbers``) and wait for it.
+
+        ``contact_flow`` (a flow id, or its ARN): once the number is CLAIMED it is associated with that
+        flow (``outcome.flow_status``); a failed association does not make the claim fail.
 
         Raises ValueError for a number that is not valid, FatalServiceError when the service refuses
         the caller (credentials, permissions, unknown target), ParametersChangedError when a pending
         claim of this number was started with another description or tags.
         """
+        flow = None if contact_flow is None else flow_id(contact_flow, self.target)
         request = ClaimRequest(normalize_number(phone_number, self._default_region), self.target, description,
-                               MappingProxyType(dict(tags or {})), source="claim()")
+                               MappingProxyType(dict(tags or {})), source="claim()", contact_flow=flow)
         shared = self._inflight.get(request.key)
         if shared is None:
             shared = self._inflight[request.key] = _Shared()
@@ -232,7 +235,10 @@ class Claimer:
         if planned.changed:
             raise ParametersChangedError([(request.phone_number, request.source)])
         if planned.done:
-            return planned.done[0]
+            done = planned.done[0]
+            if done.status == Status.CLAIMED and done.flow_status == FlowStatus.PENDING:
+                return await self.engine.finish_flow(done, state=self._claims)
+            return done
         # Replicas sharing a journal (PostgreSQL): one sends, the others wait for its outcome.
         work = await self.journal.lease(planned.work[0])
         if isinstance(work, Outcome):
@@ -241,6 +247,8 @@ class Claimer:
             outcome = await self.engine.claim_number(work, state=self._claims)
             if outcome.status == Status.IN_PROGRESS and self.options.verify:
                 outcome = await self.engine.verify(outcome, state=self._claims)
+            if outcome.status == Status.CLAIMED and outcome.flow_status == FlowStatus.PENDING:
+                outcome = await self.engine.finish_flow(outcome, state=self._claims)
         finally:
             self.journal.unlease(work)
         self._claims.raise_if_aborted()  # the target's quota reached: this and every later claim() raise
@@ -302,6 +310,20 @@ class Claimer:
         finally:
             scope.cancel()  # nobody reads any more: stop sending claims for this call
 
+    # -- moving numbers --------------------------------------------------------------------------------
+    async def move(self, rows: Iterable[MoveRow | Rejected | str], *, source: Target,
+                   state: RunState | None = None) -> AsyncIterator[Outcome]:
+        """Move every row's number from ``source`` to this Claimer's target (UpdatePhoneNumber), as one
+        journaled run, and yield each number's outcome as :meth:`claim_many` does (``claimed``: CLAIMED
+        on this target). Strings are numbers or PhoneNumberIds. Rows are resolved first with one listing
+        of each target (see :mod:`bulkclaim.move`); numbers neither holds come out ``invalid``. A
+        :class:`~bulkclaim.move.MoveRow`'s ``contact_flow`` (a flow of this target, or of ``source``: the
+        one of the same name here) is associated once the number is CLAIMED here (``outcome.flow_status``):
+        Connect does not carry the association over."""
+        requests = await resolve_moves(self.api, source, self.target, as_move_rows(rows, self._default_region))
+        async for outcome in self.claim_many(requests, state=state):
+            yield outcome
+
     def _requests(self, rows: Iterable[ClaimRequest | Rejected | str]) -> Iterable[ClaimRequest | Rejected]:
         for index, row in enumerate(rows, start=1):
             if not isinstance(row, str):
@@ -312,61 +334,6 @@ class Claimer:
                 yield ClaimRequest(number, self.target, source=f"claim_many:{index}")
             except ValueError as exc:
                 yield Rejected(raw=row, source=f"claim_many:{index}", reason=str(exc), target=self.target)
-
-
-@contextlib.asynccontextmanager
-async def connect_api(settings: ClientSettings, rates: RateSettings | None = None, *,
-                      outage_timeout: float = OUTAGE_TIMEOUT) -> AsyncIterator[Api]:
-    """A Connect client behind this process's shared limiters, without a journal or an engine:
-    for listings (the dry run's preflight). Fatal answers stop it for good."""
-    async with connect_client(settings) as client:
-        yield Api(client, _shared_limiters(settings, rates or RateSettings()), outage_timeout=outage_timeout,
-                  answer_timeout=_answer_timeout(settings))
-
-
-def _answer_timeout(settings: ClientSettings) -> float:
-    """The bound of one whole call: a connection, then the whole answer within the read timeout."""
-    return settings.connect_timeout + settings.read_timeout
-
-
-# The account's bucket is per Region and API: every Claimer of this process (on this event loop) that
-# talks to the same Region and endpoint *with the same rate settings* shares one limiter per API.
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Limiter]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str, Limiter]:
-    """This process's limiters for ``settings``' Region and endpoint, one per API.
-
-    They are keyed by the rate settings as well as the scope: a Claimer asking for other rates (rate,
-    burst, in-flight cap, adaptive) gets limiters of its own built from *its* arguments, never another
-    Claimer's. Those then do not share one budget with the first Claimer's: together they may send
-    more than either's rate, so a warning says so; give every Claimer of a process the same rates
-    to have them share one budget.
-    """
-    registry = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
-    scope = _scope(settings)
-    limiters: dict[str, Limiter] = {}
-    for api in _APIS:
-        rate, burst = rates.per_api.get(api, (rates.rate, rates.burst))
-        in_flight = rates.max_in_flight if api == "ClaimPhoneNumber" else None
-        key = (*scope, api, rate, burst, in_flight, rates.adaptive)
-        if key not in registry:
-            others = [k[3:] for k in registry if k[:3] == (*scope, api)]
-            if others:
-                structlog.get_logger("bulkclaim").warning(
-                    "limiter.not_shared", api=api, region=scope[0], rate=rate, burst=burst, max_in_flight=in_flight,
-                    adaptive=rates.adaptive, other_settings=others,
-                    hint="Claimers with different rates do not share one rate budget")
-            registry[key] = rates.limiter(api, time.monotonic, anyio.sleep)
-        limiters[api] = registry[key]
-    return limiters
-
-
-def _scope(settings: ClientSettings) -> tuple[str, str]:
-    """What an account's rate budget is per (besides the API): the Region, and the endpoint."""
-    return (settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "",
-            settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_CONNECT") or "")
 
 
 async def _next_item(rx: MemoryObjectReceiveStream[Outcome | BaseException]) -> Outcome | BaseException | None:

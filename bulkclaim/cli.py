@@ -1,7 +1,8 @@
 """The ``bulkclaim`` command line. Only the CLI configures logging, installs signal handlers and
 chooses the process's exit code (DESIGN §4):
 
-    0 every valid number claimed (or already ours)   1 finished, some failed / invalid / not settled
+    0 every valid number claimed (or already ours), and associated with its contact flow if it has one
+    1 finished, some failed / invalid / not settled, or a contact flow not associated (failed / pending)
     2 usage, configuration or input error, nothing sent   3 aborted on a fatal service error
     130 SIGINT   143 SIGTERM
 """
@@ -27,29 +28,25 @@ from bulkclaim.cli_common import (
     EXIT_USAGE,
     JournalOption,
     JournalSpec,
-    aws_options,
     client_settings,
     default_journal,
     fail,
     group_verbosity_options,
     option,
-    quota_options,
-    rate_options,
     rate_settings,
     read_run_quotas,
     shown,
     target_of,
     target_options,
-    verbosity,
-    verbosity_options,
 )
+from bulkclaim.cli_export import export_command
 from bulkclaim.cli_help import GroupedCommand
-from bulkclaim.cli_metrics import check_metrics, metrics_options
+from bulkclaim.cli_move import move_command
+from bulkclaim.cli_options import prepare_run, run_options
 from bulkclaim.cli_quota import acquire_command, release_command
 from bulkclaim.cli_search import search_command
 from bulkclaim.cli_signals import expect_report, report_written, set_aside_report
 from bulkclaim.demo import demo_command
-from bulkclaim.inputs import FORMATS
 from bulkclaim.model import BulkclaimError, JournalError, Status, Target
 from bulkclaim.sandbox.command import sandbox_command
 
@@ -72,65 +69,40 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command("claim", cls=GroupedCommand, short_help="Claim the numbers of input files (CSV, text, JSON Lines).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_options
-@option("journal", type=JournalOption(), group="Journal and report",
-        help="The journal: a file, or a postgresql:// URL; re-running with it resumes "
-             "[default: bulkclaim-<target>.journal].")
-@option("report", type=click.Path(dir_okay=False, path_type=Path), group="Journal and report",
-        help="Write the report of this run's numbers here (.csv or .jsonl), replaced atomically.")
-@rate_options
-@option("no-verify", is_flag=True, group="Claiming", help="Do not wait for CLAIMED; leave accepted claims in_progress.")
-@option("verify-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True, group="Claiming",
-        help="Seconds to wait for an accepted claim to settle CLAIMED or FAILED.")
-@option("retry-failed", is_flag=True, group="Claiming", help="Try failed numbers again, with new tokens.")
-@option("default-region-for-numbers", metavar="CC", group="Input", help="Country for national numbers, e.g. US.")
-@option("format", dest="input_format", type=click.Choice(FORMATS), group="Input",
-        help="Input format [default: from extension].")
-@option("dry-run", is_flag=True, group="Claiming", help="Read, validate, plan and check quotas; claim nothing.")
-@quota_options
-@aws_options
-@option("no-progress", is_flag=True, group="Output", help="No progress bar, even on a terminal.")
-@verbosity_options
-@metrics_options
-@option("grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True, group="Claiming",
-        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@run_options
 def claim_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Claim every number in INPUT files (CSV, text or JSON Lines) to one instance or TDG."""
     target = target_of(opts)  # a usage error first: it needs nothing more loaded
 
-    from bulkclaim.inputs import InputFileError, check_file, read_inputs
-    from bulkclaim.logs import configure_logging
-    from bulkclaim.report import check_writable, report_format
+    from bulkclaim.inputs import InputFileError, read_inputs
 
-    opts["verbosity"] = verbosity(opts)
-    configure_logging(opts["log_format"], verbosity=opts["verbosity"])
-    check_metrics(opts)
-    journal = opts["journal"] or default_journal(target)
     try:
-        for path in inputs:
-            check_file(path, opts["input_format"])
-        if opts["report"]:
-            report_format(opts["report"])
-            check_writable(opts["report"])
+        journal = prepare_run(inputs, opts, default_journal(target))
+        from bulkclaim.cli_flows import resolve_flow_names
+
+        flow_names = resolve_flow_names(inputs, target, opts)
         rows = read_inputs(inputs, target=target, fmt=opts["input_format"],
-                           default_region=opts["default_region_for_numbers"])
+                           default_region=opts["default_region_for_numbers"], flow_names=flow_names)
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
             sys.exit(dry_run(rows, target, journal, opts))
         expect_report(opts["report"], journal)
-        sys.exit(_Run(target, journal, {**opts, "inputs": inputs}).run(rows))
+        sys.exit(_Run(target, journal, {**opts, "inputs": inputs, "flow_names": flow_names}).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 
 
 @dataclass
 class _Run:
-    """One ``bulkclaim claim``: the Claimer, signals, preflight, progress, report and exit code."""
+    """One ``bulkclaim claim`` (or ``move``): the Claimer, signals, preflight, progress, report and exit code."""
 
     target: Target
     journal: JournalSpec
     opts: dict[str, Any]
     summary: RunSummary | None = None
+    #: ``bulkclaim move``: the numbers' source; ``target`` is their destination
+    source: Target | None = None
 
     def run(self, rows: Any) -> int:
         from bulkclaim.cli_metrics import exporting
@@ -168,9 +140,16 @@ class _Run:
                 self.harness.install_signals(state.request_stop, scope)
                 tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
                 self.summary = state.summary
-                digest = await anyio.to_thread.run_sync(lambda: fingerprint(
-                    opts["inputs"], target=self.target, fmt=opts["input_format"],
-                    default_region=opts["default_region_for_numbers"]))
+                digest: str | None = None
+                if self.source is None:
+                    digest = await anyio.to_thread.run_sync(lambda: fingerprint(
+                        opts["inputs"], target=self.target, fmt=opts["input_format"],
+                        default_region=opts["default_region_for_numbers"], flow_names=opts.get("flow_names")))
+                else:  # a move: rows become requests once the source and the destination are listed
+                    from bulkclaim.move import resolve_moves
+
+                    rows = await resolve_moves(claimer.api, self.source, self.target, rows, stop=state.stop,
+                                               flow_names=opts.get("flow_names"))
 
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas
@@ -188,7 +167,8 @@ class _Run:
                                                                        emit_done=False, after_plan=before_sending,
                                                                        state=state),
                                             state,
-                                            claimer.limiters["ClaimPhoneNumber"], tty=tty,
+                                            claimer.limiters["ClaimPhoneNumber" if self.source is None
+                                                             else "UpdatePhoneNumber"], tty=tty,
                                             log=structlog.get_logger("bulkclaim"))
                 finally:
                     self.summary = state.summary
@@ -210,6 +190,7 @@ class _Run:
         run = self.summary.members_run if self.summary else None
         counts: dict[str, int] = {}
         removed: dict[tuple[str, str], str] = {}  # numbers no longer in the input: their status now
+        flows: dict[str, int] = {}
         if run:
             try:
                 self._write_report()
@@ -220,11 +201,13 @@ class _Run:
                      f"--output FILE` writes it. {aside}".rstrip(), EXIT_FATAL if self.harness.requests_sent
                      else EXIT_USAGE)
             with read_existing_journal(self.journal) as reader:  # the whole run's, whichever worker did what
-                counts = reader.run_counts(run)
+                counts, flows = reader.run_counts(run), reader.flow_counts(run)
                 for (target, number), status in (self.summary.removed if self.summary else {}).items():
                     found = reader.lookup(target, number)
                     removed[(target, number)] = found[0].value if found else status
         tally = " · ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "nothing to do"
+        if flows:
+            tally += " — flows: " + " · ".join(f"{status} {n}" for status, n in sorted(flows.items()))
         click.echo(f"{tally}" + (f" — report: {self.opts['report']}" if self.opts["report"] else ""))
         if removed:
             settled = " · ".join(f"{status} {n}" for status, n in sorted(Counter(removed.values()).items()))
@@ -237,7 +220,9 @@ class _Run:
             return EXIT_SIGNAL[self.harness.signal_received]
         # Numbers no longer in the input count only while their outcome is unknown (pending, in_progress).
         gone = Counter(s for s in removed.values() if s in ("claimed", "failed"))
-        return EXIT_OK if set(+(Counter(counts) - gone)) <= {"claimed"} else EXIT_INCOMPLETE
+        # A contact flow asked for and not associated (failed, or pending) leaves the run incomplete too.
+        complete = set(+(Counter(counts) - gone)) <= {"claimed"} and set(flows) <= {"associated"}
+        return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
 async def _ignore(_: Any) -> None:
@@ -274,6 +259,8 @@ def status_command(journal: JournalSpec, as_json: bool) -> None:
             f"{count} on run {run}" if run else f"{count} planning" for run, count in status.workers.items()))
     for name, count in status.counts.items():
         click.echo(f"  {name:<12} {count}")
+    if status.flows:
+        click.echo(f"  {'flows':<12} " + " · ".join(f"{name} {n}" for name, n in sorted(status.flows.items())))
     if status.live:
         speed = "-" if status.claims_per_second is None else f"{status.claims_per_second:.2f}"
         eta = "-" if status.eta_seconds is None else f"{status.eta_seconds:.0f}s"
@@ -332,11 +319,13 @@ def report_command(journal: JournalSpec, fmt: str | None, output: Path | None, s
         fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
 
 
+cli.add_command(move_command)
 cli.add_command(acquire_command)
 cli.add_command(release_command)
 cli.add_command(sandbox_command)
 cli.add_command(demo_command)
 cli.add_command(search_command)
+cli.add_command(export_command)
 
 
 def main() -> None:

@@ -254,10 +254,14 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
     its claims throttled before the controller measured the rate), so the quota is the default; a
     quota that could not be read falls back to Connect's documented default with a warning."""
     rate = opts["rate"]
+    per_api: dict[str, tuple[float, int]] = {}
     if rate == "auto":
         import structlog
 
         log = structlog.get_logger("bulkclaim")
+        # Contact-flow associations have a quota of their own (L-D2ECB451, default 2/s).
+        per_api["AssociatePhoneNumberContactFlow"] = (quotas.flow_rate or 2.0, opts["burst"])
+        per_api["UpdatePhoneNumber"] = (quotas.move_rate or 2.0, opts["burst"])  # moves: L-B7E1268D
         rate = quotas.claim_rate or 2.0
         if quotas.claim_rate:
             log.info("rate.auto", rate=rate, source="Service Quotas L-21385E28")
@@ -267,7 +271,7 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
         else:
             log.info("rate.auto", rate=rate, source="Connect's default")
     return RateSettings(float(rate), opts["burst"], max_in_flight=opts["max_in_flight"],
-                        adaptive=not opts["no_adaptive"])
+                        adaptive=not opts["no_adaptive"], per_api=per_api)
 
 
 def connect_enum(value: str, shape: str, hint: str) -> str:

@@ -58,7 +58,8 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
         fail(str(exc), EXIT_USAGE)
     done = ", ".join(f"{n} {status}" for status, n in sorted(plan.already_done.items())) or "none"
     click.echo(f"dry run (nothing sent) — journal: {shown(journal)}")
-    click.echo(f"  would claim:       {plan.to_send}")
+    verb = opts.get("action", "claim")  # ``bulkclaim move --dry-run``: move
+    click.echo(f"  {'would ' + verb + ':':<19}{plan.to_send}")
     click.echo(f"  would resume:      {plan.to_resume} (pending from an earlier run, same token)")
     click.echo(f"  would verify:      {plan.to_verify} (in_progress from an earlier run)")
     if owned is not None:
@@ -69,9 +70,9 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
     for row in plan.invalid[:20]:
         click.echo(f"    {row.source}: {row.reason}")
     rates = rate_settings(opts, quotas)
-    click.echo(f"  rate:              {rates.rate:g} claims/s, burst {rates.burst}")
+    click.echo(f"  rate:              {rates.rate:g} {verb}s/s, burst {rates.burst}")
     click.echo(f"  expected duration: {format_duration(max(0, plan.to_claim - rates.burst) / rates.rate)} for "
-               f"{plan.to_claim} claim(s) at best ((N - burst) / rate), plus waiting for CLAIMED")
+               f"{plan.to_claim} {verb}(s) at best ((N - burst) / rate), plus waiting for CLAIMED")
     if quota_check is not None:
         for line in quota_check.lines():
             click.echo(f"  quota: {line}")

@@ -155,9 +155,15 @@ def check_answer(operation: str, answer: dict[str, Any]) -> None:
 
 
 _ANSWER_KEYS = {"ClaimPhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
+                "UpdatePhoneNumber": ("PhoneNumberId", "PhoneNumberArn"),
                 "DescribePhoneNumber": ("ClaimedPhoneNumberSummary",)}
 _LIST_KEYS = {"ListPhoneNumbersV2": "ListPhoneNumbersSummaryList",
-              "SearchAvailablePhoneNumbers": "AvailableNumbersList"}
+              "SearchAvailablePhoneNumbers": "AvailableNumbersList", "ListContactFlows": "ContactFlowSummaryList",
+              "ListFlowAssociations": "FlowAssociationSummaryList"}
+
+
+#: The operations that bring a number to a target (a claim, a move): same token discipline, same answers.
+_BRINGS_A_NUMBER = ("ClaimPhoneNumber", "UpdatePhoneNumber")
 
 
 def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Classified:
@@ -172,15 +178,21 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
         if code in _FATAL_CODES or status == 403:
             return Classified(Verdict.FATAL, code, message)
         if code == "ResourceNotFoundException":
-            # On a claim or a listing the target itself is unknown; on a describe, only that number.
-            fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2")
+            # On a claim or a listing the target itself is unknown; on a describe (or an association:
+            # that number or that flow), only that number.
+            fatal = operation in ("ClaimPhoneNumber", "ListPhoneNumbersV2", "ListContactFlows", "ListFlowAssociations")
             return Classified(Verdict.FATAL if fatal else Verdict.TERMINAL, code, message)
         if code == "InvalidParameterException" and "not available" in message.lower():
             return Classified(Verdict.UNAVAILABLE, code, message)
-        if code == "IdempotencyException" and operation == "ClaimPhoneNumber":
+        if code == "IdempotencyException" and operation in _BRINGS_A_NUMBER:
             # Our token was used before (with other parameters, or by an attempt whose answer was
             # lost): the number may be ours already. Ask, exactly as after "not available".
             return Classified(Verdict.UNAVAILABLE, code, message)
+        if operation == "UpdatePhoneNumber":
+            if code == "InvalidParameterException" and "already" in message.lower():
+                return Classified(Verdict.UNAVAILABLE, code, message)  # on the destination: maybe our move
+            if code == "ResourceInUseException":  # being claimed or moved right now: ask again later
+                return Classified(Verdict.RETRY, code, message)
         if status >= 500:
             return Classified(Verdict.RETRY, code, message)
         return Classified(Verdict.TERMINAL, code, message)

@@ -1,10 +1,10 @@
 """The claim pipeline (DESIGN §3), top to bottom:
 
-    inputs ─► plan ─► reconcile ─► claim workers ─────────────────────► verify workers ─► emit
-    (rows)    (journal:  (earlier runs'   (limiter → ClaimPhoneNumber →     (DescribePhoneNumber
-              tokens     unknown outcomes  classify → retry, same token;     until CLAIMED/FAILED)
-              reserved   settled by one    "not available" checked with
-              durably)   listing sweep)    the service when in doubt)
+    inputs ─► plan ─► reconcile ─► claim workers ─────────────────────► verify workers ─► flow workers ─► emit
+    (rows)    (journal:  (earlier runs'   (limiter → ClaimPhoneNumber →     (DescribePhoneNumber  (CLAIMED numbers
+              tokens     unknown outcomes  classify → retry, same token;     until CLAIMED/FAILED) with a flow:
+              reserved   settled by one    "not available" checked with                           Associate...
+              durably)   listing sweep)    the service when in doubt)                             ContactFlow)
 
 1. **plan** (``planner.py``) reads the rows (in a worker thread, batch by batch), records invalid ones, and reserves
    every valid number's token in the journal — group-committed and fsync'd — before anything is sent.
@@ -16,8 +16,17 @@
    settled the same way, but never re-sent.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
 4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
-5. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
+5. **flow** workers associate each CLAIMED number that has a contact flow (``associate.py``), on the
+   AssociatePhoneNumberContactFlow bucket, beside the claims; numbers an earlier run claimed whose
+   association is still pending are associated first. A failed association never fails the claim.
+6. Every state change is recorded in the journal (lazily: a lost outcome only means the same token
    is sent again) and handed to ``emit``.
+
+A *move* (``bulkclaim move``, see ``move.py``) is the same flow: its request carries ``move_from``, so
+step 3 sends UpdatePhoneNumber (``request.operation``) to the destination instead of ClaimPhoneNumber,
+and everything else — the token, retries, reconciliation against the destination, verification, and
+the flow stage (Connect drops a number's flow association on a move: it is made again there) — is the
+claim's.
 
 The engine is long-lived (one client, one journal); what belongs to one run (its stop, its live
 counts) is a :class:`~bulkclaim.run.RunState` handed to each step, so concurrent runs on one engine
@@ -37,12 +46,14 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from bulkclaim.associate import associate
 from bulkclaim.calls import Api, CallFailed, Withdrawn
 from bulkclaim.connect import Verdict
 from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
+    FlowStatus,
     Options,
     Outcome,
     Planned,
@@ -51,7 +62,7 @@ from bulkclaim.model import (
     Status,
     first_cause,
 )
-from bulkclaim.planner import Emit, Planner, count_and_emit
+from bulkclaim.planner import Emit, Planner, count_and_emit, count_flow
 from bulkclaim.reconcile import (
     RECOVERED,
     Owned,
@@ -145,16 +156,32 @@ class Engine:
                         state: RunState) -> None:
         workers = self.options.workers or self.api.limiters["ClaimPhoneNumber"].max_in_flight
         verify_tx, verify_rx = anyio.create_memory_object_stream[Outcome](self.options.verifiers * 4)
+        # (claimed number, whether it is this run's to count and emit: False for an earlier run's claim)
+        flow_tx, flow_rx = anyio.create_memory_object_stream[tuple[Outcome, bool]](self.options.flow_workers * 4)
+        earlier = await self._flows_to_finish(summary.members_run)  # before any claim of this run settles
         try:
-            async with anyio.create_task_group() as tg, verify_tx, verify_rx:
+            async with anyio.create_task_group() as tg, verify_tx, verify_rx, flow_tx, flow_rx:
                 work = WorkList(self.journal, summary.members_run, tg, low_water=workers * 4,
                                 stopping=lambda: state.stopping)
+                tg.start_soon(_feed, flow_tx.clone(), [(claimed, False) for claimed in earlier])
                 for _ in range(workers):
                     tg.start_soon(self._claim_worker, work, verify_tx.clone(), owned, summary, emit, state)
                 for _ in range(self.options.verifiers if self.options.verify else 0):
-                    tg.start_soon(self._verify_worker, work, verify_rx.clone(), summary, emit, state)
+                    tg.start_soon(self._verify_worker, work, verify_rx.clone(), flow_tx.clone(), summary, emit,
+                                  state)
+                for _ in range(self.options.flow_workers):
+                    tg.start_soon(self._flow_worker, work, flow_rx.clone(), summary, emit, state)
         except BaseExceptionGroup as group:
             raise first_cause(group) from None
+
+    async def _flows_to_finish(self, run: int) -> list[Outcome]:
+        found: list[Outcome] = []
+        after = 0
+        while True:
+            page, after = await self.journal.flows_to_finish(run, after, 1000)
+            if not page:
+                return found
+            found += page
 
     async def _claim_worker(self, work: WorkList, tx: MemoryObjectSendStream[Outcome],
                             owned: dict[str, dict[str, Owned]], summary: RunSummary, emit: Emit,
@@ -200,12 +227,28 @@ class Engine:
         log.warning("claim.failed", error_code=NOT_CLAIMED)
         return self._record(_outcome(planned, Status.FAILED, planned.attempts, error=(NOT_CLAIMED, _NOT_CLAIMED)))
 
-    async def _verify_worker(self, work: WorkList, rx: MemoryObjectReceiveStream[Outcome], summary: RunSummary,
-                             emit: Emit, state: RunState) -> None:
-        async with rx:
+    async def _verify_worker(self, work: WorkList, rx: MemoryObjectReceiveStream[Outcome],
+                             flows: MemoryObjectSendStream[tuple[Outcome, bool]], summary: RunSummary, emit: Emit,
+                             state: RunState) -> None:
+        async with rx, flows:
             async for accepted in rx:
-                await count_and_emit(emit, summary, await self.verify(accepted, state=state))
+                verified = await self.verify(accepted, state=state)
+                if verified.status == Status.CLAIMED and verified.flow_status == FlowStatus.PENDING:
+                    await flows.send((verified, True))
+                    continue
+                await count_and_emit(emit, summary, verified)
                 work.finished()
+
+    async def _flow_worker(self, work: WorkList, rx: MemoryObjectReceiveStream[tuple[Outcome, bool]],
+                           summary: RunSummary, emit: Emit, state: RunState) -> None:
+        async with rx:
+            async for claimed, ours in rx:
+                associated = await self.finish_flow(claimed, state=state)
+                if ours:
+                    await count_and_emit(emit, summary, associated)
+                    work.finished()
+                else:  # counted (and emitted) pending when planning found it done
+                    count_flow(summary, associated, was=FlowStatus.PENDING)
 
     # -- one number ----------------------------------------------------------------------------------
     async def claim_number(self, planned: Planned, already: Owned | None = None, *, state: RunState,
@@ -259,8 +302,8 @@ class Engine:
                     attempts += 1
                     log.debug("claim.sent", attempt=attempts)
                     try:
-                        answer = await self.api.send("ClaimPhoneNumber", "claim_phone_number",
-                                                     withdraw_if=state.stop.is_set, **params)
+                        answer = await self.api.send(*planned.request.operation, withdraw_if=state.stop.is_set,
+                                                     **params)
                     except Withdrawn:  # stopped while it waited for its turn: never sent
                         return _outcome(planned, Status.PENDING, attempts - 1)
                     except anyio.get_cancelled_exc_class():  # it may have executed: the journal must say it was sent
@@ -338,6 +381,15 @@ class Engine:
             self.log.error("run.quota_reached", target=accepted.target, error_message=result.message)
         return self._record(outcome)
 
+    async def finish_flow(self, claimed: Outcome, *, state: RunState) -> Outcome:
+        """Associate a CLAIMED number with its contact flow (see ``associate.py``); record and return it."""
+        if state.halted:
+            return claimed
+        result = await associate(self.api, claimed, halt=state.halt, rng=self.rng, log=self.log)
+        if result.attempts or result.outcome.flow_status != FlowStatus.PENDING:
+            await self.journal.record_flow(result.outcome, result.attempts, result.error)
+        return result.outcome
+
     def _record(self, outcome: Outcome) -> Outcome:
         self.journal.record_outcome(outcome)
         return outcome
@@ -346,5 +398,13 @@ class Engine:
 def _outcome(planned: Planned, status: Status, attempts: int, phone_number_id: str | None = None,
              phone_number_arn: str | None = None, error: tuple[str | None, str | None] = (None, None)) -> Outcome:
     request = planned.request
+    flow = request.contact_flow
     return Outcome(request.phone_number, request.source, request.target.key, status, phone_number_id,
-                   phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time())
+                   phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time(),
+                   contact_flow_id=flow, flow_status=None if flow is None else FlowStatus.PENDING)
+
+
+async def _feed(tx: MemoryObjectSendStream[tuple[Outcome, bool]], items: list[tuple[Outcome, bool]]) -> None:
+    async with tx:
+        for item in items:
+            await tx.send(item)

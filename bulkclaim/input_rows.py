@@ -23,7 +23,8 @@ MAX_LINE = 64 * 1024
 # The columns a row may have, by their spelling with case, spaces, hyphens and underscores removed:
 # ``Phone Number``, ``PHONE_NUMBER``, ``phone-number`` and ``PhoneNumber`` all name ``phone_number``.
 _COLUMNS = {name.replace("_", ""): name
-            for name in ("phone_number", "description", "tags", "instance_id", "target_arn")}
+            for name in ("phone_number", "description", "tags", "instance_id", "target_arn", "contact_flow",
+                         "phone_number_id")}
 _HEADER_NOISE = re.compile(r"[\s_\-]+")
 
 

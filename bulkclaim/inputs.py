@@ -24,12 +24,13 @@ from typing import Any
 
 import phonenumbers
 
+from bulkclaim.contact_flows import FlowNames, flow_id, is_flow_name
 from bulkclaim.input_rows import InputFileError, csv_records, csv_rows, jsonl_rows, txt_rows
 from bulkclaim.model import ClaimRequest, Rejected, Target, valid_tag_key
 
 __all__ = [
-    "FORMATS", "InputFileError", "check", "check_file", "detect_format", "fingerprint", "normalize_number",
-    "read_inputs",
+    "FORMATS", "InputFileError", "check", "check_file", "detect_format", "file_rows", "fingerprint",
+    "flow_names_used", "normalize_number", "read_inputs",
 ]
 
 FORMATS = ("csv", "txt", "jsonl")
@@ -81,12 +82,14 @@ def normalize_number(raw: str, default_region: str | None) -> str:
 
 
 def fingerprint(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
-                default_region: str | None = None) -> str:
+                default_region: str | None = None, flow_names: FlowNames | None = None) -> str:
     """A digest of everything that decides how these inputs are planned: the files' names as given
-    (they appear in report rows) and contents, the target, the format and the default region.
+    (they appear in report rows) and contents, the target, the format, the default region and the
+    flows names resolved to (a flow renamed since is planned again).
     Equal fingerprints plan identically, which lets a re-run take over an earlier plan as it is."""
-    digest = hashlib.sha256(json.dumps([target.key if target else None, fmt, default_region,
-                                        _READER_VERSION]).encode())
+    names = {instance: dict(flows) for instance, flows in (flow_names or {}).items()}
+    digest = hashlib.sha256(json.dumps([target.key if target else None, fmt, default_region, _READER_VERSION,
+                                        *([names] if names else [])], sort_keys=True).encode())
     for path in paths:
         digest.update(b"\0" + str(path).encode() + b"\0")
         try:
@@ -121,15 +124,28 @@ def check_file(path: Path, fmt: str | None = None) -> None:
 
 
 def read_inputs(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
-                default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+                default_region: str | None = None, flow_names: FlowNames | None = None,
+                ) -> Iterator[ClaimRequest | Rejected]:
     """Every row of every file, in order. Whole-file problems raise before that file's first row, but
-    for a CSV quote that never closes, found where the file ends: ``check_file`` finds it up front."""
+    for a CSV quote that never closes, found where the file ends: ``check_file`` finds it up front.
+    ``flow_names`` (``--resolve-flow-names``): contact flows named by name, by instance."""
     for path in paths:
-        yield from read_file(path, target=target, fmt=fmt, default_region=default_region)
+        yield from read_file(path, target=target, fmt=fmt, default_region=default_region, flow_names=flow_names)
 
 
 def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
-              default_region: str | None = None) -> Iterator[ClaimRequest | Rejected]:
+              default_region: str | None = None, flow_names: FlowNames | None = None,
+              ) -> Iterator[ClaimRequest | Rejected]:
+    for source, fields in file_rows(path, fmt):
+        if isinstance(fields, Rejected):
+            yield dataclasses.replace(fields, target=target)
+        else:
+            yield _to_request(fields, source, target, default_region, flow_names)
+
+
+def file_rows(path: Path, fmt: str | None) -> Iterator[tuple[str, Mapping[str, Any] | Rejected]]:
+    """Each row of ``path`` as its cells by column, or as a Rejected row (without a target) it could not
+    read: what a row *means* is the caller's (claims here, moves in ``move``)."""
     kind = detect_format(path, fmt)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
@@ -140,15 +156,34 @@ def read_file(path: Path, *, target: Target | None, fmt: str | None = None,
         for line, fields in reader(path):
             source = f"{path}:{line.number}"
             if line.problem:
-                yield Rejected(raw=line.text[:200], source=source, reason=line.problem, target=target)
+                yield source, Rejected(raw=line.text[:200], source=source, reason=line.problem)
                 continue
-            yield _to_request(fields, source, target, default_region)
+            yield source, fields
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def flow_names_used(paths: Iterable[Path], *, target: Target | None, fmt: str | None = None,
+                    ) -> dict[str, dict[str, str]]:
+    """The contact flows rows name by name (``--resolve-flow-names``): instance id -> name -> the first
+    ``file:line`` naming it. Rows that are invalid otherwise are left to the run to report."""
+    used: dict[str, dict[str, str]] = {}
+    for path in paths:
+        for source, fields in file_rows(path, fmt):
+            if isinstance(fields, Rejected) or fields.get("contact_flow") in (None, ""):
+                continue
+            name = str(fields["contact_flow"]).strip()
+            try:
+                instance = _row_target(fields, target).instance
+            except ValueError:
+                continue
+            if instance is not None and is_flow_name(name):
+                used.setdefault(instance, {}).setdefault(name, source)
+    return used
+
+
 def _to_request(fields: Mapping[str, Any], source: str, default_target: Target | None,
-                default_region: str | None) -> ClaimRequest | Rejected:
+                default_region: str | None, flow_names: FlowNames | None = None) -> ClaimRequest | Rejected:
     raw = str(fields.get("phone_number") or "")
     try:
         target = _row_target(fields, default_target)
@@ -161,9 +196,12 @@ def _to_request(fields: Mapping[str, Any], source: str, default_target: Target |
         number = raw if canonical else normalize_number(raw, default_region)
         description = _description(fields.get("description"))
         tags = _tags(fields.get("tags"))
+        flow = fields.get("contact_flow")
+        contact_flow = None if flow in (None, "") else flow_id(flow, target, flow_names)
     except ValueError as exc:
         return Rejected(raw=raw, source=source, reason=str(exc), target=target)
-    return ClaimRequest(number, target, description, MappingProxyType(tags), source, checked=not canonical)
+    return ClaimRequest(number, target, description, MappingProxyType(tags), source, checked=not canonical,
+                        contact_flow=contact_flow)
 
 
 def check(request: ClaimRequest) -> ClaimRequest | Rejected:

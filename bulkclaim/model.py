@@ -21,7 +21,9 @@ __all__ = [
     "ConfigurationError",
     "EndpointUnreachableError",
     "FatalServiceError",
+    "FlowStatus",
     "JournalError",
+    "MoveFrom",
     "Options",
     "Outcome",
     "ParametersChangedError",
@@ -68,6 +70,14 @@ class Status(StrEnum):
         return self in (Status.CLAIMED, Status.IN_PROGRESS, Status.FAILED, Status.RELEASED)
 
 
+class FlowStatus(StrEnum):
+    """Where a number's contact-flow association stands (report field ``flow_status``)."""
+
+    PENDING = "pending"  # asked for, not (yet) associated: the number is not claimed yet, or a run stopped
+    ASSOCIATED = "associated"  # AssociatePhoneNumberContactFlow succeeded
+    FAILED = "failed"  # the association was refused, or its retries ran out (the claim stands)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where numbers are claimed to: an instance (id or ARN) or a target ARN (instance or TDG)."""
@@ -88,6 +98,11 @@ class Target:
                 return "instance/" + given.rsplit(":instance/", 1)[1]
         return self.target_arn or f"instance/{self.instance_id}"
 
+    @property
+    def instance(self) -> str | None:
+        """The instance id of an instance target (given as an id or any ARN naming it); None for a TDG."""
+        return self.key.removeprefix("instance/") if self.key.startswith("instance/") else None
+
     def request_params(self) -> dict[str, str]:
         """The parameters naming this target in a Connect request."""
         if self.target_arn is not None:
@@ -103,8 +118,20 @@ class Target:
 
 
 @dataclass(frozen=True)
+class MoveFrom:
+    """Where a number is moved from (``bulkclaim move``): its source target and its PhoneNumberId
+    (which a move keeps)."""
+
+    source: Target
+    phone_number_id: str
+
+
+@dataclass(frozen=True)
 class ClaimRequest:
-    """One valid number to claim, normalized to E.164, with where it came from (``file:line``)."""
+    """One valid number to claim, normalized to E.164, with where it came from (``file:line``).
+
+    With ``move_from`` it is a *move* of a number we hold to ``target`` (UpdatePhoneNumber) instead of
+    a claim: the same pipeline, journal and guarantees, another request (see :attr:`operation`)."""
 
     phone_number: str
     target: Target
@@ -114,6 +141,10 @@ class ClaimRequest:
     #: False for a number that is already in canonical E.164 form but not yet checked against the
     #: numbering plan: it is checked only if the journal does not know it (it was when first planned).
     checked: bool = field(default=True, compare=False)
+    #: The id of the contact flow to associate once the number is CLAIMED (not part of the claim: a
+    #: changed flow is associated again, it never changes the claim's token).
+    contact_flow: str | None = None
+    move_from: MoveFrom | None = None
 
     def __post_init__(self) -> None:
         if self.tags and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()):
@@ -125,11 +156,23 @@ class ClaimRequest:
 
     def params_hash(self) -> str:
         """A digest of everything sent with the claim but the token: a change means a different claim."""
-        canonical = json.dumps([self.phone_number, self.target.key, self.description or "",
-                                sorted(self.tags.items())], separators=(",", ":"))
+        fields: list[Any] = [self.phone_number, self.target.key, self.description or "", sorted(self.tags.items())]
+        if self.move_from is not None:
+            fields += [self.move_from.source.key, self.move_from.phone_number_id]
+        canonical = json.dumps(fields, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def operation(self) -> tuple[str, str]:
+        """The Connect operation that brings the number to ``target``, and its client method."""
+        return ("ClaimPhoneNumber", "claim_phone_number") if self.move_from is None else (
+            "UpdatePhoneNumber", "update_phone_number")
+
     def claim_params(self, client_token: str) -> dict[str, Any]:
+        """The request's parameters (a move's: the number's id, the destination and the token)."""
+        if self.move_from is not None:
+            return {"PhoneNumberId": self.move_from.phone_number_id, "ClientToken": client_token,
+                    **self.target.request_params()}
         params: dict[str, Any] = {"PhoneNumber": self.phone_number, "ClientToken": client_token,
                                   **self.target.request_params()}
         if self.description:
@@ -166,6 +209,9 @@ class Outcome:
     updated_at: float | None = None
     #: the run that last acted on the number (the journal's ``seen_run``; ``release --run`` takes it)
     run: int | None = None
+    #: the contact flow asked for (its id), and where its association stands; None without a flow
+    contact_flow_id: str | None = None
+    flow_status: FlowStatus | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The report row, field order as in DESIGN §4."""
@@ -176,7 +222,8 @@ class Outcome:
             "attempts": self.attempts, "error_code": self.error_code, "error_message": self.error_message,
             "updated_at": None if self.updated_at is None else
             datetime.fromtimestamp(self.updated_at, UTC).isoformat(timespec="milliseconds"),
-            "run": self.run,
+            "run": self.run, "contact_flow_id": self.contact_flow_id,
+            "flow_status": None if self.flow_status is None else self.flow_status.value,
         }
 
 
@@ -318,12 +365,16 @@ class Options:
     workers: int = 0
     verifiers: int = 64
     plan_batch: int = 500
+    #: Tasks associating claimed numbers with their contact flows (their limiter sets the pace).
+    flow_workers: int = 8
 
     def __post_init__(self) -> None:
         if self.workers < 0 or self.plan_batch < 1 or self.verify_timeout < 0 or self.verify_first_poll < 0:
             raise ValueError("workers >= 0, plan_batch >= 1 and non-negative waits, please")
         if self.verify and self.verifiers < 1:
             raise ValueError("verify=True needs verifiers >= 1")
+        if self.flow_workers < 1:
+            raise ValueError("flow_workers >= 1, please")
 
 
 #: The error code of a number no longer in the input that the target does not hold after its token may
@@ -355,6 +406,8 @@ class RunSummary:
     #: Numbers an earlier run may have sent that this run's input no longer names, (target, number) ->
     #: status: they join the run to be settled with the service (never sent again) and reported.
     removed: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Numbers with a contact flow, by ``flow_status`` (their claims are counted in ``statuses``).
+    flows: Counter[str] = field(default_factory=Counter)
 
     @property
     def settled(self) -> int:

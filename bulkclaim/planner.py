@@ -22,6 +22,7 @@ from bulkclaim.journal.protocol import Journal
 from bulkclaim.model import (
     ClaimRequest,
     ConfigurationError,
+    FlowStatus,
     Options,
     Outcome,
     ParametersChangedError,
@@ -205,9 +206,22 @@ class Planner:
 async def count_and_emit(emit: Emit, summary: RunSummary, outcome: Outcome) -> None:
     """Count ``outcome`` in the run's summary (and in its removed numbers), then hand it to ``emit``."""
     summary.statuses[outcome.status.value] += 1
+    count_flow(summary, outcome)
     if summary.removed and (key := (outcome.target, outcome.phone_number)) in summary.removed:
         summary.removed[key] = outcome.status.value
     await emit(outcome)
+
+
+def count_flow(summary: RunSummary, outcome: Outcome, *, was: FlowStatus | None = None) -> None:
+    """Count ``outcome``'s association (if it has a flow) in the run's summary; ``was``: the status it
+    was counted with before, now replaced."""
+    if outcome.flow_status is None:
+        return
+    if was is not None:
+        summary.flows[was.value] -= 1
+        if summary.flows[was.value] <= 0:
+            del summary.flows[was.value]
+    summary.flows[outcome.flow_status.value] += 1
 
 
 def _take(rows: Iterator[ClaimRequest | Rejected], size: int) -> list[ClaimRequest | Rejected]:

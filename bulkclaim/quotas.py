@@ -23,6 +23,7 @@ __all__ = [
     "CHURN_LIMIT",
     "CHURN_WINDOW_DAYS",
     "CLAIM_RATE_QUOTA",
+    "FLOW_RATE_QUOTA",
     "PHONE_NUMBER_QUOTA",
     "Quotas",
     "read_quotas",
@@ -31,6 +32,8 @@ __all__ = [
 
 PHONE_NUMBER_QUOTA = "L-8F812903"
 CLAIM_RATE_QUOTA = "L-21385E28"
+FLOW_RATE_QUOTA = "L-D2ECB451"  # AssociatePhoneNumberContactFlow requests per second
+MOVE_RATE_QUOTA = "L-B7E1268D"  # UpdatePhoneNumber (``bulkclaim move``) requests per second
 #: Three attempts, about 0.4 and 0.8 s apart at most: the quotas are a preflight, not the run.
 _BACKOFF = Backoff(base=0.4, floor=0.2, cap=0.8, max_attempts=3)
 
@@ -41,6 +44,10 @@ class Quotas:
 
     phone_numbers: int | None = None
     claim_rate: float | None = None
+    #: AssociatePhoneNumberContactFlow's rate quota (contact flows after claims)
+    flow_rate: float | None = None
+    #: UpdatePhoneNumber's rate quota (``bulkclaim move``)
+    move_rate: float | None = None
     problems: list[str] = field(default_factory=list)
 
     def phone_number_quota(self, configured: int | None = None) -> tuple[int | None, str]:
@@ -53,7 +60,7 @@ class Quotas:
 
 
 async def read_quotas(settings: ClientSettings) -> Quotas:
-    """Read both quotas with a Service Quotas client built from ``settings``."""
+    """Read the quotas with a Service Quotas client built from ``settings``."""
     try:
         async with aws_client("service-quotas", settings) as client:
             return await read_quotas_with(client)
@@ -62,12 +69,15 @@ async def read_quotas(settings: ClientSettings) -> Quotas:
 
 
 async def read_quotas_with(client: Any) -> Quotas:
-    """Read both quotas with an existing Service Quotas client; never raises for service errors."""
+    """Read the quotas (phone numbers, claim, association and move rates) with an existing Service Quotas
+    client; never raises for service errors."""
     quotas = Quotas()
     try:
         numbers = await _value(client, PHONE_NUMBER_QUOTA, quotas.problems)
         quotas.phone_numbers = None if numbers is None else int(numbers)
         quotas.claim_rate = await _value(client, CLAIM_RATE_QUOTA, quotas.problems)
+        quotas.flow_rate = await _value(client, FLOW_RATE_QUOTA, quotas.problems)
+        quotas.move_rate = await _value(client, MOVE_RATE_QUOTA, quotas.problems)
     except _Unreachable:  # not asked again, nor twice: the run's own requests will say why, and wait for it
         pass
     return quotas

@@ -52,15 +52,11 @@ class PollResult:
 
 async def _list_pages(api: Api, target: Target, stop: anyio.Event | None = None, **filters: Any) -> dict[str, Owned]:
     owned: dict[str, Owned] = {}
-    next_token: str | None = None
-    while True:
-        page = await api.call("ListPhoneNumbersV2", "list_phone_numbers_v2", stop=stop, MaxResults=1000,
-                              **target.request_params(), **filters, **({"NextToken": next_token} if next_token else {}))
-        for row in page.get("ListPhoneNumbersSummaryList", []):
+    async for page in api.pages("ListPhoneNumbersV2", "list_phone_numbers_v2", "ListPhoneNumbersSummaryList",
+                                stop=stop, MaxResults=1000, **target.request_params(), **filters):
+        for row in page:
             owned[row["PhoneNumber"]] = Owned(row["PhoneNumberId"], row["PhoneNumberArn"])
-        next_token = page.get("NextToken")
-        if not next_token:
-            return owned
+    return owned
 
 
 async def sweep(api: Api, target: Target, *, stop: anyio.Event | None = None) -> dict[str, Owned]:

@@ -13,6 +13,7 @@ import json
 import random
 import signal
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,41 +54,76 @@ class Tally:
                 f"{self.missing_rows} missing rows")
 
 
-def args(tmp_path: Path) -> list[str]:
-    return ["claim", str(tmp_path / "numbers.txt"), "--instance-id", INSTANCE_ID, "--journal",
+def args(tmp_path: Path, inputs: str = "numbers.txt") -> list[str]:
+    return ["claim", str(tmp_path / inputs), "--instance-id", INSTANCE_ID, "--journal",
             str(tmp_path / "j.journal"), "--report", str(tmp_path / "report.jsonl"), "--rate", "100", "--burst", "10",
             "--read-timeout", "0.3", "--verify-timeout", "5", "--grace-period", "0", "--log-format", "json"]
 
 
-async def run_trial(seed: int, tmp_path: Path, tally: Tally, *, faults: FaultConfig = FAULTS,
-                    token_lifetime: float = 8 * 3600.0) -> None:
-    rng = random.Random(seed)
+def write_numbers(tmp_path: Path, env: SandboxEnv) -> str:
+    """The trial's input: ``NUMBERS``, one per line; its file name."""
     (tmp_path / "numbers.txt").write_text("\n".join(NUMBERS) + "\n", encoding="utf-8")
+    return "numbers.txt"
+
+
+#: What a trial checks once the run has finished: (seed, sandbox, trial folder, tally).
+Check = Callable[[int, SandboxEnv, Path, Tally], None]
+
+
+async def run_trial(seed: int, tmp_path: Path, tally: Tally, *, faults: FaultConfig = FAULTS,
+                    token_lifetime: float = 8 * 3600.0, write_input: Callable[[Path, SandboxEnv], str] = write_numbers,
+                    check: Check | None = None, foreign: tuple[str, ...] = tuple(FOREIGN)) -> None:
+    """One trial: the CLI SIGKILLed once or twice at random moments, then run until it finishes; then
+    ``check`` (``check_trial`` by default). ``write_input`` writes the input once the sandbox is up."""
+    rng = random.Random(seed)
     throttle = {api: ThrottleConfig(rate=100.0, burst=10) for api in API_NAMES}
     async with sandbox_env(faults=FaultConfig(**{**faults.__dict__, "seed": seed}), throttle=throttle,
-                           claim_delay=0.05, foreign_claims=tuple(FOREIGN), token_lifetime=token_lifetime) as env:
-        for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
-            process = await anyio.open_process([*BULKCLAIM, *args(tmp_path)], env=cli_env(env))
-            async with process:
-                await anyio.sleep(rng.uniform(0.2, 3.0))
-                if process.returncode is None:
-                    process.send_signal(signal.SIGKILL)
-                    tally.kills += 1
-                await process.wait()
-            tally.runs += 1
-        for _ in range(6):
-            result = await run_cli(env, tmp_path, *args(tmp_path))
-            tally.runs += 1
-            assert "Traceback" not in result.stderr
-            if result.returncode in (0, 1):
-                break
-        else:
-            raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
-        check_trial(seed, env, tmp_path, tally)
+                           claim_delay=0.05, foreign_claims=foreign, token_lifetime=token_lifetime) as env:
+        inputs = write_input(tmp_path, env)
+        await kill_then_finish(env, tmp_path, args(tmp_path, inputs), rng, tally, seed)
+        (check or check_trial)(seed, env, tmp_path, tally)
     tally.trials += 1
 
 
-def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally) -> None:
+async def kill_then_finish(env: SandboxEnv, cwd: Path, cli_args: list[str], rng: random.Random, tally: Tally,
+                           seed: int) -> int:
+    """Run the CLI and SIGKILL it at a random moment (once or twice), then run it again until it
+    finishes (exit 0 or 1); its exit code. Shared by every kill -9 trial (claims, moves)."""
+    for _ in range(rng.choice([1, 1, 2])):  # one or two SIGKILLs at random moments
+        process = await anyio.open_process([*BULKCLAIM, *cli_args], env=cli_env(env))
+        async with process:
+            await anyio.sleep(rng.uniform(0.2, 3.0))
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+                tally.kills += 1
+            await process.wait()
+        tally.runs += 1
+    for _ in range(6):
+        result = await run_cli(env, cwd, *cli_args)
+        tally.runs += 1
+        assert "Traceback" not in result.stderr
+        if result.returncode in (0, 1):
+            return result.returncode
+    raise AssertionError(f"seed {seed}: never finished: {result.stderr[-1500:]}")
+
+
+async def run_trials(tmp_path: Path, seeds: range,
+                     trial: Callable[[int, Path, Tally], Awaitable[None]]) -> Tally:
+    """``trial`` once per seed, each in a folder of its own; fails listing every trial's problems."""
+    tally = Tally()
+    for seed in seeds:
+        trial_dir = tmp_path / f"trial{seed}"
+        trial_dir.mkdir()
+        await trial(seed, trial_dir, tally)
+    print(tally.line())
+    assert not tally.problems, tally.problems
+    return tally
+
+
+def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally, *, numbers: list[str] = NUMBERS,
+                foreign: list[str] = FOREIGN) -> None:
+    """Each of ``numbers`` claimed at most once and in the report once; every one the sandbox shows as
+    ours reported with its id; the ``foreign`` ones failed as not available."""
     claims = [e for e in env.sandbox.ledger if e.action == "claim"]
     executed = [e.phone_number for e in claims]
     doubles = {n for n in executed if executed.count(n) > 1}
@@ -95,10 +131,10 @@ def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally) -> Non
     rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
     by_number = {r["phone_number"]: r for r in rows}
     listed = [r["phone_number"] for r in rows]
-    missing = [n for n in NUMBERS if n not in by_number] + sorted({n for n in listed if listed.count(n) > 1})
+    missing = [n for n in numbers if n not in by_number] + sorted({n for n in listed if listed.count(n) > 1})
     tally.missing_rows += len(missing)
     orphans = []
-    for number in NUMBERS:
+    for number in numbers:
         holder = env.sandbox.state.holder_of(number)
         if holder is None or holder.target_arn != OUR_TARGET:
             continue
@@ -106,7 +142,7 @@ def check_trial(seed: int, env: SandboxEnv, tmp_path: Path, tally: Tally) -> Non
         if row.get("status") not in ("claimed", "in_progress") or row.get("phone_number_id") != holder.phone_number_id:
             orphans.append(f"{number}: sandbox {holder.phone_number_id}, report {row}")
     tally.orphans += len(orphans)
-    for number in FOREIGN:
+    for number in foreign:
         row = by_number[number]
         assert (row["status"], row["error_code"]) == ("failed", "InvalidParameterException"), row
     if doubles or missing or orphans:

@@ -631,12 +631,17 @@ async def test_a_version_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version=1")
         conn.execute(f"PRAGMA application_id={0x62636C6D}")
         conn.execute("INSERT INTO runs (started_at, pid) VALUES (1.0, 1)")
+        conn.execute("INSERT INTO numbers (target, phone_number, params_hash, client_token, status, seen_run, ord, "
+                     "created_at, updated_at) VALUES ('instance/i', '+12062000000', 'h', 't', 'claimed', 1, 1, 1, 1)")
         conn.commit()
     journal = SqliteJournal.open(path)
     await journal.close()
     with peek(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("SELECT contact_flow, flow_status, flow_attempts FROM numbers").fetchall() == [
+            (None, None, 0)], "v4: an existing number has no flow"
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1, "the old rows are kept"
+        assert "move_from" in {row[1] for row in conn.execute("PRAGMA table_info(numbers)")}, "v5: moves"
         assert conn.execute("SELECT ended_at FROM runs").fetchone()[0] is None, "not known to have ended cleanly"
         assert conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
 

@@ -7,6 +7,7 @@ behaviour (SQLite's file, schema, writer thread) is tested in ``test_journal.py`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from bulkclaim.journal import Journal, open_journal, read_existing_journal
 from bulkclaim.model import (
     NOT_CLAIMED,
     ConfigurationError,
+    FlowStatus,
     JournalError,
     Outcome,
     Planned,
@@ -339,3 +341,41 @@ async def test_a_cancelled_owner_still_closes_the_journal(spec: str) -> None:
     async with opened(spec) as journal:  # not left locked, and the token planned before the cancel is there
         result = await journal.plan([req(0)], await journal.begin_run(), retry_failed=False)
     assert [p.maybe_sent for p in result.work] == [True]
+
+
+# -- contact flows ----------------------------------------------------------------------------------------
+
+
+async def test_a_numbers_flow_is_planned_finished_and_reported(spec: str) -> None:
+    flow_a, flow_b = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
+    with_flow = [dataclasses.replace(req(i), contact_flow=flow_a) for i in range(3)]
+    async with opened(spec) as journal:
+        run = await journal.begin_run()
+        work = (await journal.plan([*with_flow, req(3)], run, retry_failed=False)).work
+        assert [p.request.contact_flow for p in work] == [flow_a] * 3 + [None]
+        page, _ = await journal.work_page(run, 0, 10)
+        assert [p.request.contact_flow for p in page] == [flow_a] * 3 + [None], "read back from the journal"
+        for planned in work:
+            finish(journal, planned, Status.CLAIMED, phone_number_id=f"id-{planned.request.phone_number}")
+        pending, _ = await journal.flows_to_finish(run, 0, 10)
+        assert [(o.phone_number, o.contact_flow_id, o.flow_status) for o in pending] == [
+            (r.phone_number, flow_a, FlowStatus.PENDING) for r in with_flow]
+        await journal.record_flow(dataclasses.replace(pending[0], flow_status=FlowStatus.ASSOCIATED), 1, None)
+        await journal.record_flow(dataclasses.replace(pending[1], flow_status=FlowStatus.FAILED), 2,
+                                  ("ResourceNotFoundException", "no such flow"))
+        assert len((await journal.flows_to_finish(run, 0, 10))[0]) == 1
+    with read_existing_journal(spec) as reader:
+        assert reader.flow_counts(run) == {"associated": 1, "failed": 1, "pending": 1}
+        rows = {o.phone_number: o for o in reader.outcomes(run)}
+    assert rows[with_flow[1].phone_number].error_code == "ResourceNotFoundException", "the flow's error is shown"
+    assert rows[req(3).phone_number].as_row()["flow_status"] is None
+    async with opened(spec) as journal:  # the next run: a failed flow stays failed, a changed one is pending again
+        run2 = await journal.begin_run()
+        plan = await journal.plan([with_flow[0], with_flow[1], dataclasses.replace(req(3), contact_flow=flow_b)],
+                                  run2, retry_failed=False)
+        assert [(o.flow_status, o.contact_flow_id) for o in plan.done] == [
+            (FlowStatus.ASSOCIATED, flow_a), (FlowStatus.FAILED, flow_a), (FlowStatus.PENDING, flow_b)]
+        run3 = await journal.begin_run()
+        retried = await journal.plan([with_flow[1]], run3, retry_failed=True)
+        assert [o.flow_status for o in retried.done] == [FlowStatus.PENDING]
+        assert [o.phone_number for o in (await journal.flows_to_finish(run3, 0, 10))[0]] == [with_flow[1].phone_number]

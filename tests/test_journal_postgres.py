@@ -253,3 +253,22 @@ async def test_a_lost_session_is_found_again_and_the_journal_goes_on(url: str) -
             assert reader.status().live is True, "the run's session lock was taken again"
             tokens = {o.phone_number: o.client_token for o in reader.outcomes()}
     assert tokens == {req(0).phone_number: planned.client_token, req(1).phone_number: later.client_token}
+
+
+async def test_a_version_2_journal_gains_the_flow_columns_in_place(url: str) -> None:
+    async with opened(url) as journal:
+        run = await journal.begin_run()
+        await journal.plan([req(0)], run, retry_failed=False)
+    with closing(connect(parse_url(url), read_only=False)) as conn:  # back to schema 2, as 0.x wrote it
+        conn.execute("DROP INDEX numbers_flows_pending")
+        conn.execute("ALTER TABLE numbers DROP COLUMN contact_flow, DROP COLUMN flow_status, "
+                     "DROP COLUMN flow_attempts, DROP COLUMN flow_error_code, DROP COLUMN flow_error_message, "
+                     "DROP COLUMN move_from")
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    async with opened(url) as journal:
+        again = await journal.plan([req(0)], await journal.begin_run(), retry_failed=False)
+        assert [p.request.contact_flow for p in again.work] == [None], "the number is kept, without a flow"
+    with closing(connect(parse_url(url), read_only=False)) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert conn.execute("SELECT flow_status, flow_attempts FROM numbers").fetchall() == [(None, 0)]
+        assert conn.execute("SELECT move_from FROM numbers").fetchall() == [(None,)], "v4: a claim, not a move"

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from bulkclaim import quotas
 from bulkclaim.backoff import Backoff
-from bulkclaim.quotas import CLAIM_RATE_QUOTA, PHONE_NUMBER_QUOTA, read_quotas_with
+from bulkclaim.quotas import CLAIM_RATE_QUOTA, FLOW_RATE_QUOTA, MOVE_RATE_QUOTA, PHONE_NUMBER_QUOTA, read_quotas_with
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +49,7 @@ async def test_a_passing_failure_is_retried() -> None:
     client = ScriptedQuotas(7, applied=[_error("ThrottlingException", 429), _error("InternalFailure", 500)])
     read = await read_quotas_with(client)
     assert (read.phone_numbers, read.claim_rate, read.problems) == (7, 7.0, [])
-    assert len(client.calls) == 4, "three for the first quota, one for the second"
+    assert len(client.calls) == 6, "three for the first quota, one for each of the others"
 
 
 async def test_a_quota_never_adjusted_reads_the_default_with_attempts_of_its_own() -> None:
@@ -65,13 +65,15 @@ async def test_three_failures_are_reported_and_the_next_quota_is_read() -> None:
     read = await read_quotas_with(client)
     assert read.phone_numbers is None and read.claim_rate == 2.0
     assert read.problems == [f"cannot read quota connect/{PHONE_NUMBER_QUOTA}: InternalFailure: InternalFailure"]
-    assert client.calls[3:] == [("applied", CLAIM_RATE_QUOTA)]
+    assert client.calls[3:] == [("applied", CLAIM_RATE_QUOTA), ("applied", FLOW_RATE_QUOTA),
+                                ("applied", MOVE_RATE_QUOTA)]
 
 
 async def test_a_refusal_is_not_retried_and_an_unreachable_endpoint_is_asked_once() -> None:
     denied = ScriptedQuotas(1, applied=[_error("AccessDeniedException", 403)])
-    assert (await read_quotas_with(denied)).phone_numbers is None and len(denied.calls) == 2
+    assert (await read_quotas_with(denied)).phone_numbers is None and len(denied.calls) == 4
     unreachable = ScriptedQuotas(1, applied=[ConnectionRefusedError("refused")])
     read = await read_quotas_with(unreachable)
-    assert (read.phone_numbers, read.claim_rate) == (None, None) and len(unreachable.calls) == 1
+    assert (read.phone_numbers, read.claim_rate, read.flow_rate, read.move_rate) == (None, None, None, None)
+    assert len(unreachable.calls) == 1
     assert read.problems == [f"cannot read quota connect/{PHONE_NUMBER_QUOTA}: ConnectionRefusedError: refused"]

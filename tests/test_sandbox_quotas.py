@@ -37,11 +37,11 @@ async def test_rate_quota_is_the_claim_bucket_and_unreadable_quotas_are_reported
     async with sandbox_env(throttle={"ClaimPhoneNumber": ThrottleConfig(rate=37.0, burst=5)}) as env:
         quotas = await read_quotas(env.settings)
         assert (quotas.phone_numbers, quotas.claim_rate, quotas.problems) == (10_000, 37.0, [])
-        assert env.sandbox.stats()["ServiceQuotas.GetServiceQuota"] == {"ok": 2}
+        assert env.sandbox.stats()["ServiceQuotas.GetServiceQuota"] == {"ok": 4}  # with Associate's and Update's
         env.sandbox.configure(service_quotas_access=False)
         denied = await read_quotas(env.settings)
         assert (denied.phone_numbers, denied.claim_rate) == (None, None)
-        assert all("AccessDeniedException" in problem for problem in denied.problems) and len(denied.problems) == 2
+        assert all("AccessDeniedException" in problem for problem in denied.problems) and len(denied.problems) == 4
 
 
 async def test_instance_quota_refuses_the_claim_beyond_it_in_refuse_mode() -> None:
@@ -132,7 +132,7 @@ def test_quota_codes_are_the_documented_ones() -> None:
 async def test_every_phone_number_api_rate_quota_is_served_from_its_bucket() -> None:
     codes = {"ClaimPhoneNumber": "L-21385E28", "ReleasePhoneNumber": "L-91A40F24",
              "DescribePhoneNumber": "L-34F440B5", "ListPhoneNumbersV2": "L-B07B2C56",
-             "SearchAvailablePhoneNumbers": "L-AF3C38D5"}
+             "SearchAvailablePhoneNumbers": "L-AF3C38D5", "UpdatePhoneNumber": "L-B7E1268D"}
     throttle = {api: ThrottleConfig(rate=10.0 + i, burst=5) for i, api in enumerate(codes)}
     async with sandbox_env(throttle=throttle) as env, aws_client("service-quotas", env.settings) as quotas:
         for i, (api, code) in enumerate(codes.items()):

@@ -25,7 +25,7 @@ def read_slots(conn: Connection, name: str, target: str, params: str, count: int
                                  f"parameters ({found[1]} to {found[0]}); give another --name")
     candidates = {slot: planned_from_row(row) for slot, *row in conn.execute(
         "SELECT s.slot, n.target, n.phone_number, n.description, n.tags, n.source, n.client_token, n.status, "
-        "n.attempts, 1, n.phone_number_id, n.phone_number_arn FROM slots s JOIN numbers n "
+        "n.attempts, 1, n.phone_number_id, n.phone_number_arn, n.contact_flow, n.move_from FROM slots s JOIN numbers n "
         "ON n.target=? AND n.phone_number=s.phone_number WHERE s.acquisition=?", (target, name))}
     slots = [(slot, candidates.get(slot)) for slot in range(1, count + 1)]
     if create:

@@ -16,7 +16,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import anyio
 
-from bulkclaim.journal import acquisitions, planning, releases
+from bulkclaim.journal import acquisitions, flows, planning, releases
 from bulkclaim.journal.lazy import LazyWrites, Statement, run_statements
 from bulkclaim.journal.sql import ConnectionT
 from bulkclaim.journal.writer import Database, Job, Writer
@@ -27,7 +27,6 @@ from bulkclaim.model import (
     PlanResult,
     PlanReuse,
     Rejected,
-    Status,
     Target,
     ToRelease,
 )
@@ -114,8 +113,7 @@ class SqlJournal(Generic[ConnectionT]):
         """The next ``limit`` numbers of ``run`` still to send or verify, in input order after ``after``."""
         def query(conn: ConnectionT) -> tuple[list[Planned], int]:
             rows = conn.execute(
-                "SELECT ord, target, phone_number, description, tags, source, client_token, status, attempts, "
-                "maybe_sent, phone_number_id, phone_number_arn FROM numbers "
+                f"SELECT ord, {planning.PLANNED_COLUMNS} FROM numbers "
                 "WHERE seen_run=? AND ord>? AND status IN ('pending', 'in_progress') ORDER BY ord LIMIT ?",
                 (run, after, limit)).fetchall()
             targets: dict[str, Target] = {}
@@ -161,14 +159,19 @@ class SqlJournal(Generic[ConnectionT]):
 
     async def run_outcomes(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
         """The numbers of ``run`` that are done (claimed / failed / released), in input order after ``after``."""
-        def query(conn: ConnectionT) -> tuple[list[Outcome], int]:
-            rows = conn.execute(
-                "SELECT ord, phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                "attempts, error_code, error_message, updated_at FROM numbers WHERE seen_run=? AND ord>? "
-                "AND status IN ('claimed', 'failed', 'released') ORDER BY ord LIMIT ?", (run, after, limit)).fetchall()
-            outcomes = [Outcome(r[1], r[2] or "", r[3], Status(r[4]), *r[5:]) for r in rows]
-            return outcomes, (rows[-1][0] if rows else after)
-        return await self._submit(query)
+        return await self._submit(partial(flows.outcomes_page, run=run, after=after, limit=limit,
+                                          where="status IN ('claimed', 'failed', 'released')"))
+
+    async def flows_to_finish(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
+        """The claimed numbers of ``run`` whose association is pending, in input order after ``after``."""
+        return await self._submit(partial(flows.outcomes_page, run=run, after=after, limit=limit,
+                                          where="status='claimed' AND flow_status='pending'"))
+
+    async def record_flow(self, outcome: Outcome, attempts: int, error: tuple[str, str] | None) -> None:
+        """A number's association result (``outcome.flow_status``; ``attempts`` requests made, the last
+        ``error``), for the flow it was made with: a flow planned since by another run stays pending.
+        Written now (after every lazy write before it): an association is one request, harmless to repeat."""
+        await self._submit(partial(flows.record_flow, outcome=outcome, attempts=attempts, error=error))
 
     # -- sharing a run: only a shared journal (PostgreSQL) does anything here -------------------------
     @asynccontextmanager

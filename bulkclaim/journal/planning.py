@@ -8,6 +8,7 @@ written with ``executemany``, guarded against concurrent planners (``_write``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,9 @@ from bulkclaim.journal.sql import Connection
 from bulkclaim.model import (
     NOT_CLAIMED,
     ClaimRequest,
+    FlowStatus,
     JournalError,
+    MoveFrom,
     Outcome,
     Planned,
     PlanResult,
@@ -29,7 +32,7 @@ from bulkclaim.model import (
     new_token,
 )
 
-__all__ = ["join_unsettled", "lookup", "plan_batch", "planned_from_row", "reuse_plan"]
+__all__ = ["PLANNED_COLUMNS", "join_unsettled", "lookup", "plan_batch", "planned_from_row", "reuse_plan"]
 
 _RACES = 5  # times a batch is decided again after losing a race to another planner
 
@@ -45,6 +48,8 @@ class _Existing(NamedTuple):
     error_code: str | None
     error_message: str | None
     updated_at: float
+    contact_flow: str | None
+    flow_status: str | None
 
 
 def lookup(conn: Connection, keys: Iterable[tuple[str, str]], columns: str) -> dict[tuple[str, str], list[Any]]:
@@ -78,6 +83,8 @@ class _Decisions:
     new_rows: list[tuple[Any, ...]] = field(default_factory=list)
     replaces: list[tuple[Any, ...]] = field(default_factory=list)
     touches: list[tuple[Any, ...]] = field(default_factory=list)
+    #: (flow id, target, number) of numbers whose flow is new, changed, or failed and retried: pending now
+    flows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _Existing], run: int,
@@ -97,15 +104,24 @@ def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _E
         if row is None and not request.checked:  # never reserve a token for an unvalidated number
             raise ValueError(f"{request.source}: {request.phone_number} was not checked before planning")
         in_batch.add(key)
+        flow = _flow_decision(request, row, retry_failed)
+        if flow is not None and flow[1] == FlowStatus.PENDING:
+            if request.contact_flow is None:  # asked for by an earlier run: this one associates it
+                request = dataclasses.replace(request, contact_flow=flow[0])
+            else:
+                decided.flows.append((request.contact_flow, target, number))
         if row is None or (row.status == Status.FAILED and (retry_failed or row.error_code == NOT_CLAIMED)):
             token = new_token()
-            values = (request.params_hash(), request.description, _tags_text(request), request.source, token, run,
+            moved = request.move_from  # a move: the number's id is known before anything is sent
+            values = (request.params_hash(), request.description, _tags_text(request), request.source, token,
+                      moved.phone_number_id if moved else None, moved.source.key if moved else None, run,
                       next_ord, now, now)
             if row is None:
                 decided.new_rows.append((target, number, *values))
             else:
                 decided.replaces.append((*values, target, number, row.client_token))
-            result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False))
+            result.work.append(Planned(request, token, Status.PENDING, 0, maybe_sent=False,
+                                       phone_number_id=moved.phone_number_id if moved else None))
         elif row.status == Status.PENDING and row.params_hash != request.params_hash():
             result.changed.append(request)
             continue
@@ -120,9 +136,25 @@ def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _E
             else:
                 result.done.append(Outcome(number, request.source, target, row.status, row.phone_number_id,
                                            row.phone_number_arn, row.client_token, row.attempts, row.error_code,
-                                           row.error_message, row.updated_at, run if dedupe else row.seen_run))
+                                           row.error_message, row.updated_at, run if dedupe else row.seen_run,
+                                           *(flow or (None, None))))
         next_ord += 1
     return decided
+
+
+def _flow_decision(request: ClaimRequest, row: _Existing | None,
+                   retry_failed: bool) -> tuple[str, FlowStatus] | None:
+    """The number's flow and its status after planning: the row's, unless the request names a flow the
+    row does not have, or the row's association failed and ``retry_failed``: pending then. A request
+    without a flow leaves the row's as it is (a number is never disassociated by bulkclaim)."""
+    if request.contact_flow is None:
+        if row is None or row.contact_flow is None or row.flow_status is None:
+            return None
+        return row.contact_flow, FlowStatus(row.flow_status)
+    if (row is None or row.contact_flow != request.contact_flow or row.flow_status is None
+            or (row.flow_status == FlowStatus.FAILED and retry_failed)):
+        return request.contact_flow, FlowStatus.PENDING
+    return row.contact_flow, FlowStatus(row.flow_status)
 
 
 def _write(conn: Connection, decided: _Decisions) -> bool:
@@ -130,13 +162,13 @@ def _write(conn: Connection, decided: _Decisions) -> bool:
     read (the rows went in in key order, so two planners of the same numbers never deadlock)."""
     written = conn.executemany(
         "INSERT INTO numbers (target, phone_number, params_hash, description, tags, source, client_token, "
-        "status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT (target, phone_number) DO NOTHING",
+        "phone_number_id, move_from, status, attempts, maybe_sent, seen_run, ord, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?) ON CONFLICT (target, phone_number) DO NOTHING",
         sorted(decided.new_rows, key=lambda row: (row[0], row[1]))).rowcount
     if decided.replaces:
         written += conn.executemany(
-            "UPDATE numbers SET params_hash=?, description=?, tags=?, source=?, client_token=?, status='pending', "
-            "attempts=0, maybe_sent=0, phone_number_id=NULL, phone_number_arn=NULL, error_code=NULL, "
+            "UPDATE numbers SET params_hash=?, description=?, tags=?, source=?, client_token=?, phone_number_id=?, "
+            "move_from=?, status='pending', attempts=0, maybe_sent=0, phone_number_arn=NULL, error_code=NULL, "
             "error_message=NULL, seen_run=?, ord=?, created_at=?, updated_at=? "
             "WHERE target=? AND phone_number=? AND client_token=? AND status='failed'",
             sorted(decided.replaces, key=lambda row: (row[-3], row[-2]))).rowcount
@@ -145,7 +177,14 @@ def _write(conn: Connection, decided: _Decisions) -> bool:
             "UPDATE numbers SET seen_run=?, ord=?, source=?, maybe_sent=CASE WHEN ? THEN 1 ELSE maybe_sent END "
             "WHERE target=? AND phone_number=? AND client_token=?",
             sorted(decided.touches, key=lambda row: (row[-3], row[-2]))).rowcount
-    return written == len(decided.new_rows) + len(decided.replaces) + len(decided.touches)
+    if written != len(decided.new_rows) + len(decided.replaces) + len(decided.touches):
+        return False
+    if decided.flows:  # not a race: whoever planned the flow last, the number is to have it
+        conn.executemany(
+            "UPDATE numbers SET contact_flow=?, flow_status='pending', flow_attempts=0, flow_error_code=NULL, "
+            "flow_error_message=NULL WHERE target=? AND phone_number=?",
+            sorted(decided.flows, key=lambda row: (row[1], row[2])))
+    return True
 
 
 def plan_batch(conn: Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
@@ -172,19 +211,23 @@ def _tags_text(request: ClaimRequest) -> str | None:
 
 
 _NO_TAGS: MappingProxyType[str, str] = MappingProxyType({})
+#: The columns :func:`planned_from_row` reads.
+PLANNED_COLUMNS = ("target, phone_number, description, tags, source, client_token, status, attempts, maybe_sent, "
+                   "phone_number_id, phone_number_arn, contact_flow, move_from")
 
 
 def planned_from_row(row: Sequence[Any], targets: dict[str, Target] | None = None) -> Planned:
-    """A journal row as a :class:`Planned`. Rows that share ``targets`` share one :class:`Target` per
-    key (and so compute its key once, not once per number)."""
-    target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn = row
+    """A journal row (:data:`PLANNED_COLUMNS`) as a :class:`Planned`. Rows that share ``targets`` share
+    one :class:`Target` per key (and so compute its key once, not once per number)."""
+    target, number, description, tags, source, token, status, attempts, maybe_sent, number_id, arn, flow, moved = row
     found = targets.get(target) if targets is not None else None
     if found is None:
         found = Target.from_key(target)
         if targets is not None:
             targets[target] = found
+    move = MoveFrom(Target.from_key(moved), number_id) if moved else None
     request = ClaimRequest(number, found, description, MappingProxyType(json.loads(tags)) if tags else _NO_TAGS,
-                           source or "")
+                           source or "", contact_flow=flow, move_from=move)
     return Planned(request, token, Status(status), attempts, bool(maybe_sent), number_id, arn)
 
 

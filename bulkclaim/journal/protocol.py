@@ -129,6 +129,16 @@ class Journal(Protocol):
         process instead (from wherever they are: a dead worker's numbers are taken over)."""
         ...
 
+    async def flows_to_finish(self, run: int, after: int, limit: int) -> tuple[list[Outcome], int]:
+        """The claimed numbers of ``run`` whose contact-flow association is pending, in input order after
+        the position ``after``; and the position to continue from."""
+        ...
+
+    async def record_flow(self, outcome: Outcome, attempts: int, error: tuple[str, str] | None) -> None:
+        """A number's association result (``outcome.flow_status``) for ``outcome.contact_flow_id``, with the
+        requests it took and its last error; durable when this returns."""
+        ...
+
     async def targets_to_reconcile(self, run: int) -> list[Target]:
         """Targets holding numbers of ``run`` that an earlier run may have sent (outcome unknown)."""
         ...
@@ -215,6 +225,8 @@ class JournalStatus:
     live_run: int | None = None
     #: a shared journal (PostgreSQL): the workers alive now, by the run whose numbers they work on
     workers: dict[int, int] | None = None
+    #: numbers with a contact flow, by ``flow_status`` (every run)
+    flows: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         fields = dict(self.__dict__)
@@ -235,6 +247,10 @@ class JournalReader(Protocol):
 
     def run_counts(self, run: int) -> dict[str, int]:
         """How many numbers of ``run`` ended in each status, invalid rows included (non-zero only)."""
+        ...
+
+    def flow_counts(self, run: int) -> dict[str, int]:
+        """How many numbers of ``run`` with a contact flow are in each ``flow_status`` (non-zero only)."""
         ...
 
     def churn(self, target: str, now: float | None = None) -> int: ...

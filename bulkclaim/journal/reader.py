@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkclaim.journal import releases
+from bulkclaim.journal.flows import OUTCOME_COLUMNS, outcome_from_row
 from bulkclaim.journal.lock import LockHolder, lock_holder
 from bulkclaim.journal.protocol import JournalStatus
 from bulkclaim.journal.schema import connect_read_only
@@ -91,9 +92,12 @@ class SqlReader:
         ]
         pending = counts.get(Status.PENDING.value, 0)
         eta = pending / rate if rate and pending else None
+        flows = dict(conn.execute("SELECT flow_status, count(*) FROM numbers WHERE flow_status IS NOT NULL "
+                                  "GROUP BY flow_status").fetchall())
         return JournalStatus(self.name, holder.held, holder.pid, counts, runs, latest,
                              plan[0] if plan else latest, started, rate, eta, per_run, last_errors, error_count,
-                             latest if holder.held and holder.pid is not None and holder.pid == run_pid else None)
+                             latest if holder.held and holder.pid is not None and holder.pid == run_pid else None,
+                             flows=flows)
 
     def run_counts(self, run: int) -> dict[str, int]:
         counts = dict(self._conn.execute("SELECT status, count(*) FROM numbers WHERE seen_run=? GROUP BY status",
@@ -102,6 +106,10 @@ class SqlReader:
         if invalid:
             counts[Status.INVALID.value] = invalid
         return counts
+
+    def flow_counts(self, run: int) -> dict[str, int]:
+        return dict(self._conn.execute("SELECT flow_status, count(*) FROM numbers WHERE seen_run=? "
+                                       "AND flow_status IS NOT NULL GROUP BY flow_status", (run,)).fetchall())
 
     def churn(self, target: str, now: float | None = None) -> int:
         return releases.churn(self._conn, target, now)
@@ -114,13 +122,9 @@ class SqlReader:
     def outcomes(self, run: int | None = None, statuses: frozenset[str] | None = None) -> Iterator[Outcome]:
         try:
             where, args = ("WHERE seen_run=?", (run,)) if run is not None else ("", ())
-            for row in self._conn.execute(
-                    "SELECT phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, "
-                    f"attempts, error_code, error_message, updated_at, seen_run FROM numbers {where} "
-                    "ORDER BY seen_run, ord", args):
-                number, source, target, status, number_id, arn, token, attempts, code, message, updated, seen = row
-                outcome = Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts,
-                                  code, message, updated, seen)
+            for row in self._conn.execute(f"SELECT {OUTCOME_COLUMNS} FROM numbers {where} ORDER BY seen_run, ord",
+                                          args):
+                outcome = outcome_from_row(row)
                 if statuses is None or outcome.status.value in statuses:
                     yield outcome
             if statuses is not None and Status.INVALID.value not in statuses:

@@ -2,7 +2,8 @@
 
 Each release gets a client token committed to the ``releases`` table before its request is sent; a
 resumed release re-uses it. Churn (DESIGN §2) counts claims (an accepted or recovered attempt, one
-per token) and releases made to a target within the window, the rule Connect applies.
+per token) and releases made to a target within the window, the rule Connect applies; a move
+(``bulkclaim move``) is neither.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def churn(conn: Connection, target: str, now: float | None) -> int:
     since = (now if now is not None else time.time()) - CHURN_WINDOW_DAYS * 86400.0
     (claims,) = conn.execute(
         "SELECT count(*) FROM (SELECT DISTINCT phone_number, client_token FROM attempts "
-        f"WHERE target=? AND result IN {OURS} AND at>=?) AS claims", (target, since)).fetchone()
+        f"WHERE target=? AND result IN {OURS} AND at>=? AND NOT EXISTS (SELECT 1 FROM numbers n "
+        "WHERE n.target=attempts.target AND n.phone_number=attempts.phone_number "
+        "AND n.client_token=attempts.client_token AND n.move_from IS NOT NULL)) AS claims",
+        (target, since)).fetchone()
     (releases,) = conn.execute("SELECT count(*) FROM releases WHERE target=? AND status='released' AND updated_at>=?",
                                (target, since)).fetchone()
     return int(claims) + int(releases)

@@ -11,7 +11,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "connect_read_only", "migrate", "refuse_foreign"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 _APPLICATION_ID = 0x62636C6D  # "bclm": marks the file as a bulkclaim journal
 
 _V1 = """
@@ -108,7 +108,25 @@ _V3 = """
 ALTER TABLE runs ADD COLUMN ended_at REAL
 """
 
-_STEPS = {1: _V1, 2: _V2, 3: _V3}
+# v4 (issue 16): a number's contact flow (its id) and the association's state: ``flow_status`` NULL
+# without a flow, else pending / associated / failed, with the association's attempts and last error.
+# Existing journals gain the columns empty: their numbers have no flow.
+_V4 = """
+ALTER TABLE numbers ADD COLUMN contact_flow TEXT;
+ALTER TABLE numbers ADD COLUMN flow_status TEXT;
+ALTER TABLE numbers ADD COLUMN flow_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE numbers ADD COLUMN flow_error_code TEXT;
+ALTER TABLE numbers ADD COLUMN flow_error_message TEXT;
+CREATE INDEX numbers_flows_pending ON numbers (seen_run, ord) WHERE flow_status='pending'
+"""
+
+# v5 (issue 16): ``numbers.move_from``, the source target of a move (``bulkclaim move``: the row's
+# ``phone_number_id`` is then the number's id, known before the move is sent); NULL for a claim.
+_V5 = """
+ALTER TABLE numbers ADD COLUMN move_from TEXT
+"""
+
+_STEPS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

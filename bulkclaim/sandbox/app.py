@@ -72,7 +72,7 @@ class Sandbox:
 
     @property
     def ledger(self) -> list[LedgerEntry]:
-        """Every claim and release the sandbox executed, in order (idempotent replays excluded)."""
+        """Every claim, release and move the sandbox executed, in order (idempotent replays excluded)."""
         return self.state.ledger
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -101,7 +101,10 @@ class Sandbox:
         operations: dict[str, _Operation] = {
             "ClaimPhoneNumber": self._claim, "ListPhoneNumbersV2": self._list,
             "SearchAvailablePhoneNumbers": self._search, "DescribePhoneNumber": self._describe,
-            "ReleasePhoneNumber": self._release,
+            "ReleasePhoneNumber": self._release, "UpdatePhoneNumber": self._update,
+            "AssociatePhoneNumberContactFlow": self._associate_flow,
+            "DisassociatePhoneNumberContactFlow": self._disassociate_flow,
+            "ListFlowAssociations": self._list_flow_associations, "ListContactFlows": self._list_contact_flows,
         }
         for api, operation in operations.items():  # method and path as botocore's model says
             method, path = http_route(api)
@@ -223,6 +226,9 @@ class Sandbox:
     def _release(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         return self.state.release(request.match_info["PhoneNumberId"], request.query.get("clientToken"))
 
+    def _update(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.update(request.match_info["PhoneNumberId"], body)
+
     def _list(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         page, token = self._pages.page("ListPhoneNumbersV2", self.state.list_claimed(body), body, default_size=100)
         return {"ListPhoneNumbersSummaryList": page, **({"NextToken": token} if token else {})}
@@ -231,6 +237,22 @@ class Sandbox:
         page, token = self._pages.page("SearchAvailablePhoneNumbers", self.state.search_available(body), body,
                                        default_size=10)
         return {"AvailableNumbersList": page, **({"NextToken": token} if token else {})}
+
+    def _associate_flow(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.associate_flow(request.match_info["PhoneNumberId"], body)
+
+    def _disassociate_flow(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return self.state.disassociate_flow(request.match_info["PhoneNumberId"], request.query["instanceId"])
+
+    def _list_flow_associations(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        rows = self.state.flow_associations(request.match_info["InstanceId"], request.query.get("ResourceType"))
+        page, token = self._pages.page("ListFlowAssociations", rows, _page_request(request), default_size=100)
+        return {"FlowAssociationSummaryList": page, **({"NextToken": token} if token else {})}
+
+    def _list_contact_flows(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        rows = self.state.contact_flows(request.match_info["InstanceId"])
+        page, token = self._pages.page("ListContactFlows", rows, _page_request(request), default_size=100)
+        return {"ContactFlowSummaryList": page, **({"NextToken": token} if token else {})}
 
     # -- admin -----------------------------------------------------------------------------------------
     async def _admin_ledger(self, request: web.Request) -> web.Response:
@@ -282,6 +304,13 @@ def _json_error(code: str, message: str, *, status: int = 400) -> web.Response:
     return web.json_response({"__type": f"com.amazonaws.servicequotas#{code}", "message": message},
                              status=status, content_type="application/x-amz-json-1.1",
                              headers={"x-amzn-RequestId": str(uuid.uuid4())})
+
+
+def _page_request(request: web.Request) -> dict[str, Any]:
+    """MaxResults / NextToken of a GET List call, which travel in the query string (validated already)."""
+    query = request.query
+    return {**({"MaxResults": int(query["maxResults"])} if "maxResults" in query else {}),
+            **({"NextToken": query["nextToken"]} if "nextToken" in query else {})}
 
 
 def _drop_connection(request: web.Request) -> None:

@@ -98,7 +98,9 @@ def _option(name: str, **kwargs: Any) -> Callable[[_F], _F]:
 @_option("competition-rate", type=click.FloatRange(0, 1), default=0.0,
          help="Share of claims another account wins just before ours (the number is gone).")
 @_option("no-service-quotas-access", is_flag=True, help="Answer AccessDenied to Service Quotas calls.")
-@_option("seed", type=int, default=0, help="Seed for faults, failures and ids.")
+@_option("flows-per-instance", type=click.IntRange(min=0), default=SandboxConfig.flows_per_instance,
+         help="Contact flows seeded in each instance (named 'Inbound flow N').")
+@_option("seed", type=int, default=0, help="Seed for faults, failures, ids and flows.")
 def sandbox_command(**opts: Any) -> None:
     """Serve a local Amazon Connect phone-number API (rest-json, SigV4) for rehearsals and tests."""
     import asyncio
@@ -125,6 +127,7 @@ def sandbox_command(**opts: Any) -> None:
         quota_reached=opts["quota_reached"], failed_claim_reservation=opts["failed_claim_reservation"],
         release_delay=opts["release_delay"], list_in_progress=opts["list_in_progress"],
         list_failed=opts["list_failed"], list_releasing=opts["list_releasing"], listing_lag=opts["listing_lag"],
+        flows_per_instance=opts["flows_per_instance"],
     )
     try:
         sandbox = Sandbox(config)
@@ -161,4 +164,6 @@ async def _serve_until_signal(sandbox: Sandbox, host: str, port: int) -> None:
         click.echo(f"  export AWS_DEFAULT_REGION={cfg.region}")  # botocore and AWS CLI v1 read only this one
         click.echo(f"  export INSTANCE_ID={cfg.instance_ids[0]}")  # as the README's walk-through uses it
         click.echo(f"Ledger and counters: {running.endpoint_url}/_sandbox/ledger, /_sandbox/stats", nl=True)
+        for flow in sandbox.state.flows.flows_of(cfg.instance_ids[0]):  # after the exports: scripts read those
+            click.echo(f"  contact flow {flow.name!r} of {cfg.instance_ids[0]}: {flow.id}")
         await stop.wait()

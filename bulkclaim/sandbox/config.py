@@ -27,6 +27,11 @@ API_NAMES: tuple[str, ...] = (
     "ListPhoneNumbersV2",
     "ReleasePhoneNumber",
     "SearchAvailablePhoneNumbers",
+    "UpdatePhoneNumber",
+    "AssociatePhoneNumberContactFlow",
+    "DisassociatePhoneNumberContactFlow",
+    "ListFlowAssociations",
+    "ListContactFlows",
 )
 
 
@@ -93,7 +98,8 @@ class FaultConfig:
     garbage_rate: float = 0.0
     late_answer_rate: float = 0.0
     late_answer_seconds: float = 30.0
-    operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber"})
+    operations: frozenset[str] = frozenset({"ClaimPhoneNumber", "DescribePhoneNumber", "ReleasePhoneNumber",
+                                            "UpdatePhoneNumber", "AssociatePhoneNumberContactFlow"})
     seed: int = 0
 
 
@@ -108,6 +114,8 @@ class SandboxConfig:
     account_id: str = "123456789012"
     instance_ids: tuple[str, ...] = ("11111111-2222-3333-4444-555555555555",)
     traffic_distribution_group_ids: tuple[str, ...] = ()
+    #: Contact flows seeded in each instance (``flows.py``): ids drawn from ``seed``, names "Inbound flow N".
+    flows_per_instance: int = 3
     credentials: tuple[Credentials, ...] = (TEST_CREDENTIALS,)
     inventory: tuple[InventorySpec, ...] = (InventorySpec(),)
     inventory_file: str | None = None

@@ -52,6 +52,12 @@ class TargetLimits:
         self._events.setdefault(target_arn, deque()).append(now)
         self._held[target_arn] -= 1
 
+    def moved(self, source_arn: str, target_arn: str) -> None:
+        """A number moved (UpdatePhoneNumber): it counts against its new target's quota, not the old one's.
+        A move is neither a claim nor a release: the churn rule does not count it."""
+        self._held[source_arn] -= 1
+        self._held[target_arn] += 1
+
     def held(self, target_arn: str) -> int:
         return self._held[target_arn]
 

@@ -92,15 +92,17 @@ class LedgerEntry:
     """One operation the sandbox actually executed (idempotent replays are not entries)."""
 
     seq: int
-    action: str  # "claim" or "release"
+    action: str  # "claim", "release", "move" or "associate"
     phone_number: str
     phone_number_id: str
     target_arn: str
     client_token: str | None
-    outcome: str  # CLAIMED / FAILED for claims (as it will settle), RELEASED for releases
+    outcome: str  # CLAIMED / FAILED for claims (as it will settle), RELEASED, ASSOCIATED
     at: float
     #: The failure message a FAILED claim will settle with ("" otherwise).
     message: str = ""
+    #: The flow an association set (its id; "" for other actions).
+    contact_flow_id: str = ""
 
 
 @dataclass

@@ -11,6 +11,7 @@ rules of the Connect API reference (the documentation in botocore's model) apply
 - ReleasePhoneNumber: "only in the Region where the number was claimed": refused too.
 - DescribePhoneNumber: a TDG's number "in the alternate Region ... you must provide a full phone
   number ARN. If a UUID is provided in this scenario, you receive a ResourceNotFoundException."
+- Associate/DisassociatePhoneNumberContactFlow: the same rule as Describe (a full ARN is needed there).
 - ListPhoneNumbersV2 and SearchAvailablePhoneNumbers: callable "in both Regions associated with the
   traffic distribution group" when the target is a TDG. Instances live in the primary Region only:
   an instance target is not found there, and a List without a target ("numbers claimed to all the
@@ -48,6 +49,11 @@ def alternate_region_answer(api: str, body: dict[str, Any], uri: dict[str, str],
     target = body.get("TargetArn") or body.get("InstanceId")
     if api in ("ClaimPhoneNumber", "ReleasePhoneNumber"):
         raise _not_here("The target of this operation" if api == "ClaimPhoneNumber" else "Phone number", region)
+    if api in ("AssociatePhoneNumberContactFlow", "DisassociatePhoneNumberContactFlow"):
+        raw = uri["PhoneNumberId"]
+        if not raw.startswith("arn:"):  # documented as for Describe: a UUID is not enough here
+            raise _not_here(f"Phone number {raw}", region)
+        return None
     if api == "DescribePhoneNumber":
         raw = uri["PhoneNumberId"]
         if not raw.startswith("arn:"):

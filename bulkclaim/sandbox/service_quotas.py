@@ -25,6 +25,8 @@ RATE_QUOTAS: dict[str, str] = {
     "L-34F440B5": "DescribePhoneNumber",
     "L-B07B2C56": "ListPhoneNumbersV2",
     "L-AF3C38D5": "SearchAvailablePhoneNumbers",
+    "L-D2ECB451": "AssociatePhoneNumberContactFlow",
+    "L-B7E1268D": "UpdatePhoneNumber",
 }
 #: AWS's documented defaults, as GetAWSDefaultServiceQuota reports them.
 DEFAULTS = {PHONE_NUMBERS: 5.0, **dict.fromkeys(RATE_QUOTAS, 2.0)}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulkclaim.sandbox.config import SandboxConfig
+from bulkclaim.sandbox.flows import VOICE, FlowBook, instance_of, not_settled
 from bulkclaim.sandbox.inventory import StockNumber
 from bulkclaim.sandbox.limits import TargetLimits
 from bulkclaim.sandbox.records import (
@@ -71,6 +72,7 @@ class SandboxState:
         self._by_id: dict[str, ClaimRecord] = {}
         self._cooldown_until: dict[str, float] = {}
         self._tokens: dict[tuple[str, str], Token] = {}
+        self.flows = FlowBook(self._arn_prefix, cfg.instance_ids, cfg.flows_per_instance, cfg.seed)
         for number in cfg.foreign_claims:
             self._take_by_rival(self._stock.setdefault(number, StockNumber(number, "US", "DID")))
 
@@ -108,11 +110,12 @@ class SandboxState:
             failure_message=message, accepted_at=self.clock(),
         )
 
-    def _append_ledger(self, action: str, record: ClaimRecord, token: str | None, outcome: str) -> None:
-        message = record.failure_message if action == "claim" else ""
+    def _append_ledger(self, action: str, record: ClaimRecord, token: str | None, outcome: str,
+                       contact_flow_id: str = "", message: str = "") -> None:
+        message = record.failure_message if action == "claim" else message
         self.ledger.append(LedgerEntry(len(self.ledger) + 1, action, record.stock.phone_number,
                                        record.phone_number_id, record.target_arn, token, outcome, time.time(),
-                                       message))
+                                       message, contact_flow_id))
 
     # -- targets -------------------------------------------------------------------------------------
     def resolve_target(self, body: dict[str, Any], *, required: bool = True) -> str | None:
@@ -155,9 +158,7 @@ class SandboxState:
         if not isinstance(description, str) or len(description) > 500:
             raise invalid("PhoneNumberDescription must be a string of at most 500 characters.")
         tags = validate_tags(body.get("Tags"))
-        token = body.get("ClientToken")
-        if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
-            raise invalid("ClientToken must be a lowercase UUID.")
+        token = _client_token(body)
         target_arn = self.resolve_target(body)
         assert target_arn is not None
         now = self.clock()
@@ -238,11 +239,55 @@ class SandboxState:
             raise not_found(f"Phone number not found: {reference}")
         record.released, record.gone_at = True, now + self.config.release_delay
         self.limits.released(record.target_arn, now)
+        self.flows.disassociate(record.phone_number_id)  # see flows.py: the association goes with it
         self._cooldown_until[record.stock.phone_number] = record.gone_at + self.config.release_cooldown
         if token is not None:
             self._tokens[("release", token)] = Token((reference,), {}, now + self.config.token_lifetime)
         self._append_ledger("release", record, token, "RELEASED")
         return {}
+
+    # -- UpdatePhoneNumber: a move to another instance or TDG ------------------------------------------
+    def update(self, reference: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Move our CLAIMED number to another target: IN_PROGRESS (already on the destination, as
+        Describe shows it) for ``claim_delay``, then CLAIMED, or FAILED when the destination is at
+        its phone-number quota. The number keeps its id and ARN; its flow association is dropped
+        (Connect does not carry it over: see ``flows.py``). Same token and same request:
+        the same answer; same token, another request: IdempotencyException."""
+        token = _client_token(body)
+        target_arn = self.resolve_target(body)
+        assert target_arn is not None
+        now = self.clock()
+        record = self._by_id.get(reference)
+        fingerprint = (record.phone_number_id if record is not None else reference, target_arn)
+        if token is not None:
+            replay = self._replay(("update", token), fingerprint, now)
+            if replay is not None:
+                return replay
+        record = self._own_record(reference, now)
+        if record.released or record.status(now) == "IN_PROGRESS":
+            raise ServiceError("ResourceInUseException", 409,
+                               "The phone number is being claimed, moved or released; try again later.")
+        if record.status(now) == "FAILED":
+            raise not_found(f"Phone number not found: {reference}")
+        if record.target_arn == target_arn:
+            raise invalid(f"Phone number {record.stock.phone_number} is already claimed to {target_arn}.")
+        quota_full = self.limits.quota_refusal(target_arn)
+        source = record.target_arn
+        self.limits.moved(source, target_arn)
+        record.target_arn, record.instance_id = target_arn, self._targets[target_arn]
+        record.settle_at, record.accepted_at = now + self.config.claim_delay, now
+        record.final_status = "FAILED" if quota_full else "CLAIMED"
+        record.failure_message = LIMIT_REACHED.format(target_arn=target_arn) if quota_full else ""
+        self.flows.disassociate(record.phone_number_id)  # the flow belongs to the source instance
+        response = {"PhoneNumberId": record.phone_number_id, "PhoneNumberArn": record.phone_number_arn}
+        if token is not None:
+            self._tokens[("update", token)] = Token(fingerprint, response, now + self.config.token_lifetime)
+        self._append_ledger("move", record, token, record.final_status, message=f"from {source}")
+        return dict(response)
+
+    def moves(self, phone_number: str) -> int:
+        """How many moves of ``phone_number`` were really executed (replays excluded)."""
+        return sum(1 for e in self.ledger if e.action == "move" and e.phone_number == phone_number)
 
     # -- ListPhoneNumbersV2 / SearchAvailablePhoneNumbers ----------------------------------------------
     def _listed(self, record: ClaimRecord, now: float) -> bool:
@@ -292,6 +337,42 @@ class SandboxState:
             and self._available(s.phone_number, now, to_claimant=False)
         ]
 
+    # -- contact flows (flows.py) ---------------------------------------------------------------------
+    def _instance_record(self, reference: str, instance_id: str, now: float) -> ClaimRecord:
+        """Our number ``reference`` (id or ARN), claimed to ``instance_id`` (or to a TDG)."""
+        self.flows.flows_of(instance_id)  # 404 for an unknown instance
+        record = self._own_record(reference, now)
+        if record.released or (record.instance_id is not None and record.instance_id != instance_id):
+            raise not_found(f"Phone number not found in instance {instance_id}: {reference}")
+        return record
+
+    def associate_flow(self, reference: str, body: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        instance_id = instance_of(body["InstanceId"])
+        record = self._instance_record(reference, instance_id, now)
+        flow = self.flows.flow(instance_id, str(body["ContactFlowId"]))
+        if record.status(now) != "CLAIMED":
+            raise not_settled(reference)
+        self.flows.associate(record.phone_number_id, flow)
+        self._append_ledger("associate", record, None, "ASSOCIATED", flow.id)
+        return {}
+
+    def disassociate_flow(self, reference: str, instance: str) -> dict[str, Any]:
+        record = self._instance_record(reference, instance_of(instance), self.clock())
+        self.flows.disassociate(record.phone_number_id)
+        return {}
+
+    def flow_associations(self, instance: str, resource_type: str | None) -> list[dict[str, Any]]:
+        instance_id = instance_of(instance)
+        self.flows.flows_of(instance_id)
+        if resource_type not in (None, VOICE):
+            return []  # the sandbox has phone numbers only
+        return [{"ResourceId": self._by_id[number_id].phone_number_arn, "FlowId": flow.arn, "ResourceType": VOICE}
+                for number_id, flow in self.flows.associations_of(instance_id)]
+
+    def contact_flows(self, instance: str) -> list[dict[str, Any]]:
+        return [flow.summary() for flow in self.flows.flows_of(instance_of(instance))]
+
     # -- inspection helpers for tests and the CLI ------------------------------------------------------
     def holder_of(self, phone_number: str) -> ClaimRecord | None:
         """The current claim on ``phone_number`` (ours or foreign), if any and not released."""
@@ -305,3 +386,8 @@ class SandboxState:
         return self._cooldown_until.get(phone_number, float("-inf")) > self.clock()
 
 
+def _client_token(body: dict[str, Any]) -> str | None:
+    token = body.get("ClientToken")
+    if token is not None and (not isinstance(token, str) or not TOKEN.fullmatch(token)):
+        raise invalid("ClientToken must be a lowercase UUID.")
+    return token

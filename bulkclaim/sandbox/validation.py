@@ -68,9 +68,12 @@ def error_for(operation: OperationModel) -> tuple[str, int]:
 
 def http_route(operation_name: str, service: str = "connect") -> tuple[str, str]:
     """(HTTP method, aiohttp path) of an operation, from the model's ``http`` trait: URI labels keep
-    the model's member names, so validation finds them; a greedy label ``{Key+}`` spans slashes."""
+    the model's member names, so validation finds them; a greedy label ``{Key+}`` spans slashes. A
+    label may be empty (``/contact-flows-summary/``), so the model's ``min`` length answers it, not a
+    bare 404 from the router."""
     http = service_model(service).operation_model(operation_name).http
     path = re.sub(r"\{(\w+)\+\}", r"{\1:.+}", http["requestUri"].partition("?")[0])
+    path = re.sub(r"\{(\w+)\}", r"{\1:[^/]*}", path)
     return http["method"], path
 
 
@@ -104,6 +107,9 @@ def _members_of(shape: StructureShape, body: Mapping[str, Any], uri: Mapping[str
             value = source[wire_name]
             if location == "querystring" and member.type_name in ("integer", "long"):
                 value = _as_int(value)
+            elif location == "querystring" and member.type_name == "list":  # repeated: ?a=x&a=y
+                getall = getattr(source, "getall", None)
+                value = list(getall(wire_name)) if getall is not None else [value]
             found[name] = value
     return found
 

@@ -21,6 +21,7 @@ import socket
 import threading
 from typing import Any
 
+from bulkclaim.journal.planning import PLANNED_COLUMNS
 from bulkclaim.journal.postgres.connection import Location, PgConnection, connect, driver
 from bulkclaim.journal.postgres.schema import migrate
 from bulkclaim.journal.sql import Connection
@@ -34,8 +35,7 @@ _LIVE_WAITING = ("(SELECT id FROM workers WHERE waiting AND ended_at IS NULL "
                  "AND expires_at >= clock_timestamp())")
 _UNFINISHED = "status IN ('pending', 'in_progress')"
 #: the columns of a leased number: ``planning.planned_from_row``'s, then its new lease epoch
-LEASED_COLUMNS = ("target, phone_number, description, tags, source, client_token, status, attempts, maybe_sent, "
-                  "phone_number_id, phone_number_arn, lease_epoch")
+LEASED_COLUMNS = f"{PLANNED_COLUMNS}, lease_epoch"
 
 
 def pick(conn: Connection, run: int, worker: int, limit: int) -> list[tuple[Any, ...]]:

@@ -19,7 +19,7 @@ from bulkclaim.model import JournalError
 
 __all__ = ["SCHEMA_VERSION", "journal_version", "live_runs", "migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 _APPLICATION = "bulkclaim"
 
 _V1 = """
@@ -143,13 +143,25 @@ _V2 = [
     )""",
 ]
 
-# v3: the numbers a worker holds, found without reading the run's whole to-do list: every worker looks
+# v3 (issue 16): contact flows, as SQLite's v4 (see ``bulkclaim.journal.schema``).
+_V3 = [
+    "ALTER TABLE numbers ADD COLUMN contact_flow text, ADD COLUMN flow_status text, "
+    "ADD COLUMN flow_attempts integer NOT NULL DEFAULT 0, ADD COLUMN flow_error_code text, "
+    "ADD COLUMN flow_error_message text",
+    "CREATE INDEX numbers_flows_pending ON numbers (seen_run, ord) WHERE flow_status='pending'",
+]
+
+# v4 (issue 16): ``numbers.move_from``, as SQLite's v5: the source target of a move, NULL for a claim.
+_V4 = ["ALTER TABLE numbers ADD COLUMN move_from text"]
+
+
+# v5: the numbers a worker holds, found without reading the run's whole to-do list: every worker looks
 # for a dead one's every ``poll`` (``leases.pick``), which on a run of a million numbers read them all.
 # ``reserve_budget`` is told when the throttled slots were booked, to cut once per bunch of 429s.
-_V3 = ["CREATE INDEX numbers_leased ON numbers (lease_owner) "
+_V5 = ["CREATE INDEX numbers_leased ON numbers (lease_owner) "
        "WHERE lease_owner IS NOT NULL AND status IN ('pending', 'in_progress')", DROP_V2, RESERVE_BUDGET]
 
-_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3}
+_STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def journal_version(conn: PgConnection, location: Location) -> int | None:

@@ -1,0 +1,138 @@
+"""``bulkclaim move`` through the real entry point, against the sandbox: report, exit codes, dry run,
+status and report on a move journal, and usage errors without a traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bulkclaim.sandbox import API_NAMES, InventorySpec, ThrottleConfig
+from bulkclaim.sandbox.inventory import generate
+from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
+from tests.test_cli import no_traceback, run_cli, write_numbers
+from tests.test_cli_flows import write_csv
+
+pytestmark = pytest.mark.anyio
+
+DEST = "99999999-8888-7777-6666-555555555555"
+NUMBERS = [s.phone_number for s in generate(InventorySpec(count=12))]
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[SandboxEnv]:
+    fast = {api: ThrottleConfig(rate=200.0, burst=20) for api in API_NAMES}
+    async with sandbox_env(throttle=fast, claim_delay=0.0, instance_ids=(INSTANCE_ID, DEST)) as running:
+        yield running
+
+
+def move_args(tmp_path: Path, *inputs: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["move", *map(str, inputs), "--instance-id", INSTANCE_ID, "--to-instance-id", DEST, "--journal",
+            str(tmp_path / "move.journal"), "--rate", "200", "--burst", "20", "--verify-timeout", "5",
+            "--log-format", "json", *extra]
+
+
+async def claim_on_source(env: SandboxEnv, tmp_path: Path, numbers: list[str]) -> dict[str, str]:
+    result = await run_cli(env, tmp_path, "claim", str(write_numbers(tmp_path / "claim.txt", numbers)),
+                           "--instance-id", INSTANCE_ID, "--journal", str(tmp_path / "claim.journal"),
+                           "--report", str(tmp_path / "claimed.jsonl"), "--rate", "200", "--burst", "20")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "claimed.jsonl").read_text().splitlines()]
+    return {row["phone_number"]: row["phone_number_id"] for row in rows}
+
+
+async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path) -> None:
+    ids = await claim_on_source(env, tmp_path, NUMBERS[:6])
+    flow = env.sandbox.state.flows.flows_of(DEST)[0]
+    (tmp_path / "move.csv").write_text(
+        "phone_number,phone_number_id,contact_flow\n"
+        + f"{NUMBERS[0]},,{flow.name}\n"  # by name: --resolve-flow-names, a flow of the destination
+        + "".join(f"{n},,\n" for n in NUMBERS[1:3])
+        + "".join(f",{ids[n]},\n" for n in NUMBERS[3:6])
+        + f"{NUMBERS[7]},,\n", encoding="utf-8")  # never claimed: invalid
+    inputs = tmp_path / "move.csv"
+
+    dry = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--dry-run", "--resolve-flow-names")))
+    assert dry.returncode == 1, dry.stderr  # one invalid row
+    assert "would move:        6" in dry.stdout and "invalid:           1" in dry.stdout
+    assert not [e for e in env.sandbox.ledger if e.action == "move"], "a dry run sends nothing"
+
+    report = tmp_path / "moved.csv"
+    result = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--report", str(report),
+                                                                              "--resolve-flow-names")))
+    no_traceback(result)
+    assert result.returncode == 1, result.stderr  # finished, one invalid
+    assert "claimed 6" in result.stdout and "invalid 1" in result.stdout and "flows: associated 1" in result.stdout
+    assert env.sandbox.state.flows.associated(ids[NUMBERS[0]]) == flow, "re-associated on the destination"
+    moves = [e for e in env.sandbox.ledger if e.action == "move"]
+    assert sorted(e.phone_number for e in moves) == sorted(NUMBERS[:6])
+    lines = report.read_text().splitlines()
+    assert len(lines) == 1 + 7
+    assert all(f"instance/{DEST}" in line for line in lines[1:])
+
+    result = await run_cli(env, tmp_path, *move_args(tmp_path, write_numbers(tmp_path / "again.txt", NUMBERS[:6])))
+    assert result.returncode == 0, result.stderr
+    assert len([e for e in env.sandbox.ledger if e.action == "move"]) == 6, "nothing moved twice"
+
+    status = await run_cli(env, tmp_path, "status", "--journal", str(tmp_path / "move.journal"), "--json")
+    assert json.loads(status.stdout)["counts"]["claimed"] == 6
+    rows = await run_cli(env, tmp_path, "report", "--journal", str(tmp_path / "move.journal"))
+    assert {json.loads(line)["status"] for line in rows.stdout.splitlines()} == {"claimed"}  # latest run: none invalid
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ((), "give exactly one of --to-instance-id or --to-target-arn"),
+    (("--to-instance-id", INSTANCE_ID), "the source and the destination are the same"),
+])
+async def test_move_usage_errors(env: SandboxEnv, tmp_path: Path, extra: tuple[str, ...], message: str) -> None:
+    inputs = write_numbers(tmp_path / "n.txt", NUMBERS[:1])
+    result = await run_cli(env, tmp_path, "move", str(inputs), "--instance-id", INSTANCE_ID, *extra)
+    no_traceback(result)
+    assert result.returncode == 2 and message in result.stderr
+
+
+async def test_an_unknown_destination_stops_before_anything_is_sent(env: SandboxEnv, tmp_path: Path) -> None:
+    await claim_on_source(env, tmp_path, NUMBERS[:1])
+    inputs = write_numbers(tmp_path / "n.txt", NUMBERS[:1])
+    result = await run_cli(env, tmp_path, "move", str(inputs), "--instance-id", INSTANCE_ID, "--to-instance-id",
+                           "00000000-0000-0000-0000-000000000000", "--journal", str(tmp_path / "j"))
+    no_traceback(result)
+    assert result.returncode == 3, result.stderr
+    assert not [e for e in env.sandbox.ledger if e.action == "move"]
+
+
+async def test_export_move_export_round_trip(env: SandboxEnv, tmp_path: Path) -> None:
+    """Issue 16: export a source, move what it holds with that file, export the destination: the same
+    rows (number, id, description, tags), each flow now the destination's flow of the same name."""
+    source_flows = env.sandbox.state.flows.flows_of(INSTANCE_ID)
+    rows = [(NUMBERS[i], source_flows[i % 3].id if i % 4 else "") for i in range(8)]
+    claimed = await run_cli(env, tmp_path, "claim", str(write_csv(tmp_path / "in.csv", rows)), "--instance-id",
+                            INSTANCE_ID, "--journal", str(tmp_path / "claim.journal"), "--rate", "200", "--burst", "20")
+    assert claimed.returncode == 0, claimed.stderr
+    record = env.sandbox.state.holder_of(NUMBERS[1])
+    assert record is not None
+    record.description, record.tags = "front desk", {"team": "ops"}
+    first = await run_cli(env, tmp_path, "export", "--instance-id", INSTANCE_ID, "--output", "first.csv")
+    assert first.returncode == 0, first.stderr
+    moved = await run_cli(env, tmp_path, *move_args(tmp_path, tmp_path / "first.csv"))
+    no_traceback(moved)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "claimed 8" in moved.stdout and "flows: associated 6" in moved.stdout
+    second = await run_cli(env, tmp_path, "export", "--instance-id", DEST, "--output", "second.csv")
+    assert second.returncode == 0, second.stderr
+    empty = await run_cli(env, tmp_path, "export", "--instance-id", INSTANCE_ID, "--output", "empty.csv")
+    assert "exported 0 number(s)" in empty.stdout
+    name = {flow.id: flow.name for i in (INSTANCE_ID, DEST) for flow in env.sandbox.state.flows.flows_of(i)}
+
+    def table(path: Path) -> list[dict[str, str]]:
+        with path.open() as handle:
+            return [{**row, "contact_flow": name.get(row["contact_flow"], "")} for row in csv.DictReader(handle)]
+
+    before, after = table(tmp_path / "first.csv"), table(tmp_path / "second.csv")
+    assert len(before) == 8 and after == before
+    dest_ids = {flow.id for flow in env.sandbox.state.flows.flows_of(DEST)}
+    with (tmp_path / "second.csv").open() as handle:
+        assert {row["contact_flow"] for row in csv.DictReader(handle)} <= dest_ids | {""}
