@@ -195,9 +195,10 @@ class AdaptiveRate:
     - ``ceiling_is_quota=True`` (the ceiling is the account's quota, read from Service Quotas): a
       share below it can only be other callers' use of the bucket, which passes. A measured cut
       restarts 3% below the measure (:data:`_MARGIN`), the curve's time counts in intervals of the
-      ceiling, and above the plateau the rate doubles every :data:`_DOUBLING` of them: when a second
-      migration finishes, the one left takes the whole bucket back within a few dozen intervals
-      instead of climbing at its own low rate (issue 13's two migrations in one account).
+      ceiling (~60 of them to the plateau after a 3% cut), and above the plateau the rate doubles every
+      :data:`_DOUBLING` of them rather than following CUBIC's slow convex part: when a second migration
+      finishes, the one left does not climb back at its own low rate (issue 13's two migrations in one
+      account; measured, the ~60 intervals before the doubling still make its tail slow at 2/s).
     """
 
     def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,

@@ -87,8 +87,8 @@ def test_two_processes_sharing_a_bucket_are_throttled_little_at_any_rate() -> No
 
 def test_two_processes_whose_rate_is_the_quota_finish_closer_together() -> None:
     """With the rate read from Service Quotas, the process left alone when the other finishes probes
-    back to the quota within a few dozen intervals instead of climbing at its own low rate: together
-    they keep the bucket busier (median η ≥ 0.86 at 2, 20 and 50/s; given the rate, 0.75-0.86).
+    back to the quota by doubling rather than climbing at its own low rate: together they keep the
+    bucket busier (median η ≥ 0.86 at 2, 20 and 50/s; given the rate, 0.75-0.86).
     Issue 13's bar, 0.93, is not met here (median 0.87-0.89): whichever process the first 429s hit
     keeps the smaller share until the other finishes (see benchmarks/RESULTS.md)."""
     for rate in RATES:
