@@ -38,6 +38,7 @@ __all__ = [
     "BARE",
     "CLAIM",
     "CLIENTS",
+    "QUOTA",
     "TOLD_THE_RATE",
     "RunResult",
     "Scenario",
@@ -57,12 +58,12 @@ BARE = "bare aiobotocore"
 
 # -- the clients ----------------------------------------------------------------------------------------
 
-async def run_bulkclaim(job: Job, timing: Timing) -> None:
+async def run_bulkclaim(job: Job, timing: Timing, *, rate_is_quota: bool = False) -> None:
     """bulkclaim as a library user runs it: a Claimer with a fresh journal, ``claim_many``, verify off."""
     settings = ClientSettings(region="us-east-1", endpoint_url=job.endpoint_url,
                               aws_access_key_id=TEST_CREDENTIALS.access_key_id,
                               aws_secret_access_key=TEST_CREDENTIALS.secret_access_key)
-    rates = RateSettings(job.rate, job.burst, max_in_flight=job.concurrency)
+    rates = RateSettings(job.rate, job.burst, max_in_flight=job.concurrency, rate_is_quota=rate_is_quota)
     with tempfile.TemporaryDirectory(prefix="bulkclaim-compare-") as scratch:
         async with Claimer(instance_id=job.instance_id, journal=Path(scratch) / "claims.journal",
                            client_settings=settings, rates=rates, options=Options(verify=False)) as claimer:
@@ -71,8 +72,18 @@ async def run_bulkclaim(job: Job, timing: Timing) -> None:
                 timing.answered()
 
 
+async def run_bulkclaim_quota(job: Job, timing: Timing) -> None:
+    """bulkclaim given the true rate as the account's quota, as ``--rate auto`` reads it from Service
+    Quotas (``RateSettings(rate_is_quota=True)``): its controller probes back up promptly."""
+    await run_bulkclaim(job, timing, rate_is_quota=True)
+
+
+#: bulkclaim with its rate known to be the quota (``--rate auto``): run where the rate it is given is
+#: the true one (not in the told-3x scenario, which is about a configured rate that is wrong).
+QUOTA = "bulkclaim (rate = quota)"
 CLIENTS: dict[str, Peer] = {
     "bulkclaim": run_bulkclaim,
+    QUOTA: run_bulkclaim_quota,
     "sdk-standard": sdk_standard,
     "sdk-adaptive": sdk_adaptive,
     "aiolimiter+tenacity": limiter_tenacity,

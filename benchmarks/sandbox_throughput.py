@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,27 +61,32 @@ def sandbox_process(count: int) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
-async def _worker(endpoint: str, numbers: list[str], concurrency: int) -> tuple[float, float, int]:
+def _kind(exc: Exception) -> str:
+    """An error as the ledger check reports it: its class and the start of its message."""
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+async def _worker(endpoint: str, numbers: list[str], concurrency: int) -> tuple[float, float, Counter[str], int]:
     settings = ClientSettings(region="us-east-1", endpoint_url=endpoint, max_pool_connections=concurrency,
                               aws_access_key_id=TEST_CREDENTIALS.access_key_id,
                               aws_secret_access_key=TEST_CREDENTIALS.secret_access_key)
     ids: list[str] = []
-    errors = 0
+    claim_errors: Counter[str] = Counter()  # by kind: the ledger check says why a claim was not executed
+    describe_errors = 0
     async with connect_client(settings) as client:
         queue: asyncio.Queue[str] = asyncio.Queue()
         for number in numbers:
             queue.put_nowait(number)
 
         async def claim_loop() -> None:
-            nonlocal errors
             while not queue.empty():
                 number = queue.get_nowait()
                 try:
                     answer = await client.claim_phone_number(InstanceId=INSTANCE_ID, PhoneNumber=number,
                                                              ClientToken=str(uuid.uuid4()))
                     ids.append(answer["PhoneNumberId"])
-                except Exception:
-                    errors += 1
+                except Exception as exc:
+                    claim_errors[_kind(exc)] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(claim_loop() for _ in range(concurrency)))
@@ -91,19 +97,19 @@ async def _worker(endpoint: str, numbers: list[str], concurrency: int) -> tuple[
             id_queue.put_nowait(number_id)
 
         async def describe_loop() -> None:
-            nonlocal errors
+            nonlocal describe_errors
             while not id_queue.empty():
                 try:
                     await client.describe_phone_number(PhoneNumberId=id_queue.get_nowait())
                 except Exception:
-                    errors += 1
+                    describe_errors += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(describe_loop() for _ in range(concurrency)))
-        return claim_seconds, time.perf_counter() - started, errors
+        return claim_seconds, time.perf_counter() - started, claim_errors, describe_errors
 
 
-def _run_worker(args: tuple[str, list[str], int, Any]) -> tuple[float, float, int]:
+def _run_worker(args: tuple[str, list[str], int, Any]) -> tuple[float, float, Counter[str], int]:
     endpoint, numbers, concurrency, barrier = args
     barrier.wait()  # all clients start together
     return asyncio.run(_worker(endpoint, numbers, concurrency))
@@ -134,10 +140,12 @@ def main() -> None:
         with urllib.request.urlopen(f"{endpoint}/_sandbox/stats") as answer:
             stats = json.load(answer)
     executed = [e["phone_number"] for e in ledger]
-    errors = sum(r[2] for r in results)
+    claim_errors: Counter[str] = sum((r[2] for r in results), Counter())
+    errors = sum(claim_errors.values())
+    kinds = "; ".join(f"{n} x {kind}" for kind, n in claim_errors.most_common(5))
     assert len(executed) == len(set(executed)) == total, (
         f"ledger must show one execution per number: {len(executed)} executions of {len(set(executed))} "
-        f"numbers for {total} claims, {errors} claim(s) answered with an error (not retried here)")
+        f"numbers for {total} claims, {errors} claim(s) answered with an error (not retried here): {kinds}")
     claims_ok = stats["ClaimPhoneNumber"].get("ok", 0)
     describes_ok = stats.get("DescribePhoneNumber", {}).get("ok", 0)
     claim_rate = claims_ok / max(r[0] for r in results)
@@ -147,8 +155,8 @@ def main() -> None:
           f"throttling off, {total} each (wall {wall:.1f}s)")
     print("| operation | requests | errors | req/s |")
     print("|---|---|---|---|")
-    print(f"| ClaimPhoneNumber | {claims_ok} | {sum(r[2] for r in results)} | {claim_rate:,.0f} |")
-    print(f"| DescribePhoneNumber | {describes_ok} | - | {describe_rate:,.0f} |")
+    print(f"| ClaimPhoneNumber | {claims_ok} | {errors} | {claim_rate:,.0f} |")
+    print(f"| DescribePhoneNumber | {describes_ok} | {sum(r[3] for r in results)} | {describe_rate:,.0f} |")
     per_request = server_cpu / (claims_ok + describes_ok)
     print(f"sandbox CPU per request: {per_request * 1e6:.0f} us -> one-core ceiling ~{1 / per_request:,.0f} req/s")
 

@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.peers import NeighbourStats
-from benchmarks.runs import BARE, RunResult, Scenario
+from benchmarks.runs import BARE, QUOTA, RunResult, Scenario
 
 __all__ = ["header", "plot", "scenario_section", "spread", "table"]
 
@@ -137,9 +137,9 @@ def check(label: str, values: Sequence[float], fmt: Callable[[float], str], bar:
     return f"{label} {fmt(median)} (worst {fmt(worst)}{'' if worst_ok else ' ✗'}) {sign} {fmt(bar)} {verdict}"
 
 
-def bar_check(scenario: Scenario, results: Sequence[RunResult]) -> str:
-    """One line saying whether bulkclaim's medians met issue 13's bars in this scenario."""
-    mine = [r for r in results if r.client == "bulkclaim"]
+def bar_check(scenario: Scenario, results: Sequence[RunResult], client: str = "bulkclaim") -> str:
+    """One line saying whether ``client``'s (a bulkclaim variant's) medians met issue 13's bars here."""
+    mine = [r for r in results if r.client == client]
     if not mine or scenario.rate is None:
         return ""
     eta = [scenario.ideal_seconds() / r.seconds for r in mine]
@@ -156,7 +156,7 @@ def bar_check(scenario: Scenario, results: Sequence[RunResult]) -> str:
                   check("neighbour θ", other, pct, 0.05, at_least=False)]
     checks += [check("failed", [r.failed for r in mine], _whole, 0, at_least=False),
                check("max executions", [r.max_executions for r in mine], _whole, 1, at_least=False)]
-    return "bulkclaim against the bars (median of repetitions): " + ", ".join(checks)
+    return f"{client} against the bars (median of repetitions): " + ", ".join(checks)
 
 
 def scenario_section(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
@@ -174,7 +174,8 @@ def scenario_section(scenario: Scenario, results: Sequence[RunResult]) -> list[s
                  f"repetitions")
     lines = [f"### {scenario.title}", "", setup, "", *body]
     extra = "; ".join(f"{r.client}: {r.other_calls}" for r in results if r.other_calls and r.round == 1)
-    for note in (bar_check(scenario, results), f"Requests to other APIs (first repetition): {extra}" if extra else ""):
+    for note in (bar_check(scenario, results), bar_check(scenario, results, QUOTA),
+                 f"Requests to other APIs (first repetition): {extra}" if extra else ""):
         if note:
             lines += ["", note]
     return [*lines, ""]

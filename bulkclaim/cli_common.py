@@ -252,8 +252,11 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
 
     The rate must match the quota (issue 13: told 3x the rate, a run at the real 2/s had a quarter of
     its claims throttled before the controller measured the rate), so the quota is the default; a
-    quota that could not be read falls back to Connect's documented default with a warning."""
-    rate = opts["rate"]
+    quota that could not be read falls back to Connect's documented default with a warning. A rate
+    read from the quota is the account's real one: the controller is told so (``rate_is_quota``) and
+    probes back up promptly after other callers' use; a given ``--rate`` or the fallback may be wrong,
+    and keeps the cautious probing."""
+    rate, from_quota = opts["rate"], False
     per_api: dict[str, tuple[float, int]] = {}
     if rate == "auto":
         import structlog
@@ -262,7 +265,7 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
         # Contact-flow associations have a quota of their own (L-D2ECB451, default 2/s).
         per_api["AssociatePhoneNumberContactFlow"] = (quotas.flow_rate or 2.0, opts["burst"])
         per_api["UpdatePhoneNumber"] = (quotas.move_rate or 2.0, opts["burst"])  # moves: L-B7E1268D
-        rate = quotas.claim_rate or 2.0
+        rate, from_quota = quotas.claim_rate or 2.0, bool(quotas.claim_rate)
         if quotas.claim_rate:
             log.info("rate.auto", rate=rate, source="Service Quotas L-21385E28")
         elif quotas.problems:
@@ -271,7 +274,7 @@ def rate_settings(opts: dict[str, Any], quotas: Quotas) -> RateSettings:
         else:
             log.info("rate.auto", rate=rate, source="Connect's default")
     return RateSettings(float(rate), opts["burst"], max_in_flight=opts["max_in_flight"],
-                        adaptive=not opts["no_adaptive"], per_api=per_api)
+                        adaptive=not opts["no_adaptive"], per_api=per_api, rate_is_quota=from_quota)
 
 
 def connect_enum(value: str, shape: str, hint: str) -> str:

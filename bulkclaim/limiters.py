@@ -67,7 +67,7 @@ def shared_limiters(settings: ClientSettings, rates: RateSettings) -> dict[str, 
     for api in APIS:
         rate, burst = rates.per_api.get(api, (rates.rate, rates.burst))
         in_flight = rates.max_in_flight if api == "ClaimPhoneNumber" else None
-        key = (*scope, api, rate, burst, in_flight, rates.adaptive)
+        key = (*scope, api, rate, burst, in_flight, rates.adaptive, rates.ceiling_is_quota(api))
         if key not in registry:
             others = [k[3:] for k in registry if k[:3] == (*scope, api)]
             if others:

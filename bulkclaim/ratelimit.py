@@ -9,7 +9,9 @@ enforces, so a client matched to the service's (rate, burst) is never throttled 
 A 429 means someone else shares the account's bucket or the quota is lower than configured:
 :class:`AdaptiveRate` measures the rate left to us from the spacing of the 429s, restarts just
 below it, and climbs back along a cubic curve, every time constant in intervals of the bucket's own
-rate (issue 13), so the same scenario throttles alike at Connect's default 2/s and at 50/s.
+rate (issue 13), so the same scenario throttles alike at Connect's default 2/s and at 50/s. It probes
+above its measure sparingly when its ceiling is only a configured rate (possibly wrong) and promptly
+when the ceiling is the account's quota (then a lower share is only other callers' passing use).
 
 Clock and sleep are injectable; tests run on a fake clock and never sleep.
 """
@@ -32,11 +34,13 @@ _MAX_JITTER = 4.0
 # The controller's constants, all in intervals of 1/rate or in requests (see AdaptiveRate):
 _SPAN = 8  # requests accepted between two 429s before their spacing is trusted as a measure (±1/8)
 _MARGIN = 0.97  # restart this far below the measured rate: the service's bucket refills 3% ahead of us
+_MARGIN_TOLD = 0.9  # ... or this far, when the ceiling is only what we were told: the measure's error is ±1/8
 _VICTIM = 0.05  # a 429 within this of the rate measured before: likely someone else's probe ...
 _VICTIM_CUT = 0.95  # ... so only this much of a cut
 _AGAIN = 0.75  # a later cut without a measure: milder, so two processes that started together split evenly
 _CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
 _STEP = 20.0
+_DOUBLING = 20.0  # above its plateau, a controller whose ceiling is the quota doubles every this many intervals
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -166,28 +170,42 @@ class AdaptiveRate:
     - A 429 means the service's bucket is empty *now*. Between two such moments the service
       admitted what it refilled (to within a token), so the requests *we* had accepted between two
       429s at least :data:`_SPAN` of them apart measure the rate left to us, as BBR measures a
-      bottleneck. Going faster than that measure, a 429 restarts at :data:`_MARGIN` of it. Without
-      a measure yet, the first 429 restarts at ``decrease`` times the ceiling (what we were told is
-      wrong) and later ones at :data:`_AGAIN` times the current rate: one deep cut each on a
-      429 that only one of two processes sharing a bucket happened to get had split them 60/40
-      for the whole run.
+      bottleneck. Going faster than that measure, a 429 restarts below it (see "ceiling" below).
+      Without a measure yet, the first 429 restarts at ``decrease`` times the ceiling and later
+      ones at :data:`_AGAIN` times the current rate: one deep cut each on a 429 that only one of
+      two processes sharing a bucket happened to get had split them 60/40 for the whole run.
     - Already at or below the rate measured before (within :data:`_VICTIM`), a 429 is someone
       else's probe more likely than ours: a small cut (:data:`_VICTIM_CUT`), the measure kept. A
       client that took a 3% cut per 429 it suffered starved beside a second bulkclaim process.
     - A 429 of a request sent before the last cut (no request booked after it has gone out yet)
       is old news: it is measured but cuts nothing more than the measure says.
     - Each cut empties our bucket too (see :meth:`TokenBucket.cut`) and the rate climbs back along
-      TCP CUBIC's curve, time counted in intervals of the restart rate, with its plateau at the
-      measured rate: ~60 intervals to it after a 3% cut, then ever faster probes above it, so a rare
-      probe finds capacity that was given back. Without a measure the plateau is halfway (as a
-      ratio) back to the rate the congestion began at: a process that climbed straight back to the
-      ceiling took the bucket from a second one that had measured its share and settled.
+      TCP CUBIC's curve, with its plateau at the measured rate (without a measure: halfway, as a
+      ratio, back to the rate the congestion began at; a process that climbed straight back to the
+      ceiling took the bucket from a second one that had measured its share and settled).
+
+    What the ceiling is decides how the controller probes above its measure:
+
+    - ``ceiling_is_quota=False`` (the default: a rate someone configured, possibly wrong, issue 13's
+      "told 3x"): a share below the ceiling may be all there is. A measured cut restarts 10% below
+      the measure (:data:`_MARGIN_TOLD`, the measure's own error), the curve's time counts in
+      intervals of the restart rate (~60 to the plateau, then probes above it ever faster), and
+      each probe that only confirms the measure doubles the time to the next (``patience``), until
+      one passes 10% above the measure: a rare probe still finds capacity that was given back.
+    - ``ceiling_is_quota=True`` (the ceiling is the account's quota, read from Service Quotas): a
+      share below it can only be other callers' use of the bucket, which passes. A measured cut
+      restarts 3% below the measure (:data:`_MARGIN`), the curve's time counts in intervals of the
+      ceiling (~60 of them to the plateau after a 3% cut), and above the plateau the rate doubles every
+      :data:`_DOUBLING` of them rather than following CUBIC's slow convex part: when a second migration
+      finishes, the one left does not climb back at its own low rate (issue 13's two migrations in one
+      account; measured, the ~60 intervals before the doubling still make its tail slow at 2/s).
     """
 
     def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 ceiling_is_quota: bool = False, clock: Clock = time.monotonic) -> None:
         self.bucket = bucket
         self.ceiling = ceiling
+        self.ceiling_is_quota = ceiling_is_quota
         self.decrease = decrease
         self.floor = floor if floor is not None else min(ceiling, 0.1)
         self._clock = clock
@@ -198,6 +216,7 @@ class AdaptiveRate:
         self._restart = ceiling  # the rate the last cut left
         self._since = clock()
         self._cut = False
+        self.patience = 1.0  # the recovery curve's time runs this many times slower (told ceiling only)
         self.throttles = 0
 
     def on_throttle(self) -> None:
@@ -207,21 +226,29 @@ class AdaptiveRate:
         self._marks.append((now, self.accepted))
         previous = self.estimate
         self.estimate = self._measure() or previous
-        over_measure = self.estimate is not None and self.estimate * _MARGIN < current
+        margin = _MARGIN if self.ceiling_is_quota else _MARGIN_TOLD
+        over_measure = self.estimate is not None and self.estimate * margin < current
         if self._cut and not self.bucket.sent_since_cut(now):  # old news
             if over_measure:
                 assert self.estimate is not None
-                self._set(now, self.estimate * _MARGIN, self.estimate)
+                self._set(now, self.estimate * margin, self.estimate)
             return
         if previous is not None and current <= previous * (1 + _VICTIM):
             self.estimate = previous
+            self._wait_longer()  # at the measure again: nothing was given back
             self._set(now, current * _VICTIM_CUT, current)
         elif over_measure:
             assert self.estimate is not None
-            self._set(now, self.estimate * _MARGIN, self.estimate)
+            if previous is not None and abs(self.estimate / previous - 1) <= _VICTIM:
+                self._wait_longer()  # the probe measured what we knew
+            self._set(now, self.estimate * margin, self.estimate)
         else:
             restart = current * (self.decrease if not self._cut else _AGAIN)
             self._set(now, restart, (restart * current) ** 0.5)
+
+    def _wait_longer(self) -> None:
+        if not self.ceiling_is_quota:
+            self.patience *= 2
 
     def _set(self, now: float, restart: float, plateau: float) -> None:
         self._restart = max(self.floor, min(restart, self.ceiling))
@@ -242,14 +269,22 @@ class AdaptiveRate:
         """A request got through: count it and let the rate follow the recovery curve."""
         self.accepted += 1
         self.bucket.rate = self.current()
+        if self.estimate is not None and self.bucket.rate > self.estimate * (1 + 2 * _VICTIM):
+            self.patience = 1.0  # a probe found capacity above the measure: probe at the usual pace again
 
     def current(self) -> float:
         if not self._cut:
             return self.bucket.rate
         plateau, restart = self._target, self._restart
-        intervals = (self._clock() - self._since) * restart
-        k = (max(0.0, 1.0 - restart / plateau) / _CUBIC) ** (1 / 3)
-        rate: float = plateau * (1.0 + _CUBIC * (intervals / _STEP - k) ** 3)
+        if self.ceiling_is_quota:
+            steps = (self._clock() - self._since) * self.ceiling / _STEP
+        else:
+            steps = (self._clock() - self._since) * restart / (_STEP * self.patience)
+        k = (max(0.0, 1.0 - restart / plateau) / _CUBIC) ** (1 / 3)  # steps to the plateau
+        if self.ceiling_is_quota and steps > k:
+            rate: float = plateau * 2 ** ((steps - k) * _STEP / _DOUBLING)
+        else:
+            rate = plateau * (1.0 + _CUBIC * (steps - k) ** 3)
         return max(self.floor, min(self.ceiling, rate))
 
 
@@ -280,11 +315,14 @@ class Limiter:
 
     def __init__(self, api: str, rate: float, burst: int, *, max_in_flight: int | None = None, adaptive: bool = True,
                  headroom: int = 1, jitter: float = 2.5, rng: random.Random | None = None,
-                 clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep,
+                 ceiling_is_quota: bool = False, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep,
                  shared: SharedBuckets | None = None) -> None:
         self.api = api
         self.bucket = TokenBucket(rate, max(1, burst - headroom), jitter=jitter, rng=rng, clock=clock, sleep=sleep)
-        self.adaptive = AdaptiveRate(self.bucket, rate, clock=clock) if adaptive else None
+        #: ``ceiling_is_quota``: ``rate`` is the account's quota (read from Service Quotas), not only what
+        #: someone configured: see :class:`AdaptiveRate`
+        self.adaptive = (AdaptiveRate(self.bucket, rate, ceiling_is_quota=ceiling_is_quota, clock=clock)
+                         if adaptive else None)
         #: ``shared``: one budget for every worker of a shared journal; its bucket (and its AIMD state,
         #: when ``adaptive``) replaces this process's own. Without jitter: workers reserve slots in one
         #: order and send them in another already (a random delay per slot bunched their requests

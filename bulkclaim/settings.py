@@ -33,12 +33,23 @@ class ClientSettings:
 
 
 class RateSettings:
-    """Client-side (rate, burst) per API; defaults are Connect's documented defaults (2/s, burst 5)."""
+    """Client-side (rate, burst) per API; defaults are Connect's documented defaults (2/s, burst 5).
+
+    ``rate_is_quota``: ``rate`` is the account's ClaimPhoneNumber rate quota as Service Quotas reported
+    it (the CLI's ``--rate auto``), not only a configured value that may be wrong. ClaimPhoneNumber's
+    controller then takes a lower share as other callers' passing use and probes back up promptly
+    (see :class:`bulkclaim.ratelimit.AdaptiveRate`). Off by default: a library caller that read the
+    quota itself says so."""
 
     def __init__(self, rate: float = 2.0, burst: int = 5, *, max_in_flight: int | None = None, adaptive: bool = True,
-                 per_api: Mapping[str, tuple[float, int]] | None = None) -> None:
+                 per_api: Mapping[str, tuple[float, int]] | None = None, rate_is_quota: bool = False) -> None:
         self.rate, self.burst, self.max_in_flight, self.adaptive = rate, burst, max_in_flight, adaptive
         self.per_api = dict(per_api or {})
+        self.rate_is_quota = rate_is_quota
+
+    def ceiling_is_quota(self, api: str) -> bool:
+        """Whether ``api``'s rate is its quota: only ClaimPhoneNumber's, and only at ``rate``."""
+        return self.rate_is_quota and api == "ClaimPhoneNumber" and api not in self.per_api
 
     def limiter(self, api: str, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]], *,
                 shared: SharedBuckets | None = None) -> Limiter:
@@ -46,6 +57,7 @@ class RateSettings:
         journal draws on (see ``bulkclaim.journal.postgres.budget``)."""
         rate, burst = self.per_api.get(api, (self.rate, self.burst))
         return Limiter(api, rate, burst, max_in_flight=self.max_in_flight if api == "ClaimPhoneNumber" else None,
-                       adaptive=self.adaptive, clock=clock, sleep=sleep, shared=shared)
+                       adaptive=self.adaptive, ceiling_is_quota=self.ceiling_is_quota(api), clock=clock, sleep=sleep,
+                       shared=shared)
 
 

@@ -54,7 +54,7 @@ def simulate(*, true_rate: float, told_rate: float, numbers: int, burst: int = 5
 
 def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst: int = 5, latency: float = 0.03,
                     latency_jitter: float = 0.0, neighbour_rate: float | None = None, starts: list[float] | None = None,
-                    seed: int = 0) -> list[SimulatedRun]:
+                    quota: bool = False, seed: int = 0) -> list[SimulatedRun]:
     """Several clients (one per entry of ``told``, each claiming ``numbers``) and optionally a
     neighbour sending every ``1 / neighbour_rate`` seconds until the last client is done, all against
     one service bucket; client ``i`` starts at ``starts[i]`` (default: all at 0). Each round trip is
@@ -62,7 +62,8 @@ def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst:
     :class:`SimulatedRun` per client, then the neighbour's (if any)."""
     clock = FakeClock(0.0)
     rng = random.Random(seed)
-    limiters = [Limiter("ClaimPhoneNumber", rate, burst, rng=random.Random(seed * 31 + 1 + i), clock=clock)
+    limiters = [Limiter("ClaimPhoneNumber", rate, burst, rng=random.Random(seed * 31 + 1 + i), clock=clock,
+                        ceiling_is_quota=quota)
                 for i, rate in enumerate(told)]
     service = ServerBucket(ThrottleConfig(rate=true_rate, burst=burst), now=0.0)
     backoff = Backoff()

@@ -15,6 +15,8 @@ import anyio
 import pytest
 
 from bulkclaim import AcquireSpec, Backoff, Claimer, Options, RateSettings
+from bulkclaim.cli_common import rate_settings
+from bulkclaim.quotas import Quotas
 from bulkclaim.sandbox import API_NAMES, FaultConfig, InventorySpec, ThrottleConfig
 from bulkclaim.sandbox.inventory import generate
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
@@ -126,6 +128,21 @@ async def test_the_rate_is_the_quota_by_default_and_an_explicit_rate_wins(env: S
     assert await run("given", NUMBERS[11:12], "--rate", "200") == []
     env.sandbox.configure(service_quotas_access=False)
     assert await run("unread", NUMBERS[12:13], "--no-preflight") == [(2.0, "warning")]
+
+
+def test_only_a_rate_read_from_service_quotas_is_trusted_as_the_quota() -> None:
+    """The controller probes back up promptly only when its ceiling is the account's real quota
+    (issue 13): the rate ``--rate auto`` read from Service Quotas, not an explicit ``--rate`` (maybe
+    wrong) nor the 2/s fallback when the quota could not be read."""
+    opts = {"rate": "auto", "burst": 5, "max_in_flight": None, "no_adaptive": False}
+    read = rate_settings(opts, Quotas(claim_rate=3.0))
+    assert (read.rate, read.rate_is_quota) == (3.0, True)
+    assert read.ceiling_is_quota("ClaimPhoneNumber") and not read.ceiling_is_quota("ReleasePhoneNumber")
+    unread = rate_settings(opts, Quotas(problems=["AccessDenied"]))
+    assert (unread.rate, unread.rate_is_quota) == (2.0, False)
+    given = rate_settings(opts | {"rate": "3"}, Quotas(claim_rate=3.0))
+    assert (given.rate, given.rate_is_quota) == (3.0, False)
+    assert not RateSettings().rate_is_quota, "the library default is a configured rate, not a known quota"
 
 
 async def test_release_asks_then_releases_exactly_the_runs_numbers(env: SandboxEnv, tmp_path: Path) -> None:

@@ -47,29 +47,52 @@ def test_told_three_times_the_rate_throttles_alike_at_2_20_and_50_per_second() -
     assert max(shares) - min(shares) <= 0.01, shares
 
 
-def test_a_neighbour_taking_a_quarter_of_the_bucket_is_barely_throttled_at_any_rate() -> None:
+@pytest.mark.parametrize("quota", [False, True], ids=["told", "quota"])
+def test_a_neighbour_taking_a_quarter_of_the_bucket_is_barely_throttled_at_any_rate(quota: bool) -> None:
     """Told the true rate while another caller takes 25% of the bucket (no retries): the neighbour
     keeps its share (≤ 5% of its requests throttled), we ≤ 10%, and we use our fair share (η ≥ 0.9
-    against 75% of the bucket), at 2, 20 and 50/s alike."""
+    against 75% of the bucket), at 2, 20 and 50/s alike; also when the rate is the quota read from
+    Service Quotas, whose controller probes back up more promptly."""
     for rate in RATES:
-        runs = [simulate_shared(true_rate=rate, told=[rate], numbers=300, neighbour_rate=rate / 4, seed=seed)
-                for seed in range(7)]
+        runs = [simulate_shared(true_rate=rate, told=[rate], numbers=300, neighbour_rate=rate / 4, quota=quota,
+                                seed=seed) for seed in range(7)]
         ours, theirs = [run[0] for run in runs], [run[1] for run in runs]
         theta, eta_fair = median_run(ours, 0.75 * rate)
         assert theta <= 0.10 and eta_fair >= 0.9, (rate, theta, eta_fair)
         assert statistics.median(run.throttled_share for run in theirs) <= 0.05, rate
 
 
+def two_processes(rate: float, *, quota: bool) -> tuple[list[float], list[float]]:
+    """θ and η together of two processes claiming 150 numbers each from one bucket, both given the true
+    rate; the second starts with the first, or half a second later."""
+    shares, etas = [], []
+    for seed in range(8):
+        runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, starts=[0.0, seed % 2 / 2],
+                               quota=quota, seed=seed)
+        assert all(run.accepted == 150 for run in runs)
+        shares.append(sum(r.throttled for r in runs) / sum(r.attempts for r in runs))
+        etas.append((300 - 5) / rate / max(r.finished_at for r in runs))
+    return shares, etas
+
+
 def test_two_processes_sharing_a_bucket_are_throttled_little_at_any_rate() -> None:
     """Two bulkclaim processes in one account, both told the true rate: together at most 5% of their
-    attempts throttled, at 2, 20 and 50/s. (Their efficiency together is not asserted: in simulation
-    the median is 0.83-0.89, under issue 13's 0.93 bar, because whichever process the first 429s
-    happen to hit keeps the smaller share until the other finishes; see benchmarks/RESULTS.md.)"""
+    attempts throttled, at 2, 20 and 50/s, whether the rate was given (``--rate``) or read from the
+    quota (``--rate auto``)."""
     for rate in RATES:
-        shares = []
-        for seed in range(8):  # the second process starts with the first, or half a second later
-            runs = simulate_shared(true_rate=rate, told=[rate, rate], numbers=150, starts=[0.0, seed % 2 / 2],
-                                   seed=seed)
-            assert all(run.accepted == 150 for run in runs)
-            shares.append(sum(r.throttled for r in runs) / sum(r.attempts for r in runs))
-        assert statistics.median(shares) <= 0.05, (rate, shares)
+        for quota in (False, True):
+            shares, _ = two_processes(rate, quota=quota)
+            assert statistics.median(shares) <= 0.05, (rate, quota, shares)
+
+
+def test_two_processes_whose_rate_is_the_quota_finish_closer_together() -> None:
+    """With the rate read from Service Quotas, the process left alone when the other finishes probes
+    back to the quota by doubling rather than climbing at its own low rate: together they keep the
+    bucket busier (median η ≥ 0.86 at 2, 20 and 50/s; given the rate, 0.75-0.86).
+    Issue 13's bar, 0.93, is not met here (median 0.87-0.89): whichever process the first 429s hit
+    keeps the smaller share until the other finishes (see benchmarks/RESULTS.md)."""
+    for rate in RATES:
+        _, told = two_processes(rate, quota=False)
+        _, quota = two_processes(rate, quota=True)
+        assert statistics.median(quota) >= max(0.86, statistics.median(told)), (rate, told, quota)
+        assert min(quota) >= 0.8, (rate, quota)
