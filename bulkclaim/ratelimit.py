@@ -41,6 +41,11 @@ _AGAIN = 0.75  # a later cut without a measure: milder, so two processes that st
 _CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
 _STEP = 20.0
 _DOUBLING = 20.0  # above its plateau, a controller whose ceiling is the quota doubles every this many intervals
+# A ceiling known to be the quota, above the fair point: AIMD (a multiplicative cut, an increase alike for all)
+_FAIR = 0.5  # above this share of the quota a 429 cuts the current rate, not back to the measure ...
+_BETA = 0.6  # ... by (1 - _BETA) times our share of the quota: a bigger sender gives back more, as a ratio too
+_GROW = 0.0007  # back to the rate cut along an absolute cubic: _GROW * quota * (x / _STEP - k) ** 3
+_PROBE = 0.15  # then above it by _PROBE * quota * (2 ** (x / _DOUBLING) - 1): the same for every process
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -218,6 +223,8 @@ class AdaptiveRate:
         self._cut = False
         self.patience = 1.0  # the recovery curve's time runs this many times slower (told ceiling only)
         self.throttles = 0
+        self._share = False  # the last cut was above the fair point (AIMD's curve, not the measure's)
+        self._peak = 0.0  # the rate before the last such cut
 
     def on_throttle(self) -> None:
         """A 429 arrived: measure, then cut (see the class's description)."""
@@ -226,6 +233,10 @@ class AdaptiveRate:
         self._marks.append((now, self.accepted))
         previous = self.estimate
         self.estimate = self._measure() or previous
+        if self.ceiling_is_quota and current > self.ceiling * _FAIR:
+            self._share_cut(now, current)
+            return
+        self._share = False
         margin = _MARGIN if self.ceiling_is_quota else _MARGIN_TOLD
         over_measure = self.estimate is not None and self.estimate * margin < current
         if self._cut and not self.bucket.sent_since_cut(now):  # old news
@@ -245,6 +256,26 @@ class AdaptiveRate:
         else:
             restart = current * (self.decrease if not self._cut else _AGAIN)
             self._set(now, restart, (restart * current) ** 0.5)
+
+    def _share_cut(self, now: float, current: float) -> None:
+        """Above the fair point with the quota known: a multiplicative cut of the current rate (AIMD)."""
+        if self._cut and not self.bucket.sent_since_cut(now):
+            return  # old news: it answers a request sent before the last cut
+        # As CUBIC's fast convergence: a sender cut again below its last peak aims lower, giving back more.
+        plateau = current if current >= self._peak else current * (1 + _BETA) / 2
+        self._peak, self._share = current, True
+        self._set(now, current * (1 - (1 - _BETA) * current / self.ceiling), plateau)
+
+    def _share_curve(self, restart: float, plateau: float) -> float:
+        """After a cut above the fair point: back to the rate cut, then beyond it, both in absolute steps
+        of the quota, so two processes climb alike whatever their shares (AIMD's additive increase)."""
+        steps = (self._clock() - self._since) * self.ceiling / _STEP
+        k = (max(0.0, plateau - restart) / (_GROW * self.ceiling)) ** (1 / 3)
+        if steps <= k:
+            rate: float = plateau + _GROW * self.ceiling * (steps - k) ** 3
+        else:
+            rate = plateau + _PROBE * self.ceiling * (2 ** ((steps - k) * _STEP / _DOUBLING) - 1)
+        return max(self.floor, min(self.ceiling, rate))
 
     def _wait_longer(self) -> None:
         if not self.ceiling_is_quota:
@@ -276,6 +307,8 @@ class AdaptiveRate:
         if not self._cut:
             return self.bucket.rate
         plateau, restart = self._target, self._restart
+        if self._share:
+            return self._share_curve(restart, plateau)
         if self.ceiling_is_quota:
             steps = (self._clock() - self._since) * self.ceiling / _STEP
         else:
