@@ -11,7 +11,8 @@ A 429 means someone else shares the account's bucket or the quota is lower than 
 below it, and climbs back along a cubic curve, every time constant in intervals of the bucket's own
 rate (issue 13), so the same scenario throttles alike at Connect's default 2/s and at 50/s. It probes
 above its measure sparingly when its ceiling is only a configured rate (possibly wrong) and promptly
-when the ceiling is the account's quota (then a lower share is only other callers' passing use).
+when the ceiling is the account's quota (then a lower share is only other callers' passing use, and
+above half of the quota it cuts and climbs as AIMD does, so two processes converge to an even split).
 
 Clock and sleep are injectable; tests run on a fake clock and never sleep.
 """
@@ -198,12 +199,17 @@ class AdaptiveRate:
       each probe that only confirms the measure doubles the time to the next (``patience``), until
       one passes 10% above the measure: a rare probe still finds capacity that was given back.
     - ``ceiling_is_quota=True`` (the ceiling is the account's quota, read from Service Quotas): a
-      share below it can only be other callers' use of the bucket, which passes. A measured cut
-      restarts 3% below the measure (:data:`_MARGIN`), the curve's time counts in intervals of the
-      ceiling (~60 of them to the plateau after a 3% cut), and above the plateau the rate doubles every
-      :data:`_DOUBLING` of them rather than following CUBIC's slow convex part: when a second migration
-      finishes, the one left does not climb back at its own low rate (issue 13's two migrations in one
-      account; measured, the ~60 intervals before the doubling still make its tail slow at 2/s).
+      share below it can only be other callers' use of the bucket, which passes, and the curve's
+      time counts in intervals of the ceiling. Above :data:`_FAIR` (half) of the quota, a 429 is
+      answered as AIMD would: the *current* rate is cut by ``(1 - _BETA) * share`` of itself (the
+      bigger sender gives back more, as a ratio too), then climbs back to the rate cut along an
+      absolute cubic and beyond it by an absolute, growing step (:data:`_GROW`, :data:`_PROBE`, in
+      units of the quota: alike for every process, whatever its share). Two processes sharing the
+      bucket thus converge to an even split; restarting at the measure kept whatever split the first
+      429s left (issue 13's two migrations in one account: one process took two thirds all run).
+      At or below half of the quota, a measured cut restarts 3% below the measure (:data:`_MARGIN`)
+      and above that plateau the rate doubles every :data:`_DOUBLING` intervals: when a second
+      migration finishes, the one left does not climb back at its own low rate.
     """
 
     def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
