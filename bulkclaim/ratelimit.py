@@ -11,7 +11,8 @@ A 429 means someone else shares the account's bucket or the quota is lower than 
 below it, and climbs back along a cubic curve, every time constant in intervals of the bucket's own
 rate (issue 13), so the same scenario throttles alike at Connect's default 2/s and at 50/s. It probes
 above its measure sparingly when its ceiling is only a configured rate (possibly wrong) and promptly
-when the ceiling is the account's quota (then a lower share is only other callers' passing use).
+when the ceiling is the account's quota (then a lower share is only other callers' passing use, and
+above half of the quota it cuts and climbs as AIMD does, so two processes converge to an even split).
 
 Clock and sleep are injectable; tests run on a fake clock and never sleep.
 """
@@ -41,6 +42,11 @@ _AGAIN = 0.75  # a later cut without a measure: milder, so two processes that st
 _CUBIC = 0.001  # recovery curve: rate = plateau * (1 + _CUBIC * (x / _STEP - k) ** 3), x in intervals
 _STEP = 20.0
 _DOUBLING = 20.0  # above its plateau, a controller whose ceiling is the quota doubles every this many intervals
+# A ceiling known to be the quota, above the fair point: AIMD (a multiplicative cut, an increase alike for all)
+_FAIR = 0.5  # above this share of the quota a 429 cuts the current rate, not back to the measure ...
+_BETA = 0.6  # ... by (1 - _BETA) times our share of the quota: a bigger sender gives back more, as a ratio too
+_GROW = 0.0007  # back to the rate cut along an absolute cubic: _GROW * quota * (x / _STEP - k) ** 3
+_PROBE = 0.15  # then above it by _PROBE * quota * (2 ** (x / _DOUBLING) - 1): the same for every process
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -193,12 +199,17 @@ class AdaptiveRate:
       each probe that only confirms the measure doubles the time to the next (``patience``), until
       one passes 10% above the measure: a rare probe still finds capacity that was given back.
     - ``ceiling_is_quota=True`` (the ceiling is the account's quota, read from Service Quotas): a
-      share below it can only be other callers' use of the bucket, which passes. A measured cut
-      restarts 3% below the measure (:data:`_MARGIN`), the curve's time counts in intervals of the
-      ceiling (~60 of them to the plateau after a 3% cut), and above the plateau the rate doubles every
-      :data:`_DOUBLING` of them rather than following CUBIC's slow convex part: when a second migration
-      finishes, the one left does not climb back at its own low rate (issue 13's two migrations in one
-      account; measured, the ~60 intervals before the doubling still make its tail slow at 2/s).
+      share below it can only be other callers' use of the bucket, which passes, and the curve's
+      time counts in intervals of the ceiling. Above :data:`_FAIR` (half) of the quota, a 429 is
+      answered as AIMD would: the *current* rate is cut by ``(1 - _BETA) * share`` of itself (the
+      bigger sender gives back more, as a ratio too), then climbs back to the rate cut along an
+      absolute cubic and beyond it by an absolute, growing step (:data:`_GROW`, :data:`_PROBE`, in
+      units of the quota: alike for every process, whatever its share). Two processes sharing the
+      bucket thus converge to an even split; restarting at the measure kept whatever split the first
+      429s left (issue 13's two migrations in one account: one process took two thirds all run).
+      At or below half of the quota, a measured cut restarts 3% below the measure (:data:`_MARGIN`)
+      and above that plateau the rate doubles every :data:`_DOUBLING` intervals: when a second
+      migration finishes, the one left does not climb back at its own low rate.
     """
 
     def __init__(self, bucket: TokenBucket, ceiling: float, *, decrease: float = 0.6, floor: float | None = None,
@@ -218,6 +229,8 @@ class AdaptiveRate:
         self._cut = False
         self.patience = 1.0  # the recovery curve's time runs this many times slower (told ceiling only)
         self.throttles = 0
+        self._share = False  # the last cut was above the fair point (AIMD's curve, not the measure's)
+        self._peak = 0.0  # the rate before the last such cut
 
     def on_throttle(self) -> None:
         """A 429 arrived: measure, then cut (see the class's description)."""
@@ -226,6 +239,10 @@ class AdaptiveRate:
         self._marks.append((now, self.accepted))
         previous = self.estimate
         self.estimate = self._measure() or previous
+        if self.ceiling_is_quota and current > self.ceiling * _FAIR:
+            self._share_cut(now, current)
+            return
+        self._share = False
         margin = _MARGIN if self.ceiling_is_quota else _MARGIN_TOLD
         over_measure = self.estimate is not None and self.estimate * margin < current
         if self._cut and not self.bucket.sent_since_cut(now):  # old news
@@ -245,6 +262,26 @@ class AdaptiveRate:
         else:
             restart = current * (self.decrease if not self._cut else _AGAIN)
             self._set(now, restart, (restart * current) ** 0.5)
+
+    def _share_cut(self, now: float, current: float) -> None:
+        """Above the fair point with the quota known: a multiplicative cut of the current rate (AIMD)."""
+        if self._cut and not self.bucket.sent_since_cut(now):
+            return  # old news: it answers a request sent before the last cut
+        # As CUBIC's fast convergence: a sender cut again below its last peak aims lower, giving back more.
+        plateau = current if current >= self._peak else current * (1 + _BETA) / 2
+        self._peak, self._share = current, True
+        self._set(now, current * (1 - (1 - _BETA) * current / self.ceiling), plateau)
+
+    def _share_curve(self, restart: float, plateau: float) -> float:
+        """After a cut above the fair point: back to the rate cut, then beyond it, both in absolute steps
+        of the quota, so two processes climb alike whatever their shares (AIMD's additive increase)."""
+        steps = (self._clock() - self._since) * self.ceiling / _STEP
+        k = (max(0.0, plateau - restart) / (_GROW * self.ceiling)) ** (1 / 3)
+        if steps <= k:
+            rate: float = plateau + _GROW * self.ceiling * (steps - k) ** 3
+        else:
+            rate = plateau + _PROBE * self.ceiling * (2 ** ((steps - k) * _STEP / _DOUBLING) - 1)
+        return max(self.floor, min(self.ceiling, rate))
 
     def _wait_longer(self) -> None:
         if not self.ceiling_is_quota:
@@ -276,6 +313,8 @@ class AdaptiveRate:
         if not self._cut:
             return self.bucket.rate
         plateau, restart = self._target, self._restart
+        if self._share:
+            return self._share_curve(restart, plateau)
         if self.ceiling_is_quota:
             steps = (self._clock() - self._since) * self.ceiling / _STEP
         else:

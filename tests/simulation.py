@@ -15,15 +15,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bulkclaim.backoff import Backoff
-from bulkclaim.ratelimit import Limiter
+from bulkclaim.ratelimit import AdaptiveRate, Limiter, TokenBucket
 from bulkclaim.sandbox.config import ThrottleConfig
 from bulkclaim.sandbox.throttle import ServerBucket
 from tests.support import FakeClock
 
-__all__ = ["SimulatedRun", "simulate", "simulate_shared"]
+__all__ = ["SimulatedRun", "simulate", "simulate_shared", "split_of_two"]
 
 
 @dataclass
@@ -34,6 +34,7 @@ class SimulatedRun:
     throttled: int = 0
     finished_at: float = 0.0
     accepted: int = 0
+    accepted_at: list[float] = field(default_factory=list)  # when each number was accepted
 
     @property
     def throttled_share(self) -> float:
@@ -115,6 +116,7 @@ def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst:
         else:  # accepted: this worker takes the next number, if any
             limiter.on_success()
             run.accepted += 1
+            run.accepted_at.append(now)
             run.finished_at = now
             if run.accepted == numbers:
                 unfinished -= 1
@@ -122,3 +124,40 @@ def simulate_shared(*, true_rate: float, told: list[float], numbers: int, burst:
                 waiting[client] -= 1
                 at(now, client, "ask")
     return runs + ([other] if neighbour_rate else [])
+
+
+def split_of_two(*, rate: float, intervals: int, burst: int = 5, quota: bool = True,
+                 seed: int = 0) -> list[tuple[int, int]]:
+    """Two controllers that start together at ``rate`` and share one service bucket of (``rate``,
+    ``burst``), stepped one interval (``1 / rate``) at a time on a fake clock, without latency: in
+    each interval each sends what its own rate allows, in a random order, and a request that finds
+    the service's bucket empty is throttled (the other one's request may have taken the token).
+    Returns, for every interval, how many requests of each were accepted in it. Only the
+    controllers' split is modelled (no retries, no in-flight cap), so it shows how a split evolves:
+    whether an uneven one left by the first 429s lasts or evens out.
+    """
+    clock = FakeClock(0.0)
+    rng = random.Random(seed)
+    controllers = [AdaptiveRate(TokenBucket(rate, burst - 1, clock=clock), rate, ceiling_is_quota=quota, clock=clock)
+                   for _ in range(2)]
+    credit, tokens, accepted = [0.0, 0.0], float(burst), []
+    for _ in range(intervals):
+        clock.advance(1.0 / rate)
+        tokens = min(float(burst), tokens + 1.0)
+        sends = []
+        for i, controller in enumerate(controllers):
+            credit[i] += controller.bucket.rate / rate
+            sends += [i] * int(credit[i])
+            credit[i] -= int(credit[i])
+        rng.shuffle(sends)
+        counts = [0, 0]
+        for i in sends:
+            controllers[i].bucket.reserve()
+            if tokens >= 1.0:
+                tokens -= 1.0
+                counts[i] += 1
+                controllers[i].on_success()
+            else:
+                controllers[i].on_throttle()
+        accepted.append((counts[0], counts[1]))
+    return accepted

@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from tests.simulation import SimulatedRun, simulate, simulate_shared
+from tests.simulation import SimulatedRun, simulate, simulate_shared, split_of_two
 
 RATES = (2.0, 20.0, 50.0)
 
@@ -89,10 +89,29 @@ def test_two_processes_whose_rate_is_the_quota_finish_closer_together() -> None:
     """With the rate read from Service Quotas, the process left alone when the other finishes probes
     back to the quota by doubling rather than climbing at its own low rate: together they keep the
     bucket busier (median η ≥ 0.86 at 2, 20 and 50/s; given the rate, 0.75-0.86).
-    Issue 13's bar, 0.93, is not met here (median 0.87-0.89): whichever process the first 429s hit
-    keeps the smaller share until the other finishes (see benchmarks/RESULTS.md)."""
+    Issue 13's bar, 0.93, is not met here (median 0.89-0.91 since the third pass, 0.87-0.89 before):
+    the multiplicative cuts that even the split out leave the bucket partly unused while the rate
+    climbs back (see benchmarks/RESULTS.md)."""
     for rate in RATES:
         _, told = two_processes(rate, quota=False)
         _, quota = two_processes(rate, quota=True)
         assert statistics.median(quota) >= max(0.86, statistics.median(told)), (rate, told, quota)
         assert min(quota) >= 0.8, (rate, quota)
+
+
+def test_with_the_quota_known_an_uneven_split_of_the_bucket_evens_out() -> None:
+    """Issue 13, third pass: two controllers that know the ceiling is the quota, started together on
+    one bucket (tests/simulation.py's ``split_of_two``, one interval at a time). A 429 above half
+    of the quota cuts the current rate by a share that grows with it (AIMD: the bigger sender gives
+    back more) and the climb back counts in intervals of the quota (alike for both), so whatever
+    split the first 429s leave evens out: after the first 200 intervals the smaller takes >= 35%
+    of what both get in every seed, 43% at the median. (Restarting at the measured share, as the
+    second pass did, kept a 70/30 split for 600 intervals in one seed of ten: smaller share 0.22.)
+    Scale-free: the same at 2, 20 and 50/s."""
+    for rate in RATES:
+        shares = []
+        for seed in range(10):
+            accepted = split_of_two(rate=rate, intervals=600, seed=seed)[200:]
+            first, second = sum(a for a, _ in accepted), sum(b for _, b in accepted)
+            shares.append(min(first, second) / (first + second))
+        assert min(shares) >= 0.35 and statistics.median(shares) >= 0.43, (rate, shares)

@@ -195,14 +195,14 @@ def test_a_probe_that_only_confirms_the_measure_doubles_the_wait_before_the_next
 
 def test_a_ceiling_that_is_the_quota_is_taken_back_promptly_once_the_others_leave() -> None:
     """A ceiling read from Service Quotas is the account's real quota: a share measured below it is
-    other callers' passing use (a second migration). The restart is 3% below the measure, probes
-    never wait longer, and above the measure the rate doubles every 20 intervals of the ceiling:
-    alone again, it is back at the quota in well under 200 intervals, while a controller told the
-    same ceiling is still near its measure."""
+    other callers' passing use (a second migration). Probes never wait longer, and the climb back
+    counts in intervals of the ceiling, growing in absolute steps of it: alone again, it is back at
+    the quota in under 200 intervals, while a controller told the same ceiling is still near its
+    measure. (Above half of the quota each 429 cuts the current rate, AIMD-like: see the next test.)"""
     rates = {}
     for quota in (True, False):
         clock, bucket, adaptive = measured_at_10_per_second(20.0, quota=quota)
-        assert bucket.rate == pytest.approx(9.7 if quota else 9.0)
+        assert bucket.rate < 20.0 if quota else bucket.rate == pytest.approx(9.0)
         clock.advance(1.0)
         send_after_the_cut(bucket, clock)
         adaptive.on_throttle()  # at the measure: someone else's probe
@@ -216,6 +216,27 @@ def test_a_ceiling_that_is_the_quota_is_taken_back_promptly_once_the_others_leav
         rates[quota] = seen[-1]
     assert rates[True] == pytest.approx(20.0)
     assert rates[False] < 11.0
+
+
+def test_with_the_quota_known_a_429_above_half_of_it_cuts_the_bigger_sender_more() -> None:
+    """Issue 13, third pass: with the ceiling known to be the quota, a 429 above half of it cuts the
+    *current* rate (not back to a measured share, which kept whatever split the first 429s left) by
+    40% of our share of the quota: 40% at the quota, 28% at 70% of it. Two processes sharing the
+    bucket each give back in proportion to their share, so the split evens out; at or below half a
+    429 takes the measured path as before (unmeasured yet: a cut to 0.6 times the rate)."""
+    for share, kept in ((1.0, 0.6), (0.7, 0.72)):
+        clock = FakeClock(0.0)
+        bucket = TokenBucket(20.0 * share, 5, clock=clock)
+        adaptive = AdaptiveRate(bucket, ceiling=20.0, ceiling_is_quota=True, clock=clock)
+        adaptive.on_throttle()
+        assert bucket.rate == pytest.approx(20.0 * share * kept)
+        adaptive.on_throttle()  # answers a request sent before the cut: nothing more
+        assert bucket.rate == pytest.approx(20.0 * share * kept)
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(8.0, 5, clock=clock)  # 40% of the quota: below the fair point
+    adaptive = AdaptiveRate(bucket, ceiling=20.0, ceiling_is_quota=True, clock=clock)
+    adaptive.on_throttle()
+    assert bucket.rate == pytest.approx(8.0 * 0.6)  # not measured yet: the usual first cut
 
 
 def test_a_429_at_the_measured_rate_is_someone_elses_probe_and_cuts_little() -> None:
