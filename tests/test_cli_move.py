@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,33 @@ async def test_export_move_export_round_trip(env: SandboxEnv, tmp_path: Path) ->
     dest_ids = {flow.id for flow in env.sandbox.state.flows.flows_of(DEST)}
     with (tmp_path / "second.csv").open() as handle:
         assert {row["contact_flow"] for row in csv.DictReader(handle)} <= dest_ids | {""}
+
+
+async def test_a_move_still_on_the_source_is_never_reported_moved(env: SandboxEnv, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI side of test_move's never-executed moves: a 200 whose UpdatePhoneNumber never executed
+    leaves the number CLAIMED on the source; it is reported in_progress (NotOnTarget), exit 1, and the
+    next run sends the same token again, which moves it."""
+    await claim_on_source(env, tmp_path, NUMBERS[:2])
+    inputs = write_numbers(tmp_path / "n.txt", NUMBERS[:2])
+    report = tmp_path / "moved.jsonl"
+    sent: list[str] = []
+
+    def dropped(reference: str, body: dict[str, Any]) -> dict[str, Any]:  # accepted, lost before execution
+        sent.append(body["ClientToken"])
+        return {"PhoneNumberId": reference, "PhoneNumberArn": f"arn:aws:connect:us-east-1:123456789012:{reference}"}
+
+    monkeypatch.setattr(env.sandbox.state, "update", dropped)
+    args = move_args(tmp_path, inputs, extra=("--report", str(report), "--verify-timeout", "0.3"))
+    first = await run_cli(env, tmp_path, *args)
+    no_traceback(first)
+    assert first.returncode == 1, first.stderr[-2000:]
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {(row["status"], row["error_code"]) for row in rows} == {("in_progress", "NotOnTarget")}
+    assert all(f"instance/{INSTANCE_ID}" in row["error_message"] for row in rows)
+    tokens = {row["phone_number"]: row["client_token"] for row in rows}
+    assert sorted(sent) == sorted(tokens.values())
+    monkeypatch.undo()
+    last = await run_cli(env, tmp_path, *args)
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert {e.phone_number: e.client_token for e in env.sandbox.ledger if e.action == "move"} == tokens
