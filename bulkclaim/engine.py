@@ -409,7 +409,8 @@ def _outcome(planned: Planned, status: Status, attempts: int, phone_number_id: s
     flow = request.contact_flow
     return Outcome(request.phone_number, request.source, request.target.key, status, phone_number_id,
                    phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time(),
-                   contact_flow_id=flow, flow_status=None if flow is None else FlowStatus.PENDING)
+                   contact_flow_id=flow, flow_status=None if flow is None else FlowStatus.PENDING,
+                   moved_from=None if request.move_from is None else request.move_from.source.key)
 
 
 async def _feed(tx: MemoryObjectSendStream[tuple[Outcome, bool]], items: list[tuple[Outcome, bool]]) -> None:

@@ -73,6 +73,9 @@ async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path
     lines = report.read_text().splitlines()
     assert len(lines) == 1 + 7
     assert all(f"instance/{DEST}" in line for line in lines[1:])
+    table = list(csv.DictReader(lines))
+    assert list(table[0])[-1] == "moved_from"  # DESIGN §4: the last field
+    assert {r["moved_from"] for r in table if r["status"] == "claimed"} == {f"instance/{INSTANCE_ID}"}
 
     result = await run_cli(env, tmp_path, *move_args(tmp_path, write_numbers(tmp_path / "again.txt", NUMBERS[:6])))
     assert result.returncode == 0, result.stderr
@@ -82,6 +85,7 @@ async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path
     assert json.loads(status.stdout)["counts"]["claimed"] == 6
     rows = await run_cli(env, tmp_path, "report", "--journal", str(tmp_path / "move.journal"))
     assert {json.loads(line)["status"] for line in rows.stdout.splitlines()} == {"claimed"}  # latest run: none invalid
+    assert {json.loads(line)["moved_from"] for line in rows.stdout.splitlines()} == {f"instance/{INSTANCE_ID}"}
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -67,6 +67,7 @@ async def test_numbers_move_once_each_by_number_or_id_and_a_rerun_sends_nothing(
         assert bad_flow.status == Status.INVALID and "not a flow id or ARN" in (bad_flow.error_message or "")
         assert {n: moved[n].status for n in numbers} == dict.fromkeys(numbers, Status.CLAIMED)
         assert {n: moved[n].target for n in numbers} == dict.fromkeys(numbers, f"instance/{DEST}")
+        assert {n: moved[n].moved_from for n in numbers} == dict.fromkeys(numbers, SOURCE.key)
         assert moved["+12069999999"].status == Status.INVALID  # neither instance holds it: never sent
         assert "not a number" in moved and moved["not a number"].status == Status.INVALID
         # Connect drops the flow association on a move: re-associated on the destination, as asked
