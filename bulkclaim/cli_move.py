@@ -64,7 +64,7 @@ def move_command(inputs: tuple[Path, ...], **opts: Any) -> None:
         from bulkclaim.cli_signals import expect_report
 
         expect_report(opts["report"], journal)
-        sys.exit(_Run(destination, journal, {**opts, "inputs": inputs}, source=source).run(rows))
+        sys.exit(_Run(destination, journal, {**opts, "inputs": inputs, "action": "move"}, source=source).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 

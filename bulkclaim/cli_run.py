@@ -126,7 +126,8 @@ async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Callab
     take its verdict (and its cut), and one started with another ``--allow-partial`` stops (exit 2)."""
     async def check() -> str:
         found = await preflight(claimer.api, claimer.journal, target, run, await quotas(),
-                                configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
+                                configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"],
+                                action=opts.get("action", "claim"))
         return json.dumps({"allow_partial": opts["allow_partial"], "found": asdict(found)})
 
     kept = await claimer.journal.once(run, "preflight", check)
@@ -158,7 +159,7 @@ def judge_preflight(found: Preflight, opts: dict[str, Any]) -> None:
     if found.over and not opts["allow_partial"]:
         raise QuotaExceededError(found.refusal())
     if found.over:
-        log.warning("preflight.partial", claiming=found.allowed, left_out=found.over,
+        log.warning("preflight.partial", action=found.action, claiming=found.allowed, left_out=found.over,
                     error_code="PhoneNumberQuotaExceeded")
 
 

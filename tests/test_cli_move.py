@@ -59,6 +59,10 @@ async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path
     dry = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=("--dry-run", "--resolve-flow-names")))
     assert dry.returncode == 1, dry.stderr  # one invalid row
     assert "would move:        6" in dry.stdout and "invalid:           1" in dry.stdout
+    # a move's plan and preflight speak of moves (the journal's churn is claims + releases: moves do not count)
+    assert "this run would move: 6" in dry.stdout and "(adopted, not moved again)" in dry.stdout
+    assert "moves do not count" in dry.stdout and "CLAIMED on the destination" in dry.stdout
+    assert "claim" not in dry.stdout.replace("claims + releases", "")
     assert not [e for e in env.sandbox.ledger if e.action == "move"], "a dry run sends nothing"
 
     report = tmp_path / "moved.csv"
@@ -171,3 +175,18 @@ async def test_a_move_still_on_the_source_is_never_reported_moved(env: SandboxEn
     last = await run_cli(env, tmp_path, *args)
     assert last.returncode == 0, last.stderr[-2000:]
     assert {e.phone_number: e.client_token for e in env.sandbox.ledger if e.action == "move"} == tokens
+
+
+async def test_a_move_beyond_the_destination_quota_is_refused_in_words_of_a_move(env: SandboxEnv,
+                                                                                 tmp_path: Path) -> None:
+    await claim_on_source(env, tmp_path, NUMBERS[:3])
+    env.sandbox.configure(phone_number_quota=2)
+    inputs = write_numbers(tmp_path / "n.txt", NUMBERS[:3])
+    for extra in (("--dry-run",), ()):
+        result = await run_cli(env, tmp_path, *move_args(tmp_path, inputs, extra=extra))
+        no_traceback(result)
+        assert result.returncode == 3, result.stderr[-2000:]
+        said = result.stdout + result.stderr
+        assert "the run would move 3 more" in said and "move fewer numbers" in said
+        assert "--allow-partial to move the first 2" in said and "would claim" not in said
+    assert not [e for e in env.sandbox.ledger if e.action == "move"]
