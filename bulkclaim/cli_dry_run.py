@@ -58,6 +58,8 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
         fail(str(exc), EXIT_USAGE)
     done = ", ".join(f"{n} {status}" for status, n in sorted(plan.already_done.items())) or "none"
     click.echo(f"dry run (nothing sent) — journal: {shown(journal)}")
+    if opts.get("destinations", 1) > 1:  # a move to several destinations: one plan each
+        click.echo(f"  destination:       {target.key}")
     verb = opts.get("action", "claim")  # ``bulkclaim move --dry-run``: move
     settled = "CLAIMED" if verb == "claim" else "CLAIMED on the destination"
     click.echo(f"  {'would ' + verb + ':':<19}{plan.to_send}")

@@ -93,7 +93,8 @@ async def test_move_dry_run_then_move_then_rerun(env: SandboxEnv, tmp_path: Path
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ((), "give exactly one of --to-instance-id or --to-target-arn"),
+    ((), "n.txt:1: no destination: give to_instance_id or to_target_arn on every row, or --to-instance-id"),
+    (("--to-instance-id", DEST, "--to-target-arn", "arn:x"), "give at most one of --to-instance-id or --to-target-arn"),
     (("--to-instance-id", INSTANCE_ID), "the source and the destination are the same"),
 ])
 async def test_move_usage_errors(env: SandboxEnv, tmp_path: Path, extra: tuple[str, ...], message: str) -> None:
@@ -190,3 +191,49 @@ async def test_a_move_beyond_the_destination_quota_is_refused_in_words_of_a_move
         assert "the run would move 3 more" in said and "move fewer numbers" in said
         assert "--allow-partial to move the first 2" in said and "would claim" not in said
     assert not [e for e in env.sandbox.ledger if e.action == "move"]
+
+
+async def test_per_row_destinations_spread_one_input_over_several_instances(tmp_path: Path) -> None:
+    """Issue 16: a per-row destination (to_instance_id / to_target_arn) beside the option's, for the rows
+    without one; the dry run plans each destination; a row without one and no option is a usage error."""
+    third = "77777777-6666-5555-4444-333333333333"
+    fast = {api: ThrottleConfig(rate=200.0, burst=20) for api in API_NAMES}
+    async with sandbox_env(throttle=fast, claim_delay=0.0, instance_ids=(INSTANCE_ID, DEST, third)) as env:
+        await claim_on_source(env, tmp_path, NUMBERS[:5])
+        tdg_less = tmp_path / "spread.csv"
+        tdg_less.write_text("phone_number,to_instance_id\n" + f"{NUMBERS[0]},{third}\n{NUMBERS[1]},{third}\n"
+                            + f"{NUMBERS[2]},\n{NUMBERS[3]},{DEST}\n", encoding="utf-8")
+        dry = await run_cli(env, tmp_path, *move_args(tmp_path, tdg_less, extra=("--dry-run",)))
+        no_traceback(dry)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        plans = dry.stdout.split("dry run (nothing sent)")[1:]
+        assert [(p.split("destination:")[1].split()[0], p.split("would move:")[1].split()[0]) for p in plans] == [
+            (f"instance/{DEST}", "2"), (f"instance/{third}", "2")]
+        assert "this run would move: 2" in plans[1]
+        report = tmp_path / "spread.jsonl"
+        moved = await run_cli(env, tmp_path, *move_args(tmp_path, tdg_less, extra=("--report", str(report))))
+        assert moved.returncode == 0, moved.stderr[-2000:]
+        rows = {r["phone_number"]: r for r in map(json.loads, report.read_text().splitlines())}
+        assert {n: (rows[n]["status"], rows[n]["target"]) for n in NUMBERS[:4]} == {
+            NUMBERS[0]: ("claimed", f"instance/{third}"), NUMBERS[1]: ("claimed", f"instance/{third}"),
+            NUMBERS[2]: ("claimed", f"instance/{DEST}"), NUMBERS[3]: ("claimed", f"instance/{DEST}")}
+        holders = {n: getattr(env.sandbox.state.holder_of(n), "instance_id", None) for n in NUMBERS[:4]}
+        assert holders == {NUMBERS[0]: third, NUMBERS[1]: third, NUMBERS[2]: DEST, NUMBERS[3]: DEST}
+
+        mixed = tmp_path / "mixed.csv"
+        mixed.write_text(f"phone_number,to_instance_id,to_target_arn\n{NUMBERS[4]},{third},\n{NUMBERS[4]},,\n"
+                         + f"{NUMBERS[0]},{third},arn:aws:connect:us-east-1:123456789012:instance/{DEST}\n",
+                         encoding="utf-8")
+        without = [a for a in move_args(tmp_path, mixed) if a not in ("--to-instance-id", DEST)]
+        refused = await run_cli(env, tmp_path, *without)
+        no_traceback(refused)
+        assert refused.returncode == 2 and f"{mixed}:3: no destination" in refused.stderr, refused.stderr
+        report = tmp_path / "mixed.jsonl"
+        both = await run_cli(env, tmp_path, *move_args(tmp_path, mixed, extra=("--journal", str(tmp_path / "m.j"),
+                                                                              "--report", str(report))))
+        assert both.returncode == 1, both.stderr[-2000:]
+        rows = {r["source"].rsplit(":", 1)[1]: r for r in map(json.loads, report.read_text().splitlines())}
+        assert (rows["2"]["status"], rows["2"]["target"]) == ("claimed", f"instance/{third}")
+        assert rows["3"]["status"] == "invalid" and "one destination per number" in rows["3"]["error_message"]
+        assert rows["4"]["status"] == "invalid" and "not both" in rows["4"]["error_message"]
+        assert len([e for e in env.sandbox.ledger if e.action == "move"]) == 5
