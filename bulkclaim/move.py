@@ -136,8 +136,8 @@ async def resolve_moves(api: Api, source: Target, destination: Target | None, ro
              for number, owned in listing.items()}
     flows: dict[str, FlowMap | None] = {}
     for key, target in targets.items():
-        if any(isinstance(row, MoveRow) and row.contact_flow and (row.destination or destination) == target
-               for row in rows):
+        if any(isinstance(row, MoveRow) and row.contact_flow and getattr(row.destination or destination, "key", None)
+               == key for row in rows):
             flows[key] = await FlowMap.between(api, source, target)
     resolved: list[ClaimRequest | Rejected] = []
     going: dict[str, tuple[str, str]] = {}  # number -> (its destination, the row that sends it there)

@@ -210,3 +210,27 @@ async def test_already_on_the_destination_is_told_by_describe_not_by_the_error_w
         assert moved[numbers[1]].status == Status.FAILED
         assert moved[numbers[1]].error_code == "InvalidParameterException"
         assert len(moves_of(env)) == 1  # the hand-made move only
+
+
+async def test_rows_may_name_their_own_destination(tmp_path: Path) -> None:
+    """MoveRow.destination: one run spreads numbers over two instances (the Claimer's target for the rest),
+    each row's flow associated on its own destination; a number sent to two destinations is invalid."""
+    third = "77777777-6666-5555-4444-333333333333"
+    numbers = NUMBERS[:3]
+    async with sandbox_env(instance_ids=(INSTANCE_ID, DEST, third), claim_delay=0.02) as env:
+        claimed = await claimed_on_source(env, tmp_path / "claims", numbers)
+        source_flow = env.sandbox.state.flows.flows_of(INSTANCE_ID)[1]  # as export of the source writes it
+        other = Target(instance_id=f"arn:aws:connect:us-east-1:123456789012:instance/{third}")
+        rows: list[Any] = [MoveRow("rows:1", numbers[0], contact_flow=source_flow.id, destination=other),
+                           MoveRow("rows:2", numbers[1]),
+                           MoveRow("rows:3", numbers[2], destination=Target(instance_id=third)),
+                           MoveRow("rows:4", numbers[2])]
+        async with await mover(env, tmp_path / "j") as c:
+            outcomes = {o.source: o async for o in c.move(rows, source=SOURCE)}
+        assert {s: (o.status, o.target) for s, o in outcomes.items()} == {
+            "rows:1": (Status.CLAIMED, f"instance/{third}"), "rows:2": (Status.CLAIMED, f"instance/{DEST}"),
+            "rows:3": (Status.CLAIMED, f"instance/{third}"), "rows:4": (Status.INVALID, f"instance/{DEST}")}
+        assert "one destination per number" in str(outcomes["rows:4"].error_message)
+        same_name = next(f for f in env.sandbox.state.flows.flows_of(third) if f.name == source_flow.name)
+        assert env.sandbox.state.flows.associated(str(claimed[numbers[0]].phone_number_id)) == same_name
+        assert sorted(n for n, _ in moves_of(env)) == sorted(numbers)
