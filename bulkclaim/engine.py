@@ -15,7 +15,8 @@
    token. Numbers an earlier run may have sent that the input no longer names join the run and are
    settled the same way, but never re-sent.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
-4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
+4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket, until
+   it settles *on its target* (TargetArn: a move still on its source is not moved, see ``reconcile.py``).
 5. **flow** workers associate each CLAIMED number that has a contact flow (``associate.py``), on the
    AssociatePhoneNumberContactFlow bucket, beside the claims; numbers an earlier run claimed whose
    association is still pending are associated first. A failed association never fails the claim.
@@ -83,9 +84,8 @@ __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 #: Without an answer timeout, how long a request may take to execute (botocore's connect + read).
 _LATE_REQUEST = 20.0
 _THROTTLE_ALLOWANCE = 10  # 429s (certainly not executed) a number may get: this many times max_attempts
-#: What verification found (see ``reconcile.PollResult``) as a number's status, and the error code shown.
-#: ELSEWHERE: still on another target when the wait ended (a move whose UpdatePhoneNumber never
-#: executed shows CLAIMED on its source): not moved, left in_progress; the next run re-sends the same token.
+#: What verification found (``reconcile.PollResult``) as a number's status, and its error code. ELSEWHERE (a
+#: move still on its source when the wait ended): in_progress, not moved; the next run re-sends its token.
 _SETTLED = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}
 _SETTLED_CODES = {"FAILED": "PhoneNumberClaimFailed", "NOT_FOUND": "ResourceNotFoundException",
                   "ELSEWHERE": "NotOnTarget"}
