@@ -319,7 +319,8 @@ class Claimer:
         of each target (see :mod:`bulkclaim.move`); numbers neither holds come out ``invalid``. A
         :class:`~bulkclaim.move.MoveRow`'s ``contact_flow`` (a flow of this target, or of ``source``: the
         one of the same name here) is associated once the number is CLAIMED here (``outcome.flow_status``):
-        Connect does not carry the association over."""
+        Connect does not carry the association over. A MoveRow's ``destination`` moves its number there
+        instead of to this target (one listing of each destination)."""
         requests = await resolve_moves(self.api, source, self.target, as_move_rows(rows, self._default_region))
         async for outcome in self.claim_many(requests, state=state):
             yield outcome

@@ -101,8 +101,10 @@ class _Run:
     journal: JournalSpec
     opts: dict[str, Any]
     summary: RunSummary | None = None
-    #: ``bulkclaim move``: the numbers' source; ``target`` is their destination
+    #: ``bulkclaim move``: the numbers' source; ``target`` is their (first) destination, ``destination``
+    #: the one given by option, for the rows without their own (None: every row names its own)
     source: Target | None = None
+    destination: Target | None = None
 
     def run(self, rows: Any) -> int:
         from bulkclaim.cli_metrics import exporting
@@ -141,15 +143,18 @@ class _Run:
                 tty = sys.stderr.isatty() and not opts["no_progress"] and opts["verbosity"] >= 0
                 self.summary = state.summary
                 digest: str | None = None
+                targets: dict[str, Target] = {}
                 if self.source is None:
                     digest = await anyio.to_thread.run_sync(lambda: fingerprint(
                         opts["inputs"], target=self.target, fmt=opts["input_format"],
                         default_region=opts["default_region_for_numbers"], flow_names=opts.get("flow_names")))
                 else:  # a move: rows become requests once the source and the destination are listed
+                    from bulkclaim.model import ClaimRequest
                     from bulkclaim.move import resolve_moves
 
-                    rows = await resolve_moves(claimer.api, self.source, self.target, rows, stop=state.stop,
+                    rows = await resolve_moves(claimer.api, self.source, self.destination, rows, stop=state.stop,
                                                flow_names=opts.get("flow_names"))
+                    targets = {r.target.key: r.target for r in rows if isinstance(r, ClaimRequest)}
 
                 async def before_sending(summary: RunSummary) -> None:
                     nonlocal quotas
@@ -159,8 +164,10 @@ class _Run:
                         quotas = quotas or await read_run_quotas(opts)
                         return quotas
 
-                    if summary.to_send and not opts["no_preflight"]:
-                        await check_quota(claimer, self.target, summary.members_run, run_quotas, opts)
+                    if summary.to_send and not opts["no_preflight"]:  # each destination of a move: its quota
+                        for target in (targets or {self.target.key: self.target}).values():
+                            await check_quota(claimer, target, summary.members_run, run_quotas, opts,
+                                              once="preflight" if target == self.target else f"preflight {target.key}")
 
                 try:
                     await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,

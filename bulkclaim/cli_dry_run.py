@@ -29,7 +29,7 @@ __all__ = ["dry_run"]
 
 
 def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any]) -> int:
-    """Plan against the journal read-only and check the quotas; claim nothing."""
+    """Plan against the journal read-only and check the quotas; send nothing."""
     import anyio
 
     from bulkclaim.dry_run import dry_run_plan
@@ -53,17 +53,20 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
                 churn = 0 if reader is None else reader.churn(target.key)
             quota, source = quotas.phone_number_quota(opts["phone_number_quota"])
             quota_check = Preflight(target.key, quota, source, None if owned is None else len(owned),
-                                    plan.to_claim, churn)
+                                    plan.to_claim, churn, action=opts.get("action", "claim"))
     except BulkclaimError as exc:
         fail(str(exc), EXIT_USAGE)
     done = ", ".join(f"{n} {status}" for status, n in sorted(plan.already_done.items())) or "none"
     click.echo(f"dry run (nothing sent) — journal: {shown(journal)}")
+    if opts.get("destinations", 1) > 1:  # a move to several destinations: one plan each
+        click.echo(f"  destination:       {target.key}")
     verb = opts.get("action", "claim")  # ``bulkclaim move --dry-run``: move
+    settled = "CLAIMED" if verb == "claim" else "CLAIMED on the destination"
     click.echo(f"  {'would ' + verb + ':':<19}{plan.to_send}")
     click.echo(f"  would resume:      {plan.to_resume} (pending from an earlier run, same token)")
     click.echo(f"  would verify:      {plan.to_verify} (in_progress from an earlier run)")
     if owned is not None:
-        click.echo(f"  already on target: {plan.owned_on_target} (adopted, not claimed again)")
+        click.echo(f"  already on target: {plan.owned_on_target} (adopted, not {verb}d again)")
     click.echo(f"  already done:      {done}")
     click.echo(f"  duplicates:        {plan.duplicates}")
     click.echo(f"  invalid:           {plan.invalid_count}")
@@ -72,7 +75,7 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
     rates = rate_settings(opts, quotas)
     click.echo(f"  rate:              {rates.rate:g} {verb}s/s, burst {rates.burst}")
     click.echo(f"  expected duration: {format_duration(max(0, plan.to_claim - rates.burst) / rates.rate)} for "
-               f"{plan.to_claim} {verb}(s) at best ((N - burst) / rate), plus waiting for CLAIMED")
+               f"{plan.to_claim} {verb}(s) at best ((N - burst) / rate), plus waiting for {settled}")
     if quota_check is not None:
         for line in quota_check.lines():
             click.echo(f"  quota: {line}")
@@ -87,7 +90,7 @@ def dry_run(rows: Any, target: Target, journal: JournalSpec, opts: dict[str, Any
         if not opts["allow_partial"]:
             click.echo(f"  REFUSED: {quota_check.refusal()}")
             return EXIT_FATAL
-        click.echo(f"  --allow-partial: would claim {quota_check.allowed}, leave out {quota_check.over}")
+        click.echo(f"  --allow-partial: would {verb} {quota_check.allowed}, leave out {quota_check.over}")
     return EXIT_INCOMPLETE if plan.invalid_count else EXIT_OK
 
 

@@ -30,51 +30,68 @@ __all__ = ["move_command"]
 @click.command("move", cls=GroupedCommand, short_help="Move numbers to another instance or TDG (UpdatePhoneNumber).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @target_options
-@option("to-instance-id", group="Target (give exactly one)", help="The destination instance id or ARN.")
+@option("to-instance-id", group="Target (give exactly one)",
+        help="The destination instance id or ARN (of the rows without a to_instance_id / to_target_arn column).")
 @option("to-target-arn", group="Target (give exactly one)",
-        help="The destination instance or traffic distribution group ARN.")
+        help="The destination instance or traffic distribution group ARN (of the rows without their own).")
 @run_options
 def move_command(inputs: tuple[Path, ...], **opts: Any) -> None:
     """Move the numbers of INPUT files (CSV, text or JSON Lines: phone_number and/or phone_number_id,
-    optional contact_flow) from the instance or TDG given by --instance-id / --target-arn to the one given
-    by --to-instance-id / --to-target-arn. Each move's token is journaled before it is sent and the number
-    is verified CLAIMED on the destination; re-running the same command resumes."""
+    optional contact_flow, optional to_instance_id or to_target_arn) from the instance or TDG given by
+    --instance-id / --target-arn to the one given by --to-instance-id / --to-target-arn, or by the row's
+    own destination column. Each move's token is journaled before it is sent and the number is verified
+    CLAIMED on its destination; re-running the same command resumes."""
     source = target_of(opts)  # usage errors first: they need nothing more loaded
-    if bool(opts["to_instance_id"]) == bool(opts["to_target_arn"]):
-        raise click.UsageError("give exactly one of --to-instance-id or --to-target-arn")
-    destination = Target(instance_id=opts["to_instance_id"], target_arn=opts["to_target_arn"])
-    if destination.key == source.key:
+    if opts["to_instance_id"] and opts["to_target_arn"]:
+        raise click.UsageError("give at most one of --to-instance-id or --to-target-arn")
+    destination = (Target(instance_id=opts["to_instance_id"], target_arn=opts["to_target_arn"])
+                   if opts["to_instance_id"] or opts["to_target_arn"] else None)
+    if destination is not None and destination.key == source.key:
         raise click.UsageError(f"the source and the destination are the same ({source.key})")
 
     from bulkclaim.cli import _Run
     from bulkclaim.inputs import InputFileError
-    from bulkclaim.move import read_move_rows
+    from bulkclaim.move import destinations, read_move_rows
 
     try:
-        journal = prepare_run(inputs, opts, _default_journal(destination))
+        # every row first: a row without a destination (and no option) stops the run before anything
+        rows = list(read_move_rows(inputs, fmt=opts["input_format"],
+                                   default_region=opts["default_region_for_numbers"]))
+        targets = destinations(rows, destination)
+        journal = prepare_run(inputs, opts, _default_journal(destination, source))
         from bulkclaim.cli_flows import resolve_flow_names
 
         opts["flow_names"] = resolve_flow_names(inputs, destination, opts)  # flows of the destination
-        rows = read_move_rows(inputs, fmt=opts["input_format"], default_region=opts["default_region_for_numbers"])
         if opts["dry_run"]:
             from bulkclaim.cli_dry_run import dry_run
 
-            sys.exit(dry_run(_resolved(rows, source, destination, opts), destination, journal,
-                             {**opts, "action": "move"}))
+            resolved = _resolved(rows, source, destination, opts)
+            sys.exit(max(dry_run([r for r in resolved if _to(r, targets[0]) == target.key], target, journal,
+                                 {**opts, "action": "move", "destinations": len(targets)}) for target in targets))
         from bulkclaim.cli_signals import expect_report
 
         expect_report(opts["report"], journal)
-        sys.exit(_Run(destination, journal, {**opts, "inputs": inputs}, source=source).run(rows))
+        sys.exit(_Run(targets[0], journal, {**opts, "inputs": inputs, "action": "move"}, source=source,
+                      destination=destination).run(rows))
     except (InputFileError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
 
 
-def _default_journal(destination: Target) -> Path:
-    """``bulkclaim-move-<destination>.journal``: re-running the same move resumes it."""
+def _to(row: Any, first: Target) -> str:
+    """The destination a resolved row goes to (an invalid row without one: the first destination's)."""
+    target = getattr(row, "target", None)
+    return target.key if isinstance(target, Target) else first.key
+
+
+def _default_journal(destination: Target | None, source: Target) -> Path:
+    """``bulkclaim-move-<destination>.journal`` (with destinations per row, ``bulkclaim-move-from-<source>``):
+    re-running the same move resumes it."""
+    if destination is None:
+        return Path(re.sub(r"^bulkclaim-", "bulkclaim-move-from-", default_journal(source).name))
     return Path(re.sub(r"^bulkclaim-", "bulkclaim-move-", default_journal(destination).name))
 
 
-def _resolved(rows: Any, source: Target, destination: Target, opts: dict[str, Any]) -> list[Any]:
+def _resolved(rows: Any, source: Target, destination: Target | None, opts: dict[str, Any]) -> list[Any]:
     """For the dry run: the rows resolved against one listing of each target (read-only)."""
     import anyio
 

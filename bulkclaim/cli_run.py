@@ -120,16 +120,18 @@ class Harness:
 
 
 async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Callable[[], Awaitable[Quotas]],
-                      opts: dict[str, Any]) -> Preflight:
+                      opts: dict[str, Any], *, once: str = "preflight") -> Preflight:
     """The preflight of a claim run, before its first claim (see :func:`judge_preflight`). Workers sharing
     the run (PostgreSQL) make it once, with the ``--allow-partial`` of the one that makes it: the others
-    take its verdict (and its cut), and one started with another ``--allow-partial`` stops (exit 2)."""
+    take its verdict (and its cut), and one started with another ``--allow-partial`` stops (exit 2).
+    ``once``: the name of this check among the run's run-wide steps (a move checks each destination)."""
     async def check() -> str:
         found = await preflight(claimer.api, claimer.journal, target, run, await quotas(),
-                                configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"])
+                                configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"],
+                                action=opts.get("action", "claim"))
         return json.dumps({"allow_partial": opts["allow_partial"], "found": asdict(found)})
 
-    kept = await claimer.journal.once(run, "preflight", check)
+    kept = await claimer.journal.once(run, once, check)
     assert kept is not None  # check() always finishes with a result
     made = json.loads(kept)
     if made["allow_partial"] != opts["allow_partial"]:
@@ -158,7 +160,7 @@ def judge_preflight(found: Preflight, opts: dict[str, Any]) -> None:
     if found.over and not opts["allow_partial"]:
         raise QuotaExceededError(found.refusal())
     if found.over:
-        log.warning("preflight.partial", claiming=found.allowed, left_out=found.over,
+        log.warning("preflight.partial", action=found.action, claiming=found.allowed, left_out=found.over,
                     error_code="PhoneNumberQuotaExceeded")
 
 

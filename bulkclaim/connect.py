@@ -189,8 +189,9 @@ def classify(error: BaseException, operation: str = "ClaimPhoneNumber") -> Class
             # lost): the number may be ours already. Ask, exactly as after "not available".
             return Classified(Verdict.UNAVAILABLE, code, message)
         if operation == "UpdatePhoneNumber":
-            if code == "InvalidParameterException" and "already" in message.lower():
-                return Classified(Verdict.UNAVAILABLE, code, message)  # on the destination: maybe our move
+            if code == "InvalidParameterException":  # maybe "already on the destination" (our move?): the
+                # real wording is not known, so the engine asks DescribePhoneNumber where the number is
+                return Classified(Verdict.UNAVAILABLE, code, message)
             if code == "ResourceInUseException":  # being claimed or moved right now: ask again later
                 return Classified(Verdict.RETRY, code, message)
         if status >= 500:

@@ -15,7 +15,8 @@
    token. Numbers an earlier run may have sent that the input no longer names join the run and are
    settled the same way, but never re-sent.
 3. **claim** workers take numbers from the journal in input order; every attempt passes the limiter.
-4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket.
+4. **verify** workers poll DescribePhoneNumber for each accepted claim, on their own API's bucket, until
+   it settles *on its target* (TargetArn: a move still on its source is not moved, see ``reconcile.py``).
 5. **flow** workers associate each CLAIMED number that has a contact flow (``associate.py``), on the
    AssociatePhoneNumberContactFlow bucket, beside the claims; numbers an earlier run claimed whose
    association is still pending are associated first. A failed association never fails the claim.
@@ -68,6 +69,8 @@ from bulkclaim.reconcile import (
     Owned,
     by_status,
     find_owned,
+    holds,
+    never_moved,
     owned_from_text,
     owned_text,
     poll_until_settled,
@@ -81,6 +84,11 @@ __all__ = ["Emit", "Engine", "Options", "RunState", "RunSummary", "first_cause"]
 #: Without an answer timeout, how long a request may take to execute (botocore's connect + read).
 _LATE_REQUEST = 20.0
 _THROTTLE_ALLOWANCE = 10  # 429s (certainly not executed) a number may get: this many times max_attempts
+#: What verification found (``reconcile.PollResult``) as a number's status, and its error code. ELSEWHERE (a
+#: move still on its source when the wait ended): in_progress, not moved; the next run re-sends its token.
+_SETTLED = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}
+_SETTLED_CODES = {"FAILED": "PhoneNumberClaimFailed", "NOT_FOUND": "ResourceNotFoundException",
+                  "ELSEWHERE": "NotOnTarget"}
 _NOT_CLAIMED = ("no longer in the input, and the target does not hold it: no claim of ours took effect "
                 "(it was not sent again)")
 
@@ -276,8 +284,10 @@ class Engine:
     async def _claim_number(self, planned: Planned, already: Owned | None, log: Any, state: RunState) -> Outcome:
         log = log.bind(phone_number=planned.request.phone_number, client_token=planned.client_token)
         if planned.status == Status.IN_PROGRESS and planned.phone_number_id:
-            return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
-                            planned.phone_number_arn)
+            if state.stopping or not await never_moved(self.api, planned.request, stop=state.stop):
+                return _outcome(planned, Status.IN_PROGRESS, planned.attempts, planned.phone_number_id,
+                                planned.phone_number_arn)
+            log.warning("claim.not_moved", note="in_progress, yet not on the destination: the same token again")
         if already is not None and planned.maybe_sent:
             return self._record(self._recovered(planned, planned.attempts, already, log, state))
         return self._record(await self._claim(planned, log, state))
@@ -332,8 +342,7 @@ class Engine:
             # forgotten) or an earlier claim outside bulkclaim may hold it. Ask before failing.
             # (RETRY here: 200s without the answer in them, as many as retries allow.)
             try:
-                ours = await find_owned(self.api, planned.request.target, planned.request.phone_number,
-                                        stop=state.stop)
+                ours = await holds(self.api, planned.request, stop=state.stop)
             except CallFailed as lookup:
                 log.warning("claim.unknown", attempts=attempts, error_code=lookup.classified.code)
                 return _outcome(planned, Status.PENDING, attempts, error=(error.code, error.message))
@@ -362,17 +371,16 @@ class Engine:
         result = await poll_until_settled(self.api, accepted.phone_number_id, wait_limit=self.options.verify_timeout,
                               first_poll=self.options.verify_first_poll,
                               sleep=lambda seconds: state.pause_unless_halted(self.api.sleep, seconds),
-                              clock=self.clock, stopping=lambda: state.halted, stop=state.halt)
+                              clock=self.clock, target=accepted.target, stopping=lambda: state.halted,
+                              stop=state.halt)
         if result.status == "DENIED":
             if not state.verify_denied:
                 state.verify_denied = True
                 self.log.warning("verify.denied", error_message=result.message,
                                  consequence="not verifying this run's claims: accepted numbers stay in_progress")
             return accepted
-        status = {"CLAIMED": Status.CLAIMED, "FAILED": Status.FAILED, "NOT_FOUND": Status.FAILED}.get(
-            result.status, Status.IN_PROGRESS)
-        code = "ResourceNotFoundException" if result.status == "NOT_FOUND" else "PhoneNumberClaimFailed"
-        error = (code, result.message) if status == Status.FAILED else (None, None)
+        status = _SETTLED.get(result.status, Status.IN_PROGRESS)  # ELSEWHERE: in_progress, with its error
+        error = (_SETTLED_CODES[result.status], result.message) if result.status in _SETTLED_CODES else (None, None)
         outcome = replace(accepted, status=status, error_code=error[0], error_message=error[1],
                           updated_at=time.time())
         self.log.info(f"claim.{status.value}", phone_number=accepted.phone_number, client_token=accepted.client_token,
@@ -401,7 +409,8 @@ def _outcome(planned: Planned, status: Status, attempts: int, phone_number_id: s
     flow = request.contact_flow
     return Outcome(request.phone_number, request.source, request.target.key, status, phone_number_id,
                    phone_number_arn, planned.client_token, attempts, error[0], error[1], time.time(),
-                   contact_flow_id=flow, flow_status=None if flow is None else FlowStatus.PENDING)
+                   contact_flow_id=flow, flow_status=None if flow is None else FlowStatus.PENDING,
+                   moved_from=None if request.move_from is None else request.move_from.source.key)
 
 
 async def _feed(tx: MemoryObjectSendStream[tuple[Outcome, bool]], items: list[tuple[Outcome, bool]]) -> None:

@@ -225,6 +225,8 @@ class Outcome:
     #: the contact flow asked for (its id), and where its association stands; None without a flow
     contact_flow_id: str | None = None
     flow_status: FlowStatus | None = None
+    #: a move's source target (its key, as ``target``); None for a claim
+    moved_from: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """The report row, field order as in DESIGN §4."""
@@ -237,6 +239,7 @@ class Outcome:
             datetime.fromtimestamp(self.updated_at, UTC).isoformat(timespec="milliseconds"),
             "run": self.run, "contact_flow_id": self.contact_flow_id,
             "flow_status": None if self.flow_status is None else self.flow_status.value,
+            "moved_from": self.moved_from,
         }
 
 

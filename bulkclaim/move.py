@@ -34,7 +34,7 @@ from bulkclaim.inputs import file_rows, normalize_number
 from bulkclaim.model import ClaimRequest, ConfigurationError, FatalServiceError, MoveFrom, Rejected, Target
 from bulkclaim.reconcile import Owned, sweep
 
-__all__ = ["FlowMap", "MoveRow", "as_move_rows", "read_move_rows", "resolve_moves"]
+__all__ = ["FlowMap", "MoveRow", "as_move_rows", "destinations", "read_move_rows", "resolve_moves"]
 
 _NUMBER_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -42,18 +42,21 @@ _NUMBER_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA
 @dataclass(frozen=True)
 class MoveRow:
     """One input row of a move: a number (E.164) or its PhoneNumberId (or both, as ``export`` writes),
-    where the row came from (``file:line``) and the contact flow it should have on the destination."""
+    where the row came from (``file:line``), the contact flow it should have on the destination, and
+    the row's own destination (columns ``to_instance_id`` / ``to_target_arn``; None: the run's)."""
 
     source: str
     phone_number: str | None = None
     phone_number_id: str | None = None
     contact_flow: str | None = None
+    destination: Target | None = None
 
 
 def read_move_rows(paths: Iterable[Path], *, fmt: str | None = None,
                    default_region: str | None = None) -> Iterator[MoveRow | Rejected]:
     """Every row of every file (CSV, text, JSON Lines; columns ``phone_number``, ``phone_number_id``,
-    ``contact_flow``; other columns, such as ``description`` and ``tags``, are not part of a move)."""
+    ``contact_flow``, ``to_instance_id`` or ``to_target_arn``; other columns, such as ``description`` and
+    ``tags``, are not part of a move)."""
     for path in paths:
         for source, fields in file_rows(path, fmt):
             yield fields if isinstance(fields, Rejected) else move_row(fields, source, default_region)
@@ -75,7 +78,12 @@ def move_row(fields: Mapping[str, Any], source: str, default_region: str | None)
             return Rejected(raw=raw, source=source, reason=str(exc))
     elif number_id is None:
         return Rejected(raw="", source=source, reason="no phone_number or phone_number_id")
-    return MoveRow(source, number, number_id, str(fields.get("contact_flow") or "").strip() or None)
+    instance, arn = (str(fields.get(column) or "").strip() or None for column in ("to_instance_id", "to_target_arn"))
+    if instance and arn:
+        return Rejected(raw=raw or str(number_id), source=source,
+                        reason="give one of to_instance_id or to_target_arn, not both")
+    destination = Target(instance_id=instance) if instance else Target(target_arn=arn) if arn else None
+    return MoveRow(source, number, number_id, str(fields.get("contact_flow") or "").strip() or None, destination)
 
 
 def as_move_rows(rows: Iterable[MoveRow | Rejected | str], default_region: str | None) -> Iterator[MoveRow | Rejected]:
@@ -84,31 +92,79 @@ def as_move_rows(rows: Iterable[MoveRow | Rejected | str], default_region: str |
         yield move_row({"phone_number": row}, f"move:{index}", default_region) if isinstance(row, str) else row
 
 
-async def resolve_moves(api: Api, source: Target, destination: Target, rows: Iterable[MoveRow | Rejected], *,
+def destinations(rows: Iterable[MoveRow | Rejected], destination: Target | None) -> list[Target]:
+    """The destinations of ``rows`` (``destination`` first, for the rows without their own; else in the
+    order rows name them). ValueError naming the first row without one when ``destination`` is None, or
+    when no row names one."""
+    found: dict[str, Target] = {} if destination is None else {destination.key: destination}
+    for row in rows:
+        if not isinstance(row, MoveRow):
+            continue
+        if row.destination is None and destination is None:
+            raise ValueError(f"{row.source}: no destination: give to_instance_id or to_target_arn on every row, "
+                             "or --to-instance-id / --to-target-arn for the rows without one")
+        if row.destination is not None:
+            found.setdefault(row.destination.key, row.destination)
+    if not found:
+        raise ValueError("no destination: give --to-instance-id or --to-target-arn, or to_instance_id / "
+                         "to_target_arn columns")
+    return list(found.values())
+
+
+async def resolve_moves(api: Api, source: Target, destination: Target | None, rows: Iterable[MoveRow | Rejected], *,
                         stop: anyio.Event | None = None, flow_names: FlowNames | None = None,
                         ) -> list[ClaimRequest | Rejected]:
-    """Each row as a move request to ``destination``, or rejected (invalid) if neither the source nor
-    the destination holds its number, or its ``contact_flow`` is not a flow of the destination (an id,
-    an ARN, or with ``flow_names`` a name). Raises FatalServiceError when a target cannot be listed (an
-    unknown target among them): nothing is sent then."""
-    if source.key == destination.key:
+    """Each row as a move request to its destination (the row's own, else ``destination``), or rejected
+    (invalid) if neither the source nor that destination holds its number, its destination is the
+    source, or its ``contact_flow`` is not a flow of its destination (an id, an ARN, or with
+    ``flow_names`` a name). One listing of the source and of each destination. Raises
+    ConfigurationError for a row without a destination when ``destination`` is None (naming the row),
+    FatalServiceError when a target cannot be listed (an unknown target among them): nothing is sent."""
+    if destination is not None and source.key == destination.key:
         raise ConfigurationError(f"the source and the destination are the same target ({source.key})")
     rows = list(rows)
+    try:
+        destinations(rows, destination)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    wanted = {row.destination.key: row.destination for row in rows if isinstance(row, MoveRow) and row.destination}
+    targets = {**({} if destination is None else {destination.key: destination}), **wanted}
+    targets.pop(source.key, None)  # rows naming the source are invalid, never listed twice
     on_source = await _listing(api, source, stop)
-    on_destination = await _listing(api, destination, stop)
-    by_id = {owned.phone_number_id: number for listing in (on_destination, on_source)
+    listings = {key: await _listing(api, target, stop) for key, target in targets.items()}
+    by_id = {owned.phone_number_id: number for listing in (*listings.values(), on_source)
              for number, owned in listing.items()}
-    flows = None
-    if any(isinstance(row, MoveRow) and row.contact_flow for row in rows):
-        flows = await FlowMap.between(api, source, destination)
-    return [_request(row, source, destination, on_source, on_destination, by_id, flows, flow_names) for row in rows]
+    flows: dict[str, FlowMap | None] = {}
+    for key, target in targets.items():
+        if any(isinstance(row, MoveRow) and row.contact_flow and getattr(row.destination or destination, "key", None)
+               == key for row in rows):
+            flows[key] = await FlowMap.between(api, source, target)
+    resolved: list[ClaimRequest | Rejected] = []
+    going: dict[str, tuple[str, str]] = {}  # number -> (its destination, the row that sends it there)
+    for row in rows:
+        to = row.destination or destination if isinstance(row, MoveRow) else destination
+        if isinstance(row, MoveRow) and to is not None and to.key == source.key:
+            resolved.append(Rejected(raw=row.phone_number or row.phone_number_id or "", source=row.source, target=to,
+                                     reason=f"its destination is its source ({source.key})"))
+            continue
+        request = _request(row, source, to, on_source, listings.get(to.key, {}) if to else {}, by_id,
+                           flows.get(to.key) if to else None, flow_names)
+        if isinstance(request, ClaimRequest):  # one destination per number: a second would move it again
+            first = going.setdefault(request.phone_number, (request.target.key, request.source))
+            if first[0] != request.target.key:
+                request = Rejected(raw=request.phone_number, source=request.source, target=request.target,
+                                   reason=f"{request.phone_number} is moved to {first[0]} by {first[1]}: "
+                                          "one destination per number")
+        resolved.append(request)
+    return resolved
 
 
-def _request(row: MoveRow | Rejected, source: Target, destination: Target, on_source: dict[str, Owned],
+def _request(row: MoveRow | Rejected, source: Target, destination: Target | None, on_source: dict[str, Owned],
              on_destination: dict[str, Owned], by_id: dict[str, str], flows: FlowMap | None,
              flow_names: FlowNames | None) -> ClaimRequest | Rejected:
     if isinstance(row, Rejected):
         return replace(row, target=destination)
+    assert destination is not None  # a row without one raised before
     number = row.phone_number or by_id.get(row.phone_number_id or "")
     if number is None:
         return Rejected(raw=row.phone_number_id or "", source=row.source, target=destination,

@@ -40,6 +40,8 @@ class Preflight:
     to_claim: int
     churn: int
     problems: list[str] = field(default_factory=list)
+    #: what the run does: "claim", or "move" (``bulkclaim move``: moves are not claims, nor churn)
+    action: str = "claim"
 
     @property
     def allowed(self) -> int | None:
@@ -57,16 +59,19 @@ class Preflight:
         return None if self.quota is None else int(CHURN_LIMIT * self.quota)
 
     def refusal(self) -> str:
+        verb = self.action
         return (f"this run would exceed the phone-number quota of {self.target}: it holds {self.on_target} "
-                f"number(s), the run would claim {self.to_claim} more, and the quota of {self.quota} "
+                f"number(s), the run would {verb} {self.to_claim} more, and the quota of {self.quota} "
                 f"({self.quota_source}) allows {self.allowed} more — {self.over} too many. Nothing was sent. "
-                "Raise the quota (Service Quotas L-8F812903), claim fewer numbers"
-                + (f", or run with --allow-partial to claim the first {self.allowed}" if self.allowed else ""))
+                f"Raise the quota (Service Quotas L-8F812903), {verb} fewer numbers"
+                + (f", or run with --allow-partial to {verb} the first {self.allowed}" if self.allowed else ""))
 
     def churn_warning(self) -> str | None:
         """A warning when this run takes the journal's 180-day churn close to (or past) the limit."""
         limit = self.churn_limit
-        after = self.churn + min(self.to_claim, self.allowed if self.allowed is not None else self.to_claim)
+        adds = 0 if self.action == "move" else min(self.to_claim, self.allowed if self.allowed is not None
+                                                   else self.to_claim)  # moves are not churn
+        after = self.churn + adds
         if not limit or after < _WARN_AT * limit:
             return None
         verb = "exceed" if after > limit else "approach"
@@ -78,16 +83,19 @@ class Preflight:
         """A human summary, one fact per line."""
         held = "unknown" if self.on_target is None else str(self.on_target)
         quota = "unknown" if self.quota is None else f"{self.quota} ({self.quota_source})"
-        shown = [f"phone-number quota: {quota} · on the target now: {held} · this run would claim: {self.to_claim}"]
+        shown = [f"phone-number quota: {quota} · on the target now: {held} · this run would {self.action}: "
+                 f"{self.to_claim}"]
         if self.allowed is not None:
             shown.append(f"the quota allows {self.allowed} more" + (f" — {self.over} over" if self.over else ""))
         shown.append(f"claims + releases in this journal, last {CHURN_WINDOW_DAYS} days: {self.churn}"
-                     + (f" (limit {self.churn_limit})" if self.churn_limit else ""))
+                     + (f" (limit {self.churn_limit})" if self.churn_limit else "")
+                     + ("; moves do not count" if self.action == "move" else ""))
         return shown
 
 
 async def preflight(api: Api, journal: Journal, target: Target, run: int, quotas: Quotas, *,
-                    configured_quota: int | None = None, allow_partial: bool = False) -> Preflight:
+                    configured_quota: int | None = None, allow_partial: bool = False,
+                    action: str = "claim") -> Preflight:
     """Check ``run`` against the quota; with ``allow_partial`` leave out what does not fit.
 
     The caller raises (or not) on :attr:`Preflight.over` when ``allow_partial`` is false: this
@@ -104,7 +112,8 @@ async def preflight(api: Api, journal: Journal, target: Target, run: int, quotas
     held: Collection[str] = owned or ()
     to_claim = await journal.count_to_claim(run, target.key, held)
     churn = await journal.churn(target.key)
-    result = Preflight(target.key, quota, source, None if owned is None else len(owned), to_claim, churn, problems)
+    result = Preflight(target.key, quota, source, None if owned is None else len(owned), to_claim, churn, problems,
+                       action)
     allowed = result.allowed
     if allow_partial and result.over and allowed is not None:
         reason = (f"not sent: the phone-number quota {quota} of {target.key} allows {allowed} more "

@@ -6,9 +6,14 @@
   are settled this way too, never re-sent (``NotClaimed`` when the target does not hold them).
 - ``find_owned``: after "Phone number not available" for a number whose token may have been used
   before, ask whether the number is ours before recording a failure.
-- ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED, or until
-  the bounded wait ends (the number is then left ``in_progress``, honestly). A principal not allowed
-  to call DescribePhoneNumber gets ``DENIED``: the claim stays ``in_progress``, unverified.
+- ``verify``: a 200 only means *accepted*; poll DescribePhoneNumber until CLAIMED or FAILED *on the
+  target* (its TargetArn), or until the bounded wait ends (the number is then left ``in_progress``,
+  honestly). A number CLAIMED elsewhere is not ours there: a move whose UpdatePhoneNumber never
+  executed still shows CLAIMED on its source (``ELSEWHERE`` when the wait ends). A principal not
+  allowed to call DescribePhoneNumber gets ``DENIED``: the claim stays ``in_progress``, unverified.
+- ``held_on``: which target one number (by its PhoneNumberId) is on, from DescribePhoneNumber's
+  TargetArn: a move refused because the number is "already" there is told apart by that, never by
+  the error's wording.
 
 ``stop`` (a run's stop event) ends a call's backoff at once (see ``Api.call``).
 
@@ -27,10 +32,10 @@ import anyio
 
 from bulkclaim.calls import Api, CallFailed
 from bulkclaim.connect import Verdict
-from bulkclaim.model import Target
+from bulkclaim.model import ClaimRequest, Target
 
-__all__ = ["RECOVERED", "Owned", "PollResult", "by_status", "find_owned", "owned_from_text", "owned_text",
-           "poll_until_settled", "sweep", "sweep_targets"]
+__all__ = ["RECOVERED", "Owned", "PollResult", "by_status", "find_owned", "held_on", "holds", "never_moved",
+           "on_target", "owned_from_text", "owned_text", "poll_until_settled", "sweep", "sweep_targets"]
 
 #: The attempt result recorded when the target holds a number whose token we may have sent: our
 #: claim took effect, its answer was lost (release and the churn count treat it like "accepted").
@@ -45,7 +50,9 @@ class Owned:
 
 @dataclass(frozen=True)
 class PollResult:
-    status: str  # CLAIMED, FAILED, NOT_FOUND, DENIED (no DescribePhoneNumber), or IN_PROGRESS (the wait ended)
+    #: CLAIMED, FAILED, NOT_FOUND, DENIED (no DescribePhoneNumber), IN_PROGRESS (the wait ended), or
+    #: ELSEWHERE (the wait ended with the number CLAIMED on another target: a move that did not happen)
+    status: str
     message: str
     describes: int
 
@@ -108,11 +115,63 @@ async def find_owned(api: Api, target: Target, phone_number: str, *, stop: anyio
     return listed.get(phone_number)
 
 
+def on_target(summary: dict[str, Any], target: str) -> bool:
+    """Whether a ClaimedPhoneNumberSummary puts the number on ``target`` (a target's key): its TargetArn
+    (an instance's ARN names the instance), or without one its InstanceId."""
+    if summary.get("TargetArn"):
+        return Target(target_arn=summary["TargetArn"]).key == target
+    return f"instance/{summary.get('InstanceId')}" == target
+
+
+def _where(summary: dict[str, Any]) -> str:
+    return str(summary.get("TargetArn") or summary.get("InstanceId") or "another target")
+
+
+async def held_on(api: Api, phone_number_id: str, target: Target, *, stop: anyio.Event | None = None
+                  ) -> Owned | None:
+    """Is the number ``phone_number_id`` on ``target`` (IN_PROGRESS or CLAIMED there)? One
+    DescribePhoneNumber; an unknown id is on no target. Raises CallFailed if it cannot be told."""
+    try:
+        answer = await api.call("DescribePhoneNumber", "describe_phone_number", stop=stop,
+                                PhoneNumberId=phone_number_id)
+    except CallFailed as failed:
+        if failed.classified.code == "ResourceNotFoundException":
+            return None
+        raise
+    summary = answer.get("ClaimedPhoneNumberSummary", {})
+    status = summary.get("PhoneNumberStatus", {}).get("Status")
+    if status in ("IN_PROGRESS", "CLAIMED") and on_target(summary, target.key):
+        return Owned(phone_number_id, summary.get("PhoneNumberArn", ""))
+    return None
+
+
+async def holds(api: Api, request: ClaimRequest, *, stop: anyio.Event | None = None) -> Owned | None:
+    """Does ``request``'s target hold its number? A claim asks one filtered listing; a move asks where
+    DescribePhoneNumber puts the number it moves (its TargetArn, not an error's wording)."""
+    if request.move_from is not None:
+        return await held_on(api, request.move_from.phone_number_id, request.target, stop=stop)
+    return await find_owned(api, request.target, request.phone_number, stop=stop)
+
+
+async def never_moved(api: Api, request: ClaimRequest, *, stop: anyio.Event | None = None) -> bool:
+    """Whether a move a journal holds as in_progress is *not* on its destination, as DescribePhoneNumber
+    tells: its UpdatePhoneNumber never executed (or verification found it elsewhere), so it is to be
+    sent again with its same token, not verified as it is. False for a claim, or if it cannot be told."""
+    if request.move_from is None:
+        return False
+    try:
+        return await holds(api, request, stop=stop) is None
+    except CallFailed:  # verification asks again
+        return False
+
+
 async def poll_until_settled(api: Api, phone_number_id: str, *, wait_limit: float, first_poll: float = 0.5,
                  max_poll: float = 10.0, sleep: Callable[[float], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic, target: str | None = None,
                  stopping: Callable[[], bool] = lambda: False, stop: anyio.Event | None = None) -> PollResult:
-    """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass."""
+    """Poll DescribePhoneNumber until the claim settles or ``wait_limit`` seconds pass. With ``target``
+    (a target's key), a number CLAIMED on another target has not settled *there*: it is asked about
+    again until the wait ends (``ELSEWHERE`` then), never taken for CLAIMED."""
     deadline = clock() + wait_limit
     wait = first_poll
     describes = 0
@@ -130,9 +189,14 @@ async def poll_until_settled(api: Api, phone_number_id: str, *, wait_limit: floa
                 return PollResult("DENIED", failed.classified.message, describes)
             return PollResult("IN_PROGRESS", f"could not verify: {failed.classified.code}", describes)
         describes += 1
-        status = answer.get("ClaimedPhoneNumberSummary", {}).get("PhoneNumberStatus", {})
-        if status.get("Status") in ("CLAIMED", "FAILED"):
+        summary = answer.get("ClaimedPhoneNumberSummary", {})
+        status = summary.get("PhoneNumberStatus", {})
+        elsewhere = target is not None and not on_target(summary, target)
+        if status.get("Status") in ("CLAIMED", "FAILED") and not elsewhere:
             return PollResult(status["Status"], status.get("Message", ""), describes)
         if clock() >= deadline:
+            if elsewhere:
+                return PollResult("ELSEWHERE", f"still {status.get('Status')} on {_where(summary)}, not on {target}, "
+                                               "when the wait ended", describes)
             return PollResult("IN_PROGRESS", "still IN_PROGRESS when the wait ended", describes)
         wait = min(max_poll, wait * 1.5)

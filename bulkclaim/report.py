@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 FIELDS = ("phone_number", "source", "target", "status", "phone_number_id", "phone_number_arn", "client_token",
-          "attempts", "error_code", "error_message", "updated_at", "run", "contact_flow_id", "flow_status")
+          "attempts", "error_code", "error_message", "updated_at", "run", "contact_flow_id", "flow_status",
+          "moved_from")
 #: Temporary files :func:`atomic_write` has open (normally none; one while a report is written).
 PARTIAL_FILES: set[str] = set()
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

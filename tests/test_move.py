@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from bulkclaim import Claimer, Outcome, RateSettings, Status
+from bulkclaim import Claimer, Options, Outcome, RateSettings, Status
 from bulkclaim.journal import open_journal
 from bulkclaim.model import FlowStatus, Target
 from bulkclaim.move import MoveRow
 from bulkclaim.sandbox import FaultConfig, InventorySpec
 from bulkclaim.sandbox.inventory import generate
+from bulkclaim.sandbox.records import ServiceError
 from tests.support import INSTANCE_ID, SandboxEnv, sandbox_env
 from tests.test_claimer import FAST, FAST_BACKOFF, claim_all, claimer
 
@@ -25,9 +26,9 @@ TWO_INSTANCES: dict[str, Any] = {"instance_ids": (INSTANCE_ID, DEST), "claim_del
 NUMBERS = [s.phone_number for s in generate(InventorySpec(count=20))]
 
 
-async def mover(env: SandboxEnv, journal: Path | str) -> Claimer:
+async def mover(env: SandboxEnv, journal: Path | str, options: Options = FAST) -> Claimer:
     return Claimer(instance_id=DEST, journal=journal, client_settings=env.settings, rates=RateSettings(1000.0, 50),
-                   options=FAST, backoff=FAST_BACKOFF)
+                   options=options, backoff=FAST_BACKOFF)
 
 
 async def move_all(c: Claimer, rows: list[Any]) -> dict[str, Outcome]:
@@ -66,6 +67,7 @@ async def test_numbers_move_once_each_by_number_or_id_and_a_rerun_sends_nothing(
         assert bad_flow.status == Status.INVALID and "not a flow id or ARN" in (bad_flow.error_message or "")
         assert {n: moved[n].status for n in numbers} == dict.fromkeys(numbers, Status.CLAIMED)
         assert {n: moved[n].target for n in numbers} == dict.fromkeys(numbers, f"instance/{DEST}")
+        assert {n: moved[n].moved_from for n in numbers} == dict.fromkeys(numbers, SOURCE.key)
         assert moved["+12069999999"].status == Status.INVALID  # neither instance holds it: never sent
         assert "not a number" in moved and moved["not a number"].status == Status.INVALID
         # Connect drops the flow association on a move: re-associated on the destination, as asked
@@ -134,3 +136,101 @@ async def test_a_number_moved_outside_bulkclaim_is_adopted_and_a_full_destinatio
         with pytest.raises(Exception, match="reached its phone-number quota"):
             async with await mover(env, tmp_path / "j") as c:
                 await move_all(c, numbers[2:])
+
+
+async def test_a_move_that_never_executed_is_not_counted_moved_and_is_sent_again_with_its_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DescribePhoneNumber of a number whose UpdatePhoneNumber never executed shows it CLAIMED, on the
+    source. A move journaled in_progress is asked about before it is verified, and verification asks
+    for the destination: a number still on the source is sent again with its same token, and never
+    counted moved."""
+    journal = tmp_path / "j"
+    numbers = NUMBERS[:3]
+    async with sandbox_env(**TWO_INSTANCES) as env:
+        claimed = await claimed_on_source(env, tmp_path / "claims", numbers)
+        by_id = {o.phone_number_id: o.phone_number_arn for o in claimed.values()}
+        # the sandbox answers every UpdatePhoneNumber 500 before it executes: nothing moves
+        env.sandbox.set_faults(FaultConfig(error_rate=1.0, operations=frozenset({"UpdatePhoneNumber"})))
+        async with await mover(env, journal) as c:
+            first = await move_all(c, numbers)
+        assert {first[n].status for n in numbers} == {Status.PENDING}
+        # As a run that took a 200 for them and was killed leaves them: in_progress, never executed.
+        with sqlite3.connect(journal) as conn:
+            conn.execute("UPDATE numbers SET status='in_progress' WHERE move_from IS NOT NULL")
+        env.sandbox.set_faults(FaultConfig())
+        state = env.sandbox.state
+        sent: list[str] = []
+
+        def dropped(reference: str, body: dict[str, Any]) -> dict[str, Any]:  # accepted, lost before execution
+            sent.append(body["ClientToken"])
+            return {"PhoneNumberId": reference, "PhoneNumberArn": by_id[reference]}
+
+        monkeypatch.setattr(state, "update", dropped)
+        quick = Options(verify_first_poll=0.01, verify_timeout=0.3)
+        async with await mover(env, journal, quick) as c:
+            resumed = await move_all(c, numbers)
+        assert sorted(sent) == sorted(str(first[n].client_token) for n in numbers), "sent again, the same tokens"
+        assert {resumed[n].status for n in numbers} == {Status.IN_PROGRESS}, "still on the source: not moved"
+        assert {resumed[n].error_code for n in numbers} == {"NotOnTarget"}
+        assert f"instance/{INSTANCE_ID}" in str(resumed[numbers[0]].error_message)
+        assert moves_of(env) == []
+        monkeypatch.undo()
+        async with await mover(env, journal) as c:
+            last = await move_all(c, numbers)
+        assert {last[n].status for n in numbers} == {Status.CLAIMED}
+        assert dict(moves_of(env)) == {n: first[n].client_token for n in numbers}, "once each, the same token"
+        assert {str(getattr(state.holder_of(n), "instance_id", "")) for n in numbers} == {DEST}
+
+
+async def test_already_on_the_destination_is_told_by_describe_not_by_the_error_wording(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A move refused with InvalidParameterException in words bulkclaim does not know is asked about
+    with DescribePhoneNumber: on the destination, it is adopted; a refusal of a number still on the
+    source fails the move (never counted moved)."""
+    numbers = NUMBERS[:2]
+    async with sandbox_env(**TWO_INSTANCES) as env:
+        claimed = await claimed_on_source(env, tmp_path / "claims", numbers)
+        async with env.client() as client:  # moved by hand before bulkclaim's run
+            await client.update_phone_number(PhoneNumberId=str(claimed[numbers[0]].phone_number_id), InstanceId=DEST)
+        state = env.sandbox.state
+        update = state.update
+
+        def reworded(reference: str, body: dict[str, Any]) -> dict[str, Any]:
+            if reference == claimed[numbers[1]].phone_number_id:
+                raise ServiceError("InvalidParameterException", 400, "The request is not valid.")
+            try:
+                return update(reference, body)
+            except ServiceError as refused:
+                raise ServiceError(refused.code, refused.status, "The request is not valid.") from refused
+
+        monkeypatch.setattr(state, "update", reworded)
+        async with await mover(env, tmp_path / "j") as c:
+            moved = await move_all(c, numbers)
+        assert moved[numbers[0]].status == Status.CLAIMED
+        assert moved[numbers[1]].status == Status.FAILED
+        assert moved[numbers[1]].error_code == "InvalidParameterException"
+        assert len(moves_of(env)) == 1  # the hand-made move only
+
+
+async def test_rows_may_name_their_own_destination(tmp_path: Path) -> None:
+    """MoveRow.destination: one run spreads numbers over two instances (the Claimer's target for the rest),
+    each row's flow associated on its own destination; a number sent to two destinations is invalid."""
+    third = "77777777-6666-5555-4444-333333333333"
+    numbers = NUMBERS[:3]
+    async with sandbox_env(instance_ids=(INSTANCE_ID, DEST, third), claim_delay=0.02) as env:
+        claimed = await claimed_on_source(env, tmp_path / "claims", numbers)
+        source_flow = env.sandbox.state.flows.flows_of(INSTANCE_ID)[1]  # as export of the source writes it
+        other = Target(instance_id=f"arn:aws:connect:us-east-1:123456789012:instance/{third}")
+        rows: list[Any] = [MoveRow("rows:1", numbers[0], contact_flow=source_flow.id, destination=other),
+                           MoveRow("rows:2", numbers[1]),
+                           MoveRow("rows:3", numbers[2], destination=Target(instance_id=third)),
+                           MoveRow("rows:4", numbers[2])]
+        async with await mover(env, tmp_path / "j") as c:
+            outcomes = {o.source: o async for o in c.move(rows, source=SOURCE)}
+        assert {s: (o.status, o.target) for s, o in outcomes.items()} == {
+            "rows:1": (Status.CLAIMED, f"instance/{third}"), "rows:2": (Status.CLAIMED, f"instance/{DEST}"),
+            "rows:3": (Status.CLAIMED, f"instance/{third}"), "rows:4": (Status.INVALID, f"instance/{DEST}")}
+        assert "one destination per number" in str(outcomes["rows:4"].error_message)
+        same_name = next(f for f in env.sandbox.state.flows.flows_of(third) if f.name == source_flow.name)
+        assert env.sandbox.state.flows.associated(str(claimed[numbers[0]].phone_number_id)) == same_name
+        assert sorted(n for n, _ in moves_of(env)) == sorted(numbers)

@@ -435,7 +435,9 @@ async def test_reports_have_a_run_column(env: SandboxEnv, tmp_path: Path) -> Non
     assert (await run_cli(env, tmp_path, *claim_args(second), "--journal", "j.journal",
                           "--report", "second.jsonl")).returncode == 0
     table = list(csv.DictReader((tmp_path / "first.csv").read_text(encoding="utf-8").splitlines()))
-    assert list(table[0])[-3:] == ["run", "contact_flow_id", "flow_status"]  # DESIGN §4: flows after run
+    # DESIGN §4: flows after run, then a move's source (empty for a claim)
+    assert list(table[0])[-4:] == ["run", "contact_flow_id", "flow_status", "moved_from"]
+    assert {r["moved_from"] for r in table} == {""}
     assert [(r["status"], r["run"]) for r in table] == [("claimed", "1")] * 3 + [("invalid", "1")]
     rows = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
     assert [(r["phone_number"], r["run"]) for r in rows] == [(NUMBERS[3], 2), (NUMBERS[4], 2)]

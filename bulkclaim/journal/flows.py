@@ -20,7 +20,7 @@ __all__ = ["OUTCOME_COLUMNS", "outcome_from_row", "outcomes_page", "record_flow"
 #: The columns :func:`outcome_from_row` reads.
 OUTCOME_COLUMNS = ("phone_number, source, target, status, phone_number_id, phone_number_arn, client_token, attempts, "
                    "error_code, error_message, updated_at, seen_run, contact_flow, flow_status, flow_error_code, "
-                   "flow_error_message")
+                   "flow_error_message, move_from")
 
 
 def outcome_from_row(row: tuple[Any, ...] | list[Any]) -> Outcome:
@@ -29,7 +29,7 @@ def outcome_from_row(row: tuple[Any, ...] | list[Any]) -> Outcome:
     if flow_status == FlowStatus.FAILED and code is None:  # the claim stands: say why its flow did not
         code, message = flow_code, flow_message
     return Outcome(number, source or "", target, Status(status), number_id, arn, token, attempts, code, message,
-                   updated, seen, flow, None if flow_status is None else FlowStatus(flow_status))
+                   updated, seen, flow, None if flow_status is None else FlowStatus(flow_status), row[16])
 
 
 def outcomes_page(conn: Connection, run: int, after: int, limit: int, where: str) -> tuple[list[Outcome], int]:

@@ -134,10 +134,11 @@ def _decide(requests: Sequence[ClaimRequest], existing: dict[tuple[str, str], _E
                                            phone_number_id=row.phone_number_id,
                                            phone_number_arn=row.phone_number_arn))
             else:
+                flow_id, flow_status = flow or (None, None)
                 result.done.append(Outcome(number, request.source, target, row.status, row.phone_number_id,
                                            row.phone_number_arn, row.client_token, row.attempts, row.error_code,
                                            row.error_message, row.updated_at, run if dedupe else row.seen_run,
-                                           *(flow or (None, None))))
+                                           flow_id, flow_status, _source_key(request)))
         next_ord += 1
     return decided
 
@@ -185,6 +186,11 @@ def _write(conn: Connection, decided: _Decisions) -> bool:
             "flow_error_message=NULL WHERE target=? AND phone_number=?",
             sorted(decided.flows, key=lambda row: (row[1], row[2])))
     return True
+
+
+def _source_key(request: ClaimRequest) -> str | None:
+    """A move's source (the report's ``moved_from``); None for a claim."""
+    return None if request.move_from is None else request.move_from.source.key
 
 
 def plan_batch(conn: Connection, requests: Sequence[ClaimRequest], run: int, retry_failed: bool,
