@@ -160,7 +160,7 @@ class _Run:
                         return quotas
 
                     if summary.to_send and not opts["no_preflight"]:
-                        await check_quota(claimer, self.target, summary.members_run, run_quotas, opts)
+                        await check_quota(claimer, self.target, summary.members_run, run_quotas, opts, state.stop)
 
                 try:
                     await run_with_progress(lambda: claimer.engine.run(rows, _ignore, fingerprint=digest,

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import signal
+import zlib
+from contextlib import closing
 from pathlib import Path
 
 import anyio
 import pytest
 from anyio.abc import Process
 
+from bulkclaim.journal.postgres.connection import connect, parse_url
 from tests.postgres import PgServer
 from tests.support import SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli
@@ -135,3 +138,37 @@ async def test_every_worker_exits_with_the_runs_code_whoever_handled_the_failed_
         late = await run_cli(env, tmp_path, *args("late"))
         assert late.returncode == 1 and "claimed 10 · failed 2" in late.stdout, late.stderr[-1500:]
         assert len(env.sandbox.ledger) == sent
+
+
+@pytest.mark.parametrize("step", ["reconcile", "preflight"])
+async def test_a_worker_waiting_for_another_workers_run_wide_step_stops_on_its_first_sigterm(
+        postgres: PgServer, tmp_path: Path, step: str) -> None:
+    url = postgres.fresh_url() + "&lease_ttl=1"
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(POOL[:8]) + "\n", encoding="utf-8")
+    # Another worker of run 1 doing the step, for as long as this test holds the step's lock (a sweep of a
+    # large account, a slow quota read); SIGTERM must not wait for it, nor for the grace period.
+    location = parse_url(url)
+    key = location.lock_key ^ (zlib.crc32(step.encode()) & 0x7FFFFFFF)
+    args = [a for a in worker_args(url, path, tmp_path / "r.jsonl") if a != "--no-preflight"]
+    args[args.index("--grace-period") + 1] = "300"
+    args += ["--phone-number-quota", "1000"]
+    async with sandbox_env() as env:
+        with closing(connect(location, read_only=True)) as other:
+            other.execute("SELECT pg_advisory_lock(?, 1)", (key,))
+            waiting = await start(env, tmp_path, "waiting", args)
+            try:
+                await until(lambda: [e for e in events(tmp_path, "waiting", "run.waiting") if e["step"] == step])
+                waiting.send_signal(signal.SIGTERM)
+            finally:
+                (code,) = await finish([waiting], seconds=30)
+        stderr = (tmp_path / "err-waiting").read_text()
+        assert code == 143, stderr[-1500:]
+        assert "interrupted; 8 number(s) not finished" in stderr and "Traceback" not in stderr
+        assert env.sandbox.ledger == [], "nothing sent"
+        tokens = dict(query(url, "SELECT phone_number, client_token FROM numbers WHERE status='pending'"))
+        assert sorted(tokens) == sorted(POOL[:8])
+        # Nothing lost: the same command claims every number with the token planned before the stop.
+        again = await run_cli(env, tmp_path, *args)
+        assert again.returncode == 0, again.stderr[-1500:]
+        assert {e.phone_number: e.client_token for e in env.sandbox.ledger if e.action == "claim"} == tokens
