@@ -23,6 +23,8 @@ from tests.test_workers import holders, query, until, worker_args
 
 pytestmark = pytest.mark.anyio
 
+_KEPT_STEPS = "SELECT key FROM meta WHERE key LIKE 'run %'"  # the run-wide steps' results (Journal.once)
+
 
 async def start(env: SandboxEnv, tmp_path: Path, name: str, args: list[str]) -> Process:
     """One claim process; its stdout and stderr in ``out-<name>`` and ``err-<name>``."""
@@ -63,6 +65,7 @@ async def test_two_workers_resuming_a_run_sweep_once_and_never_send_a_number_the
         killed = await run_cli(env, tmp_path, *worker_args(url, path, tmp_path / "r0.jsonl"),
                                BULKCLAIM_DEBUG_KILL_AFTER_PLAN="1")
         assert killed.returncode == -signal.SIGKILL
+        assert query(url, _KEPT_STEPS), "the killed run kept some of its run-wide steps"
         # Two workers of the next run, whose input no longer names six of them.
         path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
         workers = [await start(env, tmp_path, name, worker_args(url, path, tmp_path / f"{name}.jsonl", rate="4"))
@@ -76,6 +79,7 @@ async def test_two_workers_resuming_a_run_sweep_once_and_never_send_a_number_the
         assert sorted(claimed_numbers(env)) == sorted(numbers), "a number the input dropped is never sent"
         rows = dict(query(url, "SELECT phone_number, status || ' ' || COALESCE(error_code, '') FROM numbers"))
         assert rows == {**dict.fromkeys(numbers, "claimed "), **dict.fromkeys(dropped, "failed NotClaimed")}
+        assert query(url, _KEPT_STEPS) == [], "neither the killed run's nor the ended run's steps are left"
         (members,) = query(url, "SELECT count(DISTINCT members_run) FROM plans WHERE run > 1")[0]
         assert members == 1, "the second worker joined the first one's run"
         for name in ("a", "b"):

@@ -76,6 +76,9 @@ class PostgresJournal(SqlJournal[PgConnection]):
         # held by this session (not this transaction) until the journal is closed or the process dies
         conn.execute("SELECT pg_advisory_lock(?, ?)", (self.location.lock_key, run))
         self._database.session_locks.add((self.location.lock_key, int(run)))
+        # this process's earlier run is over for it; what the runs that ended (or died) kept for their workers goes
+        conn.execute("UPDATE workers SET run=NULL WHERE id=?", (self.worker.id,))
+        leases.forget_ended_steps(conn)
         return int(run)
 
     def _runs_in_flight(self, conn: PgConnection) -> set[int]:
