@@ -17,7 +17,7 @@ import pytest
 from tests.postgres import PgServer, ServerFailed, server_binaries, throwaway_server
 from tests.support import sandbox_env
 from tests.test_crash import FOREIGN
-from tests.test_workers import check_run, query, start_workers, until
+from tests.workers import check_run, query, start_workers, until
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from tests.postgres import PgServer
 from tests.support import SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli
 from tests.test_crash import FOREIGN, POOL
-from tests.test_workers import holders, query, until, worker_args
+from tests.workers import holders, query, until, worker_args
 
 pytestmark = pytest.mark.anyio
 
