@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.workers
 	$(BIN)/python -m benchmarks.workers --rate 2 --numbers 150
-	$(BIN)/python -m benchmarks.workers --rate 2 --numbers 150 --spike 5
+	$(BIN)/python -m benchmarks.workers --rate 2 --numbers 150 --neighbour 10
 	$(BIN)/python -m benchmarks.takeover --trials 20
 	$(BIN)/python -m benchmarks.flows
 

@@ -11,11 +11,12 @@ rate (they share one budget), then the same run with one process. From the sandb
   received to the last (process start-up and planning are not counted);
 - throttled share θ = ClaimPhoneNumber 429s / ClaimPhoneNumber requests; amplification A = requests / N.
 
-``--spike K``: halfway through the ideal time, another caller of the account takes ``K`` claims at
-once (``benchmarks.peers.neighbour``, from numbers of its own, no retries), draining the bucket: the
-workers meet 429s, the shared rate is cut, and ``recovery`` says how long it took to climb back to the
-ceiling, in seconds and in intervals of the ceiling (the unit the budget's recovery curve runs in).
-T* then counts the neighbour's admitted claims too, and θ and A are the workers' own.
+``--neighbour S``: halfway through the ideal time, another caller of the account claims at a quarter
+of the rate for ``S`` seconds (``benchmarks.peers.neighbour``, numbers of its own, no retries), taking
+slots the workers counted on: they meet 429s, the shared rate is cut, and ``recovery`` says how long
+it took to climb back to the ceiling, in seconds and in intervals of the ceiling (the unit the budget's
+recovery curve runs in). T* then counts the neighbour's admitted claims too; θ and A are the workers'
+own. (A burst at once takes nothing: at a matched rate the bucket is empty whenever it is asked.)
 
 Also the shared budget's reservation latency (one statement per slot), measured on its own.
 """
@@ -50,7 +51,8 @@ from tests.test_cli import BULKCLAIM, cli_env
 
 
 async def one_run(server: PgServer, numbers: list[str], workers: int, rate: float, burst: int,
-                  spike: int = 0) -> dict[str, Any]:
+                  neighbour_seconds: float = 0.0) -> dict[str, Any]:
+    spike = int(neighbour_seconds * rate / 4)  # the neighbour's claims
     throttle = {api: ThrottleConfig(rate=rate, burst=burst) if api in ("ClaimPhoneNumber", "DescribePhoneNumber")
                 else ThrottleConfig(rate=None) for api in API_NAMES}
     config = SandboxConfig(inventory=(InventorySpec(count=len(numbers) + spike),), throttle=throttle,
@@ -70,11 +72,11 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
             sampler = asyncio.create_task(sample_shared_rate(url, samples))
             mine = set(numbers)
             theirs_numbers = [s.phone_number for s in generate(config.inventory[0]) if s.phone_number not in mine]
-            spiking = asyncio.create_task(neighbour_spike(sandbox, running.endpoint_url, theirs_numbers[:spike],
-                                                          (len(numbers) - burst) / rate / 2))
+            disturbing = asyncio.create_task(neighbour_window(sandbox, running.endpoint_url, theirs_numbers[:spike],
+                                                          (len(numbers) - burst) / rate / 2, rate / 4))
             codes = [await p.wait() for p in processes]
             sampler.cancel()
-            theirs = await spiking if spiking.done() else (spiking.cancel(), NeighbourStats())[1]
+            theirs = await disturbing if disturbing.done() else (disturbing.cancel(), NeighbourStats())[1]
     claims = [at for at, api, _ in sandbox.state.timeline if api == "ClaimPhoneNumber"]
     stats = sandbox.state.stats["ClaimPhoneNumber"]
     requests = sum(stats.values()) - theirs.attempts
@@ -85,18 +87,19 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
     return {"workers": workers, "T": round(span, 2), "eta": round(ideal / span, 3),
             "theta": round(throttled / requests, 4), "A": round(requests / len(numbers), 3),
             "claimed": executed, "exit_codes": codes, "lost": losses(sandbox.state.timeline, samples, rate)} | (
-        {"spike": {"sent": theirs.attempts, "admitted": theirs.attempts - theirs.throttled},
+        {"neighbour": {"sent": theirs.attempts, "admitted": theirs.attempts - theirs.throttled},
          "recovery": recovery(samples, rate)} if spike else {})
 
 
-async def neighbour_spike(sandbox: Sandbox, endpoint_url: str, theirs: list[str], after: float) -> NeighbourStats:
-    """``after`` seconds after the workers' first claim, another caller claims ``theirs`` at once."""
+async def neighbour_window(sandbox: Sandbox, endpoint_url: str, theirs: list[str], after: float,
+                          rate: float) -> NeighbourStats:
+    """``after`` seconds after the workers' first claim, another caller claims ``theirs`` at ``rate``."""
     if not theirs:
         return NeighbourStats()
     while not any(api == "ClaimPhoneNumber" for _, api, _ in sandbox.state.timeline):  # noqa: ASYNC110 (other processes' requests)
         await asyncio.sleep(0.05)
     await asyncio.sleep(after)
-    return await neighbour(endpoint_url, INSTANCE_ID, theirs, 1000.0, asyncio.Event())
+    return await neighbour(endpoint_url, INSTANCE_ID, theirs, rate, asyncio.Event())
 
 
 def recovery(samples: list[tuple[float, float]], rate: float) -> dict[str, Any]:
@@ -182,7 +185,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--burst", type=int, default=5)
     parser.add_argument("--times", type=int, default=3)
-    parser.add_argument("--spike", type=int, default=0, help="claims another caller takes at once, halfway")
+    parser.add_argument("--neighbour", type=float, default=0.0,
+                        help="seconds another caller claims at a quarter of the rate, from halfway")
     opts = parser.parse_args()
     bindir = server_binaries()
     if bindir is None:
@@ -194,7 +198,7 @@ def main() -> None:
         rows: dict[int, list[dict[str, Any]]] = {opts.workers: [], 1: []}
         for _ in range(opts.times):
             for workers in (opts.workers, 1):
-                row = asyncio.run(one_run(server, numbers, workers, opts.rate, opts.burst, opts.spike))
+                row = asyncio.run(one_run(server, numbers, workers, opts.rate, opts.burst, opts.neighbour))
                 rows[workers].append(row)
                 print(json.dumps(row), flush=True)
     for workers, runs in rows.items():
