@@ -261,7 +261,7 @@ async def test_a_version_2_journal_gains_the_flow_columns_in_place(url: str) -> 
         await journal.plan([req(0)], run, retry_failed=False)
     with closing(connect(parse_url(url), read_only=False)) as conn:  # back to schema 2, as 0.x wrote it
         conn.execute("DROP INDEX numbers_flows_pending")
-        conn.execute("DROP INDEX numbers_leased")  # v5
+        conn.execute("DROP INDEX numbers_leased")  # schema 5's, as 0.x had none
         conn.execute("ALTER TABLE numbers DROP COLUMN contact_flow, DROP COLUMN flow_status, "
                      "DROP COLUMN flow_attempts, DROP COLUMN flow_error_code, DROP COLUMN flow_error_message, "
                      "DROP COLUMN move_from")

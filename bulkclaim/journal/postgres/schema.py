@@ -159,7 +159,7 @@ _V4 = ["ALTER TABLE numbers ADD COLUMN move_from text"]
 # v5: the numbers a worker holds, found without reading the run's whole to-do list: every worker looks
 # for a dead one's every ``poll`` (``leases.pick``), which on a run of a million numbers read them all.
 # ``reserve_budget`` is told when the throttled slots were booked, to cut once per bunch of 429s.
-_V5 = ["CREATE INDEX numbers_leased ON numbers (lease_owner) "
+_V5 = ["CREATE INDEX IF NOT EXISTS numbers_leased ON numbers (lease_owner) "
        "WHERE lease_owner IS NOT NULL AND status IN ('pending', 'in_progress')", DROP_V2, RESERVE_BUDGET]
 
 _STEPS: dict[int, str | list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
