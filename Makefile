@@ -29,13 +29,17 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # Benchmarks (see benchmarks/RESULTS.md). bench: every scenario at Connect's real default (2/s, burst 5)
-# and at 20/s, 3 repetitions each, ~30 minutes; bench-quick: 20/s only, smaller N, one run each, ~5 minutes.
+# and at 20/s, 3 repetitions each, and 20 take-over trials, ~50 minutes; bench-quick: 20/s only, smaller N,
+# one run each, 3 take-over trials, ~6 minutes.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.sandbox_throughput
 	$(BIN)/python -m benchmarks.compare
 	$(BIN)/python -m benchmarks.migrations
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.workers
+	$(BIN)/python -m benchmarks.workers --rate 2 --numbers 150
+	$(BIN)/python -m benchmarks.workers --rate 2 --numbers 150 --neighbour 10
+	$(BIN)/python -m benchmarks.takeover --trials 20
 	$(BIN)/python -m benchmarks.flows
 
 bench-quick: $(STAMP)
@@ -44,6 +48,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.migrations --quick --reps 1
 	$(BIN)/python -m benchmarks.scale --rows 100000
 	$(BIN)/python -m benchmarks.workers --numbers 400 --times 1
+	$(BIN)/python -m benchmarks.takeover --trials 3
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -3,8 +3,9 @@ TTL + one heartbeat (TTL/3) + one poll (TTL/4)).
 
     .venv/bin/python -m benchmarks.takeover --trials 20
 
-Each trial is the crash suite's (``tests/test_workers.py``'s ``_trial``): three real ``bulkclaim claim``
-workers at 6/s on one PostgreSQL journal with ``lease_ttl=1``, 15% of claim answers lost and 5% 500s,
+Each trial is the crash suite's (``kill_trial`` of ``tests/workers.py``, as ``tests/test_workers.py`` runs
+it): three real ``bulkclaim claim`` workers at 6/s on one PostgreSQL journal with ``lease_ttl=1``, 15% of
+claim answers lost and 5% 500s,
 one worker SIGKILLed at a random moment; then one more run, and the checks (no double execution,
 every ledger token the journal's, every number final). The time is from the kill until the last
 number the dead worker held unfinished has a new owner (or is final), polled every 50 ms.
@@ -22,7 +23,7 @@ from pathlib import Path
 import anyio
 
 from tests.postgres import PgServer, server_binaries, throwaway_server
-from tests.test_workers import _trial
+from tests.workers import kill_trial
 
 _TTL = 1.0
 
@@ -33,7 +34,7 @@ async def trials(server: PgServer, count: int, first_seed: int) -> list[tuple[in
         for seed in range(first_seed, first_seed + count):
             trial_dir = Path(tmp) / f"trial{seed}"
             trial_dir.mkdir()
-            orphaned, took = await _trial(server, trial_dir, seed)
+            orphaned, took = await kill_trial(server, trial_dir, seed)
             print(f"seed {seed}: {orphaned} orphaned" + (f", owned again after {took:.2f} s" if took else ""),
                   flush=True)
             results.append((orphaned, took))

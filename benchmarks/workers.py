@@ -11,6 +11,13 @@ rate (they share one budget), then the same run with one process. From the sandb
   received to the last (process start-up and planning are not counted);
 - throttled share θ = ClaimPhoneNumber 429s / ClaimPhoneNumber requests; amplification A = requests / N.
 
+``--neighbour S``: halfway through the ideal time, another caller of the account claims at a quarter
+of the rate for ``S`` seconds (``benchmarks.peers.neighbour``, numbers of its own, no retries), taking
+slots the workers counted on: they meet 429s, the shared rate is cut, and ``recovery`` says how long
+it took to climb back to the ceiling, in seconds and in intervals of the ceiling (the unit the budget's
+recovery curve runs in). T* then counts the neighbour's admitted claims too; θ and A are the workers'
+own. (A burst at once takes nothing: at a matched rate the bucket is empty whenever it is asked.)
+
 Also the shared budget's reservation latency (one statement per slot), measured on its own.
 """
 
@@ -31,6 +38,7 @@ from typing import Any
 
 import psycopg
 
+from benchmarks.peers import NeighbourStats, neighbour
 from bulkclaim.journal.postgres.budget import Budgets
 from bulkclaim.journal.postgres.connection import parse_url
 from bulkclaim.journal.postgres.leases import Heartbeat
@@ -42,11 +50,13 @@ from tests.support import INSTANCE_ID, SandboxEnv
 from tests.test_cli import BULKCLAIM, cli_env
 
 
-async def one_run(server: PgServer, numbers: list[str], workers: int, rate: float, burst: int) -> dict[str, Any]:
+async def one_run(server: PgServer, numbers: list[str], workers: int, rate: float, burst: int,
+                  neighbour_seconds: float = 0.0) -> dict[str, Any]:
+    spike = int(neighbour_seconds * rate / 4)  # the neighbour's claims
     throttle = {api: ThrottleConfig(rate=rate, burst=burst) if api in ("ClaimPhoneNumber", "DescribePhoneNumber")
                 else ThrottleConfig(rate=None) for api in API_NAMES}
-    config = SandboxConfig(inventory=(InventorySpec(count=len(numbers)),), throttle=throttle, claim_delay=0.0,
-                           record_timeline=True)
+    config = SandboxConfig(inventory=(InventorySpec(count=len(numbers) + spike),), throttle=throttle,
+                           claim_delay=0.0, record_timeline=True)
     sandbox = Sandbox(config)
     url = server.fresh_url()
     samples: list[tuple[float, float]] = []
@@ -60,17 +70,56 @@ async def one_run(server: PgServer, numbers: list[str], workers: int, rate: floa
             processes = [await asyncio.create_subprocess_exec(*BULKCLAIM, *args, env=env, stdout=subprocess.DEVNULL,
                                                               stderr=subprocess.DEVNULL) for _ in range(workers)]
             sampler = asyncio.create_task(sample_shared_rate(url, samples))
+            mine = set(numbers)
+            theirs_numbers = [s.phone_number for s in generate(config.inventory[0]) if s.phone_number not in mine]
+            disturbing = asyncio.create_task(neighbour_window(sandbox, running.endpoint_url, theirs_numbers[:spike],
+                                                          (len(numbers) - burst) / rate / 2, rate / 4))
             codes = [await p.wait() for p in processes]
             sampler.cancel()
+            theirs = await disturbing if disturbing.done() else (disturbing.cancel(), NeighbourStats())[1]
     claims = [at for at, api, _ in sandbox.state.timeline if api == "ClaimPhoneNumber"]
     stats = sandbox.state.stats["ClaimPhoneNumber"]
-    requests, throttled = sum(stats.values()), stats.get("ThrottlingException", 0)
-    ideal = (len(numbers) - burst) / rate
-    executed = len({e.phone_number for e in sandbox.state.ledger if e.action == "claim"})
+    requests = sum(stats.values()) - theirs.attempts
+    throttled = stats.get("ThrottlingException", 0) - theirs.throttled
+    ideal = (len(numbers) + theirs.attempts - theirs.throttled - burst) / rate
+    executed = len({e.phone_number for e in sandbox.state.ledger if e.action == "claim"} & set(numbers))
     span = claims[-1] - claims[0]
     return {"workers": workers, "T": round(span, 2), "eta": round(ideal / span, 3),
             "theta": round(throttled / requests, 4), "A": round(requests / len(numbers), 3),
-            "claimed": executed, "exit_codes": codes, "lost": losses(sandbox.state.timeline, samples, rate)}
+            "claimed": executed, "exit_codes": codes, "lost": losses(sandbox.state.timeline, samples, rate)} | (
+        {"neighbour": {"sent": theirs.attempts, "admitted": theirs.attempts - theirs.throttled},
+         "recovery": recovery(samples, rate)} if spike else {})
+
+
+async def neighbour_window(sandbox: Sandbox, endpoint_url: str, theirs: list[str], after: float,
+                          rate: float) -> NeighbourStats:
+    """``after`` seconds after the workers' first claim, another caller claims ``theirs`` at ``rate``."""
+    if not theirs:
+        return NeighbourStats()
+    while not any(api == "ClaimPhoneNumber" for _, api, _ in sandbox.state.timeline):  # noqa: ASYNC110 (other processes' requests)
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(after)
+    return await neighbour(endpoint_url, INSTANCE_ID, theirs, rate, asyncio.Event())
+
+
+def recovery(samples: list[tuple[float, float]], rate: float) -> dict[str, Any]:
+    """The shared rate's cuts (from the ceiling) and how long each took back to it: seconds, and
+    intervals of the ceiling (seconds x rate)."""
+    episodes: list[dict[str, float | None]] = []
+    cut_at: float | None = None
+    lowest = rate
+    for at, shared in samples:
+        if cut_at is None and shared < rate * 0.999:
+            cut_at, lowest = at, shared
+        elif cut_at is not None:
+            lowest = min(lowest, shared)
+            if shared >= rate * 0.999:
+                episodes.append({"lowest": round(lowest, 2), "seconds": round(at - cut_at, 2),
+                                 "intervals": round((at - cut_at) * rate, 1)})
+                cut_at = None
+    if cut_at is not None:
+        episodes.append({"lowest": round(lowest, 2), "seconds": None, "intervals": None})  # not back by the end
+    return {"cuts": len(episodes), "episodes": episodes}
 
 
 async def sample_shared_rate(url: str, samples: list[tuple[float, float]]) -> None:
@@ -136,6 +185,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--burst", type=int, default=5)
     parser.add_argument("--times", type=int, default=3)
+    parser.add_argument("--neighbour", type=float, default=0.0,
+                        help="seconds another caller claims at a quarter of the rate, from halfway")
     opts = parser.parse_args()
     bindir = server_binaries()
     if bindir is None:
@@ -147,7 +198,7 @@ def main() -> None:
         rows: dict[int, list[dict[str, Any]]] = {opts.workers: [], 1: []}
         for _ in range(opts.times):
             for workers in (opts.workers, 1):
-                row = asyncio.run(one_run(server, numbers, workers, opts.rate, opts.burst))
+                row = asyncio.run(one_run(server, numbers, workers, opts.rate, opts.burst, opts.neighbour))
                 rows[workers].append(row)
                 print(json.dumps(row), flush=True)
     for workers, runs in rows.items():

@@ -166,7 +166,7 @@ class _Run:
 
                     if summary.to_send and not opts["no_preflight"]:  # each destination of a move: its quota
                         for target in (targets or {self.target.key: self.target}).values():
-                            await check_quota(claimer, target, summary.members_run, run_quotas, opts,
+                            await check_quota(claimer, target, summary.members_run, run_quotas, opts, state.stop,
                                               once="preflight" if target == self.target else f"preflight {target.key}")
 
                 try:

@@ -120,19 +120,22 @@ class Harness:
 
 
 async def check_quota(claimer: Claimer, target: Target, run: int, quotas: Callable[[], Awaitable[Quotas]],
-                      opts: dict[str, Any], *, once: str = "preflight") -> Preflight:
+                      opts: dict[str, Any], stop: anyio.Event | None = None, *,
+                      once: str = "preflight") -> Preflight | None:
     """The preflight of a claim run, before its first claim (see :func:`judge_preflight`). Workers sharing
     the run (PostgreSQL) make it once, with the ``--allow-partial`` of the one that makes it: the others
     take its verdict (and its cut), and one started with another ``--allow-partial`` stops (exit 2).
-    ``once``: the name of this check among the run's run-wide steps (a move checks each destination)."""
+    ``once``: the name of this check among the run's run-wide steps (a move checks each destination).
+    None if ``stop`` was set while this worker waited for another one's preflight (nothing is sent)."""
     async def check() -> str:
         found = await preflight(claimer.api, claimer.journal, target, run, await quotas(),
                                 configured_quota=opts["phone_number_quota"], allow_partial=opts["allow_partial"],
                                 action=opts.get("action", "claim"))
         return json.dumps({"allow_partial": opts["allow_partial"], "found": asdict(found)})
 
-    kept = await claimer.journal.once(run, once, check)
-    assert kept is not None  # check() always finishes with a result
+    kept = await claimer.journal.once(run, once, check, stop=stop)
+    if kept is None:  # check() always finishes with a result: stopped while another worker made it
+        return None
     made = json.loads(kept)
     if made["allow_partial"] != opts["allow_partial"]:
         raise ConfigurationError(

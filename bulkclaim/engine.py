@@ -134,7 +134,8 @@ class Engine:
         if not state.stopping:
             owned = await self._reconcile(summary, state)
             state.recheck_removed_at = self.clock() + (self.api.answer_timeout or _LATE_REQUEST)
-            await self._dispatch(summary, owned, emit, state)
+            if not state.stopping:  # stopped while waiting for another worker's sweep: nothing is sent
+                await self._dispatch(summary, owned, emit, state)
         await self.journal.flush()
         state.raise_if_aborted()  # e.g. the target's quota reached (see RunState.claim_failed)
         if summary.removed:
@@ -150,7 +151,7 @@ class Engine:
                                         self.log, stop=state.stop)
             return None if state.stopping else owned_text(found)
 
-        found = await self.journal.once(summary.members_run, "reconcile", sweep)
+        found = await self.journal.once(summary.members_run, "reconcile", sweep, stop=state.stop)
         return {} if found is None else owned_from_text(found)
 
     async def plan(self, inputs: Iterable[ClaimRequest | Rejected], emit: Emit, *, fingerprint: str | None = None,

@@ -74,18 +74,18 @@ class Planner:
                     found = await self.journal.reuse_plan(fingerprint, summary.run)
                 if found is not None:
                     summary.members_run = found.members_run
-                    await self._same_options(summary)
+                    await self._same_options(summary, state)
                     await self._take_over(found, summary, emit, emit_done)
-                    await self._join_removed(summary)
+                    await self._join_removed(summary, state)
                     return summary
             await self._plan_rows(inputs, emit, fingerprint=fingerprint, emit_done=emit_done, state=state)
             if not state.stopping:
                 if fingerprint is not None:  # a run other workers may join
-                    await self._same_options(summary)
-                await self._join_removed(summary)
+                    await self._same_options(summary, state)
+                await self._join_removed(summary, state)
             return summary
 
-    async def _same_options(self, summary: RunSummary) -> None:
+    async def _same_options(self, summary: RunSummary, state: RunState) -> None:
         """The options that change what a run does (``--retry-failed``) are the run's, fixed by the worker
         that planned it: a worker joining it with other ones stops here, before anything is sent."""
         mine = json.dumps({"retry_failed": self.options.retry_failed})
@@ -93,7 +93,7 @@ class Planner:
         async def record() -> str:
             return mine
 
-        theirs = await self.journal.once(summary.members_run, "options", record)
+        theirs = await self.journal.once(summary.members_run, "options", record, stop=state.stop)
         if theirs is not None and theirs != mine:
             raise ConfigurationError(
                 f"the run these inputs are on (run {summary.members_run}) was started "
@@ -124,7 +124,7 @@ class Planner:
             await self.journal.record_plan(summary.run, fingerprint, summary.duplicates)
         return summary
 
-    async def _join_removed(self, summary: RunSummary) -> None:
+    async def _join_removed(self, summary: RunSummary, state: RunState) -> None:
         """Numbers an earlier run may have sent that the input no longer names join this run: they are
         settled with the service (a listing, then verify) and reported with it, never sent again.
         Workers sharing the run (PostgreSQL) join them once, and all know them (any of them may lease one)."""
@@ -135,7 +135,7 @@ class Planner:
             return json.dumps(found_now)
 
         joined = [(str(t), str(n), str(s)) for t, n, s in json.loads(await self.journal.once(
-            summary.members_run, "removed", join) or "[]")]
+            summary.members_run, "removed", join, stop=state.stop) or "[]")]
         summary.removed.update(((target, number), status) for target, number, status in joined)
         if found_now:  # joined now, by this worker (the others found them counted in the plan they joined)
             summary.to_send += len(found_now)

@@ -14,10 +14,13 @@ from pathlib import Path
 import anyio
 import pytest
 
+from bulkclaim.model import Outcome, Status
 from tests.postgres import PgServer, ServerFailed, server_binaries, throwaway_server
 from tests.support import sandbox_env
+from tests.test_claimer import claimer
 from tests.test_crash import FOREIGN
-from tests.test_workers import check_run, query, start_workers, until
+from tests.test_journal import req
+from tests.workers import check_run, query, start_workers, until
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +93,36 @@ async def test_postgres_stopped_for_3_s_mid_run(own_server: PgServer, tmp_path: 
 @pytest.mark.slow
 async def test_postgres_stopped_for_30_s_mid_run(own_server: PgServer, tmp_path: Path) -> None:
     print(await outage(own_server, tmp_path, 30.0))
+
+
+async def test_a_library_replicas_claims_wait_while_the_database_is_away_then_finish(own_server: PgServer) -> None:
+    """A service's replica (``Claimer(journal="postgresql://...")``) in the middle of ``claim()`` calls when
+    its database goes away: nothing is sent while it is down (fail closed), and the calls finish once it
+    is back, each number claimed once with the journal's token; no call fails."""
+    url = own_server.fresh_url() + "&lease_ttl=2"
+    numbers = [req(i).phone_number for i in range(16)]
+    async with sandbox_env(claim_delay=0.05) as env, claimer(env, url, rate=4.0, burst=2) as replica:
+        outcomes: dict[str, Outcome] = {}
+
+        async def claim(number: str) -> None:
+            outcomes[number] = await replica.claim(number)
+
+        async with anyio.create_task_group() as tg:
+            for number in numbers:  # at 4/s: the last ones are still waiting for the budget at the stop
+                tg.start_soon(claim, number)
+            await until(lambda: len(env.sandbox.ledger) >= 4)
+            await anyio.to_thread.run_sync(own_server.stop)
+            await anyio.sleep(_ADMITTED)  # the outage itself: what is measured is what happens during it
+            sent_at_start = _requests(env.sandbox.state.stats)
+            await anyio.sleep(1.5)
+            sent_while_down = _requests(env.sandbox.state.stats) - sent_at_start
+            assert len(outcomes) < len(numbers), "claim() calls were waiting for the database"
+            await anyio.to_thread.run_sync(own_server.start)
+            tg.cancel_scope.deadline = anyio.current_time() + 60
+        assert sent_while_down == 0, "nothing sent while the database was down"
+        assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(numbers, Status.CLAIMED)
+        tokens = dict(query(url, "SELECT phone_number, client_token FROM numbers"))
+        assert {n: o.client_token for n, o in outcomes.items()} == tokens, "the journal's tokens"
+        assert [e.client_token for e in env.sandbox.ledger if e.action == "claim"] == [
+            tokens[e.phone_number] for e in env.sandbox.ledger if e.action == "claim"]
+        assert sorted(e.phone_number for e in env.sandbox.ledger if e.action == "claim") == sorted(numbers)

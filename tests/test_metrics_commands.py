@@ -16,7 +16,7 @@ from tests.support import SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli, write_numbers
 from tests.test_cli_quota import acquire_args
 from tests.test_metrics import NUMBERS, no_phone_number_in, samples, value
-from tests.test_workers import holders, query, until, worker_args
+from tests.workers import holders, query, until, worker_args
 
 pytestmark = pytest.mark.anyio
 

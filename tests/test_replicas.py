@@ -27,6 +27,7 @@ from tests.test_journal import req
 pytestmark = pytest.mark.anyio
 
 _IN_FLIGHT = 40  # trials at a time
+_KEPT_STEPS = "SELECT key FROM meta WHERE key LIKE 'run %'"  # see PostgresJournal.once
 
 
 async def replica_trials(postgres: PgServer, trials: int, seed: int) -> None:
@@ -77,3 +78,18 @@ async def test_two_replicas_claiming_the_same_number_100_trials(postgres: PgServ
 @pytest.mark.slow
 async def test_two_replicas_claiming_the_same_number_1000_trials(postgres: PgServer) -> None:
     await replica_trials(postgres, 1000, seed=1015)
+
+
+async def test_a_replicas_claim_many_calls_keep_the_run_wide_steps_of_the_runs_going_on_only(
+        postgres: PgServer) -> None:
+    url = postgres.fresh_url()
+    async with sandbox_env(claim_delay=0.0) as env:
+        async with claimer(env, url) as replica:
+            with closing(connect(parse_url(url), read_only=True)) as conn:
+                for i in range(6):  # each call is a run, with its run-wide steps (Journal.once)
+                    outcomes = [o async for o in replica.claim_many([req(i * 2).phone_number, req(i * 2 + 1)])]
+                    assert [o.status for o in outcomes] == [Status.CLAIMED] * 2
+                    runs = {key.split()[1] for (key,) in conn.execute(_KEPT_STEPS).fetchall()}
+                    assert len(runs) <= 1, f"after run {i + 1}: the steps of the runs {runs} are kept"
+        with closing(connect(parse_url(url), read_only=True)) as conn:
+            assert conn.execute(_KEPT_STEPS).fetchall() == [], "nothing kept once the replica is closed"

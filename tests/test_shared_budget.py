@@ -22,7 +22,7 @@ from tests.postgres import PgServer
 from tests.support import sandbox_env
 from tests.test_cli import run_cli
 from tests.test_journal_postgres import opened
-from tests.test_workers import NUMBERS, check_run, start_workers, until
+from tests.workers import NUMBERS, check_run, start_workers, until
 
 pytestmark = pytest.mark.anyio
 

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import json
 import signal
+import zlib
+from contextlib import closing
 from pathlib import Path
 
 import anyio
 import pytest
 from anyio.abc import Process
 
+from bulkclaim.journal.postgres.connection import connect, parse_url
 from tests.postgres import PgServer
 from tests.support import SandboxEnv, sandbox_env
 from tests.test_cli import BULKCLAIM, cli_env, run_cli
 from tests.test_crash import FOREIGN, POOL
-from tests.test_workers import holders, query, until, worker_args
+from tests.workers import holders, query, until, worker_args
 
 pytestmark = pytest.mark.anyio
+
+_KEPT_STEPS = "SELECT key FROM meta WHERE key LIKE 'run %'"  # the run-wide steps' results (Journal.once)
 
 
 async def start(env: SandboxEnv, tmp_path: Path, name: str, args: list[str]) -> Process:
@@ -60,6 +65,7 @@ async def test_two_workers_resuming_a_run_sweep_once_and_never_send_a_number_the
         killed = await run_cli(env, tmp_path, *worker_args(url, path, tmp_path / "r0.jsonl"),
                                BULKCLAIM_DEBUG_KILL_AFTER_PLAN="1")
         assert killed.returncode == -signal.SIGKILL
+        assert query(url, _KEPT_STEPS), "the killed run kept some of its run-wide steps"
         # Two workers of the next run, whose input no longer names six of them.
         path.write_text("\n".join(numbers) + "\n", encoding="utf-8")
         workers = [await start(env, tmp_path, name, worker_args(url, path, tmp_path / f"{name}.jsonl", rate="4"))
@@ -73,6 +79,7 @@ async def test_two_workers_resuming_a_run_sweep_once_and_never_send_a_number_the
         assert sorted(claimed_numbers(env)) == sorted(numbers), "a number the input dropped is never sent"
         rows = dict(query(url, "SELECT phone_number, status || ' ' || COALESCE(error_code, '') FROM numbers"))
         assert rows == {**dict.fromkeys(numbers, "claimed "), **dict.fromkeys(dropped, "failed NotClaimed")}
+        assert query(url, _KEPT_STEPS) == [], "neither the killed run's nor the ended run's steps are left"
         (members,) = query(url, "SELECT count(DISTINCT members_run) FROM plans WHERE run > 1")[0]
         assert members == 1, "the second worker joined the first one's run"
         for name in ("a", "b"):
@@ -135,3 +142,37 @@ async def test_every_worker_exits_with_the_runs_code_whoever_handled_the_failed_
         late = await run_cli(env, tmp_path, *args("late"))
         assert late.returncode == 1 and "claimed 10 · failed 2" in late.stdout, late.stderr[-1500:]
         assert len(env.sandbox.ledger) == sent
+
+
+@pytest.mark.parametrize("step", ["reconcile", "preflight"])
+async def test_a_worker_waiting_for_another_workers_run_wide_step_stops_on_its_first_sigterm(
+        postgres: PgServer, tmp_path: Path, step: str) -> None:
+    url = postgres.fresh_url() + "&lease_ttl=1"
+    path = tmp_path / "numbers.txt"
+    path.write_text("\n".join(POOL[:8]) + "\n", encoding="utf-8")
+    # Another worker of run 1 doing the step, for as long as this test holds the step's lock (a sweep of a
+    # large account, a slow quota read); SIGTERM must not wait for it, nor for the grace period.
+    location = parse_url(url)
+    key = location.lock_key ^ (zlib.crc32(step.encode()) & 0x7FFFFFFF)
+    args = [a for a in worker_args(url, path, tmp_path / "r.jsonl") if a != "--no-preflight"]
+    args[args.index("--grace-period") + 1] = "300"
+    args += ["--phone-number-quota", "1000"]
+    async with sandbox_env() as env:
+        with closing(connect(location, read_only=True)) as other:
+            other.execute("SELECT pg_advisory_lock(?, 1)", (key,))
+            waiting = await start(env, tmp_path, "waiting", args)
+            try:
+                await until(lambda: [e for e in events(tmp_path, "waiting", "run.waiting") if e["step"] == step])
+                waiting.send_signal(signal.SIGTERM)
+            finally:
+                (code,) = await finish([waiting], seconds=30)
+        stderr = (tmp_path / "err-waiting").read_text()
+        assert code == 143, stderr[-1500:]
+        assert "interrupted; 8 number(s) not finished" in stderr and "Traceback" not in stderr
+        assert env.sandbox.ledger == [], "nothing sent"
+        tokens = dict(query(url, "SELECT phone_number, client_token FROM numbers WHERE status='pending'"))
+        assert sorted(tokens) == sorted(POOL[:8])
+        # Nothing lost: the same command claims every number with the token planned before the stop.
+        again = await run_cli(env, tmp_path, *args)
+        assert again.returncode == 0, again.stderr[-1500:]
+        assert {e.phone_number: e.client_token for e in env.sandbox.ledger if e.action == "claim"} == tokens

@@ -182,7 +182,8 @@ class SqlJournal(Generic[ConnectionT]):
     async def join_plan(self, fingerprint: str, run: int) -> PlanReuse | None:
         return None
 
-    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]], *,
+                   stop: anyio.Event | None = None) -> str | None:
         return await produce()
 
     async def more_work(self, run: int, *, idle: bool) -> bool:

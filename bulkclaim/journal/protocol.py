@@ -16,6 +16,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
+
 from bulkclaim.model import ClaimRequest, Outcome, Planned, PlanResult, PlanReuse, Rejected, Status, Target, ToRelease
 from bulkclaim.ratelimit import SharedBuckets, Sleep
 
@@ -79,12 +81,14 @@ class Journal(Protocol):
         :meth:`reuse_plan`, but nothing is marked possibly sent: numbers are leased one by one)."""
         ...
 
-    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]], *,
+                   stop: anyio.Event | None = None) -> str | None:
         """A run-wide step (the reconciliation sweep, the quota preflight, the run's options) done by one
         worker of ``run``: ``produce`` runs in one process at a time, and only while no worker of the
         run has finished ``step``; what it returns is kept, and the other workers get it instead of
         doing the step again. ``produce`` returning None (it was stopped) keeps nothing, so the next
-        worker does the step. An exclusive journal (one process) simply awaits ``produce``."""
+        worker does the step. ``stop`` set while this worker waits for another one's step returns None
+        at once (nothing done, nothing kept). An exclusive journal (one process) simply awaits ``produce``."""
         ...
 
     async def more_work(self, run: int, *, idle: bool) -> bool:

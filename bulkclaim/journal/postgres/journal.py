@@ -76,6 +76,9 @@ class PostgresJournal(SqlJournal[PgConnection]):
         # held by this session (not this transaction) until the journal is closed or the process dies
         conn.execute("SELECT pg_advisory_lock(?, ?)", (self.location.lock_key, run))
         self._database.session_locks.add((self.location.lock_key, int(run)))
+        # this process's earlier run is over for it; what the runs that ended (or died) kept for their workers goes
+        conn.execute("UPDATE workers SET run=NULL WHERE id=?", (self.worker.id,))
+        leases.forget_ended_steps(conn)
         return int(run)
 
     def _runs_in_flight(self, conn: PgConnection) -> set[int]:
@@ -123,20 +126,32 @@ class PostgresJournal(SqlJournal[PgConnection]):
         rows = await self._submit(partial(leases.pick, run=run, worker=self.worker.id, limit=limit))
         return self._picked(rows), after
 
-    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]]) -> str | None:
+    async def once(self, run: int, step: str, produce: Callable[[], Awaitable[str | None]], *,
+                   stop: anyio.Event | None = None) -> str | None:
         """A run-wide step done by one worker (see the protocol): the worker holding the session lock
         on (``step``, ``run``) does it and keeps its result in ``meta``; the others poll, without
-        blocking the writer, until the result is there or the lock is free (its holder died or was
-        stopped: then one of them does the step). A lost connection drops the lock with the session:
-        the step may then be done twice, which costs requests, never correctness."""
+        blocking the writer, until the result is there, the lock is free (its holder died or was
+        stopped: then one of them does the step) or ``stop`` is set (None: this worker stops waiting).
+        A lost connection drops the lock with the session: the step may then be done twice, which
+        costs requests, never correctness."""
         key = (self.location.lock_key ^ (zlib.crc32(step.encode()) & 0x7FFFFFFF), run)
+        waiting = False
         while True:
             done = await self._submit(partial(leases.step_result, run=run, step=step))
             if done is not None:
                 return done
             if await self._submit(lambda conn: conn.execute("SELECT pg_try_advisory_lock(?, ?)", key).fetchone()[0]):
                 break
-            await anyio.sleep(self.poll)
+            if not waiting:
+                waiting = True
+                _log("run.waiting", run=run, step=step, note="another worker of the run is doing this step")
+            if stop is None:
+                await anyio.sleep(self.poll)
+                continue
+            with anyio.move_on_after(self.poll):
+                await stop.wait()
+            if stop.is_set():
+                return None
         try:
             done = await self._submit(partial(leases.step_result, run=run, step=step))
             if done is None and (done := await produce()) is not None:
@@ -217,6 +232,12 @@ class PostgresJournal(SqlJournal[PgConnection]):
                 for budgets in self._budgets.values():
                     await budgets.aclose()
                 await anyio.to_thread.run_sync(self.worker.end)
+
+
+def _log(event: str, **fields: object) -> None:
+    import structlog  # not at import time: ``bulkclaim --help`` loads no logging library
+
+    structlog.get_logger("bulkclaim").info(event, **fields)
 
 
 class PostgresDatabase:

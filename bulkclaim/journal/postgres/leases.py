@@ -27,8 +27,8 @@ from bulkclaim.journal.postgres.schema import migrate
 from bulkclaim.journal.sql import Connection
 from bulkclaim.model import JournalError
 
-__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "forget_steps", "keep_step", "lease_one", "more_work", "pick",
-           "step_result", "unlease", "works_on"]
+__all__ = ["LEASED_COLUMNS", "LIVE_RUNS", "Heartbeat", "forget_ended_steps", "forget_steps", "keep_step", "lease_one",
+           "more_work", "pick", "step_result", "unlease", "works_on"]
 
 _DEAD = ("(SELECT id FROM workers WHERE ended_at IS NOT NULL OR expires_at < clock_timestamp())")
 _LIVE_WAITING = ("(SELECT id FROM workers WHERE waiting AND ended_at IS NULL "
@@ -152,6 +152,7 @@ class Heartbeat:
             self._conn = conn
             conn.execute("UPDATE workers SET ended_at=clock_timestamp(), expires_at=clock_timestamp() WHERE id=?",
                          (self.id,))
+            forget_ended_steps(conn)  # the last worker of a run leaves nothing of it in ``meta``
         except (driver().Error, JournalError):  # unreachable: the heartbeat lapses on its own
             pass
         finally:
@@ -177,6 +178,15 @@ def step_result(conn: Connection, run: int, step: str) -> str | None:
 def keep_step(conn: Connection, run: int, step: str, result: str) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                  (f"run {run} {step}", result))
+
+
+def forget_ended_steps(conn: Connection) -> None:
+    """Drop the kept steps of every run no live worker works on: they serve only that run's workers
+    (``status`` and ``report`` never read them). Called as a run begins and as a worker ends, so ``meta``
+    holds the steps of the runs going on and nothing more. A run going on whose workers all lapsed (the
+    database away longer than the lease TTL) may lose its steps: they are done again (requests, never
+    correctness)."""
+    conn.execute(f"DELETE FROM meta WHERE key LIKE 'run %' AND split_part(key, ' ', 2)::bigint NOT IN ({LIVE_RUNS})")
 
 
 def forget_steps(conn: Connection, run: int) -> None:

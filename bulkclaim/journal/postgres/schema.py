@@ -8,7 +8,8 @@ that open a new journal at once create it once.
 
 The tables are SQLite's (version 3), with PostgreSQL types; ``runs`` also records the host of the
 process, so that several processes on several hosts can share one journal. ``meta`` also keeps what
-the run-wide steps of a shared run found (key ``run <run> <step>``, see ``PostgresJournal.once``).
+the run-wide steps of a shared run found (key ``run <run> <step>``, see ``PostgresJournal.once``) while
+the run goes on (``leases.forget_ended_steps``).
 """
 
 from __future__ import annotations
